@@ -128,7 +128,7 @@ struct virtio_tballoon_config {
  */
 
 /* spread the work evenly over the deadline instead of as fast as possible */
-#define TBALLOON_FLAG_PACED			(1U << 0)
+#define TBALLOON_FLAG_PACED			0x00000001U
 /* every flag bit defined by v1; a command with any other bit is rejected */
 #define TBALLOON_FLAGS_ALL			(TBALLOON_FLAG_PACED)
 

@@ -1,0 +1,154 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Walking-skeleton scenarios: boot, inflate, deflate, deadline too short."""
+
+from . import MIB, PAGE, group, mib, scenario
+
+# 1 GiB guest, our driver, our backend; boot/inflate/deflate share it.
+group("main", driver="tballoon", device="tballoon", mem="1G")
+# A fresh 1 GiB guest for the deadline scenario.
+group("deadline", driver="tballoon", device="tballoon", mem="1G")
+
+INFLATE_BYTES = 512 * MIB
+KB = 1024
+
+
+@scenario("boot", "main", needs=())
+def boot(ctx):
+    """guest boots, agent answers, virtio_tballoon binds, backend sees DRIVER_OK"""
+    g = ctx.guest
+    up = g.sh("cat /proc/uptime").out.split()
+    ctx.diag("boot: %.2f s to agent ready (guest uptime %s s), initramfs %s",
+             g.boot_s, up[0] if up else "?", g.initramfs.digest)
+    mods = g.sh("cat /proc/modules").out
+    for m in ("virtio_pci", "virtio_ring", "virtio"):
+        ctx.expect(("%s " % m) in mods, "module %s loaded" % m)
+    absent = []
+    if not g.initramfs.has_module:
+        absent.append("virtio_tballoon.ko missing: build it with `make module`")
+    if g.device != "tballoon":
+        absent.append("host tool missing (%s): booted without the balloon device"
+                      % g.env.tool)
+    ctx.require(not absent, "; ".join(absent))
+    ctx.require(g.driver_status == "loaded",
+                "virtio_tballoon.ko did not load (%s); see %s" % (g.driver_status,
+                                                                  g.console_log))
+    # The balloon device (ID 5) is bound to our driver.
+    res = g.sh("for d in /sys/bus/virtio/devices/*; do "
+               "echo $(cat $d/device) $(basename $(readlink $d/driver) 2>/dev/null); done")
+    ctx.diag("virtio devices: %s", res.out.strip().replace("\n", "; "))
+    ctx.expect("0x0005 virtio_tballoon" in res.out,
+               "balloon device 0x0005 bound to virtio_tballoon")
+    if g.device == "tballoon":
+        st = ctx.status()
+        ctx.diag("backend: connected %s, driver_ok %s, timed %s, guest_ram %s, resident %s",
+                 st.get("connected"), st.get("driver_ok"), st.get("timed"),
+                 mib(st.get("guest_ram_bytes", 0)), mib(st.get("resident_bytes", 0)))
+        ctx.expect(st.get("connected") is True, "backend: QEMU connected")
+        ctx.expect(st.get("driver_ok") is True, "backend: driver_ok")
+        ctx.expect(st.get("timed") is True, "backend: TIMED negotiated")
+        ctx.expect(st.get("guest_ram_bytes") == 1 << 30,
+                   "backend: guest_ram_bytes == 1 GiB (got %s)" % st.get("guest_ram_bytes"))
+    ctx.check_healthy()
+
+
+@scenario("inflate-512M", "main")
+def inflate(ctx):
+    """inflate by 512 MiB (deadline 120 s): done, actual == target, host RSS drops"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    mi0 = g.meminfo()
+    ctx.shared["pre_inflate_meminfo"] = mi0
+    target = st0["actual_pages"] + INFLATE_BYTES // PAGE
+    rc, st, wall = ctx.balloon("inflate", target, "120s", timeout=300)
+    ctx.shared["inflate_wall_s"] = wall
+    cmd = st.get("command", {})
+    ctx.expect(rc == 0, "exit code 0 (got %d)" % rc)
+    ctx.expect(cmd.get("state") == "done", "state done (got %s)" % cmd.get("state"))
+    ctx.expect(st.get("actual_pages") == target,
+               "actual_pages == target %d (got %s)" % (target, st.get("actual_pages")))
+    ctx.expect(cmd.get("target_pages") == target,
+               "command.target_pages == %d (got %s)" % (target, cmd.get("target_pages")))
+    st1 = ctx.status()
+    drop = st0["resident_bytes"] - st1["resident_bytes"]
+    ctx.diag("host resident %s -> %s (dropped %s), released %s",
+             mib(st0["resident_bytes"]), mib(st1["resident_bytes"]), mib(drop),
+             mib(st1.get("released_bytes", 0)))
+    ctx.expect(drop >= 0.95 * INFLATE_BYTES,
+               "resident_bytes dropped by >= 95%% of 512 MiB (dropped %s)" % mib(drop))
+    if cmd.get("elapsed_ms"):
+        ctx.diag("inflate rate: %.1f MiB/s (guest clock)",
+                 (INFLATE_BYTES / MIB) / (cmd["elapsed_ms"] / 1000.0))
+    mi1 = g.meminfo()
+    total_drop = (mi0["MemTotal"] - mi1["MemTotal"]) * KB
+    ctx.diag("guest MemTotal %d -> %d kB, MemAvailable %d -> %d kB",
+             mi0["MemTotal"], mi1["MemTotal"], mi0["MemAvailable"], mi1["MemAvailable"])
+    ctx.expect(abs(total_drop - INFLATE_BYTES) <= 4 * MIB,
+               "guest MemTotal dropped by 512 MiB (dropped %s)" % mib(total_drop))
+    ctx.check_healthy()
+
+
+@scenario("deflate-0", "main")
+def deflate(ctx):
+    """deflate back to 0: done, MemTotal back, MemAvailable recovers"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    mi0 = ctx.shared.get("pre_inflate_meminfo")
+    if st0["actual_pages"] == 0:
+        ctx.diag("balloon empty: inflating 512 MiB first")
+        mi0 = g.meminfo()
+        rc, st, _ = ctx.balloon("inflate", INFLATE_BYTES // PAGE, "120s", timeout=300)
+        ctx.require(rc == 0, "setup inflate failed (exit %d)" % rc)
+    elif mi0 is None:
+        # Balloon already inflated by someone else: expect the pages back.
+        mi0 = g.meminfo()
+        mi0["MemTotal"] += st0["actual_pages"] * PAGE // KB
+        mi0["MemAvailable"] += st0["actual_pages"] * PAGE // KB
+    rc, st, wall = ctx.balloon("deflate", 0, "120s", timeout=300)
+    cmd = st.get("command", {})
+    ctx.expect(rc == 0, "exit code 0 (got %d)" % rc)
+    ctx.expect(cmd.get("state") == "done", "state done (got %s)" % cmd.get("state"))
+    ctx.expect(st.get("actual_pages") == 0, "actual_pages == 0 (got %s)"
+               % st.get("actual_pages"))
+    mi1 = g.meminfo()
+    ctx.diag("guest MemTotal %d -> %d kB (pre-inflate %d), MemAvailable %d kB "
+             "(pre-inflate %d)", mi0["MemTotal"] - st0["actual_pages"] * PAGE // KB,
+             mi1["MemTotal"], mi0["MemTotal"], mi1["MemAvailable"], mi0["MemAvailable"])
+    ctx.expect(abs(mi1["MemTotal"] - mi0["MemTotal"]) <= 1024,
+               "MemTotal back to pre-inflate %d kB (got %d)" % (mi0["MemTotal"],
+                                                                mi1["MemTotal"]))
+    ctx.expect(mi1["MemAvailable"] >= mi0["MemAvailable"] - 32 * 1024,
+               "MemAvailable recovered to within 32 MiB of %d kB (got %d)"
+               % (mi0["MemAvailable"], mi1["MemAvailable"]))
+    st1 = ctx.status()
+    ctx.diag("host resident after deflate %s (pages come back when the guest touches them)",
+             mib(st1["resident_bytes"]))
+    ctx.check_healthy()
+
+
+@scenario("deadline-too-short", "deadline")
+def deadline_short(ctx):
+    """900 MiB target, 20 ms deadline: state deadline, actual < target, on time"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    target = 900 * MIB // PAGE
+    rc, st, wall = ctx.balloon("inflate", target, "20ms", timeout=120)
+    cmd = st.get("command", {})
+    ctx.expect(rc == 3, "exit code 3 (deadline) (got %d)" % rc)
+    ctx.expect(cmd.get("state") == "deadline", "state deadline (got %s)" % cmd.get("state"))
+    ctx.expect(cmd.get("deadline_ms") == 20, "deadline_ms 20 (got %s)" % cmd.get("deadline_ms"))
+    actual = st.get("actual_pages", -1)
+    ctx.expect(0 <= actual < target, "actual %d < target %d" % (actual, target))
+    ctx.diag("moved %d pages (%s) before the deadline", actual - st0["actual_pages"],
+             mib((actual - st0["actual_pages"]) * PAGE))
+    elapsed = cmd.get("elapsed_ms")
+    ctx.expect(elapsed is not None and elapsed <= 20 + 100,
+               "final report elapsed_ms <= deadline_ms + 100 (got %s)" % elapsed)
+    mi = g.meminfo()
+    ctx.diag("guest MemAvailable %d kB after the deadline", mi.get("MemAvailable", -1))
+    ctx.check_healthy()
+    # The guest can still give the pages back.
+    rc, st, _ = ctx.balloon("deflate", 0, "120s", timeout=300)
+    ctx.expect(rc == 0 and st.get("actual_pages") == 0,
+               "deflate to 0 afterwards: exit %d, actual %s" % (rc, st.get("actual_pages")))
+
+

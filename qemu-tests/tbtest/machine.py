@@ -1,0 +1,431 @@
+# SPDX-License-Identifier: GPL-2.0
+"""One test guest: run directory, tballoon backend, QEMU, guest agent.
+
+    with Guest(driver="tballoon", device="tballoon") as g:
+        g.sh("cat /proc/meminfo")
+        g.tool("status", "--json")
+
+Every process is started in its own session (process group) with a parent-
+death signal, and Guest.close() (run by the context manager on every exit
+path, exceptions and Ctrl-C included) kills the groups and removes the run
+directory unless it is kept. QEMU runs from the trixie root ($TB_QROOT) in a
+private mount namespace, where the run directory is bind-mounted on
+$TB_QROOT/tb-run: the mount disappears with the QEMU process.
+"""
+
+import base64
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from . import env as tbenv
+from . import initramfs as tbinitramfs
+
+# Inside the QEMU root, the run directory is seen here.
+CHROOT_RUN = "/tb-run"
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent():
+    """preexec_fn: new session, and SIGKILL if the harness dies (even by -9)."""
+    os.setsid()
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _kill_group(proc, grace=5.0):
+    """Stop PROC's process group: SIGTERM, then SIGKILL after GRACE s."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    # Leftovers of the group (the leader may be gone already).
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return proc.returncode
+
+
+def tail(path, lines=40):
+    """Last LINES lines of a text file, or a note that it is absent."""
+    try:
+        with open(str(path), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            data = f.read().decode("utf-8", "replace")
+    except OSError as err:
+        return ["(%s: %s)" % (path, err.strerror)]
+    return data.splitlines()[-lines:]
+
+
+class GuestError(Exception):
+    """The guest or one of its processes failed; message says how."""
+
+
+class AgentTimeout(GuestError):
+    pass
+
+
+class Result:
+    """Outcome of a command run in the guest."""
+
+    def __init__(self, rc, out, err):
+        self.rc = rc
+        self.out = out
+        self.err = err
+
+    def __repr__(self):
+        return "Result(rc=%r, out=%r, err=%r)" % (self.rc, self.out[:200], self.err[:200])
+
+
+class Agent:
+    """Host end of tb-agent (guest/tb-agent) on the guest's ttyS1.
+
+    QEMU connects to our listening socket as a chardev client, so nothing the
+    guest writes is lost before we accept.
+    """
+
+    def __init__(self, listener, alive):
+        self.listener = listener
+        self.alive = alive          # callable: raises GuestError if QEMU died
+        self.conn = None
+        self.buf = b""
+        self.seq = 0
+        self.transcript = []        # (id, command, rc) for debugging
+
+    def _recv_line(self, deadline):
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AgentTimeout("guest agent did not answer in time")
+            self.conn.settimeout(min(left, 0.5))
+            try:
+                chunk = self.conn.recv(65536)
+            except socket.timeout:
+                self.alive()
+                continue
+            if not chunk:
+                self.alive()
+                raise GuestError("guest agent connection closed")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line.rstrip(b"\r").decode("ascii", "replace")
+
+    def connect(self, timeout):
+        """Accept QEMU's connection and wait for TBREADY."""
+        deadline = time.monotonic() + timeout
+        while self.conn is None:
+            self.listener.settimeout(0.5)
+            try:
+                self.conn, _ = self.listener.accept()
+            except socket.timeout:
+                self.alive()
+                if time.monotonic() > deadline:
+                    raise AgentTimeout("QEMU did not connect the agent serial port")
+        while self._recv_line(deadline) != "TBREADY":
+            pass
+
+    def run(self, command, timeout=60.0):
+        """Run COMMAND with /bin/sh in the guest; return a Result."""
+        self.seq += 1
+        cid = self.seq
+        payload = base64.b64encode(command.encode())
+        self.conn.sendall(b"TBCMD %d %s\n" % (cid, payload))
+        deadline = time.monotonic() + timeout
+        parts = {"out": [], "err": []}
+        cur = None
+        while True:
+            line = self._recv_line(deadline)
+            words = line.split()
+            if len(words) >= 2 and words[0] in ("TBOUT", "TBERR", "TBEND") \
+                    and words[1] == str(cid):
+                if words[0] == "TBEND":
+                    rc = int(words[2])
+                    break
+                cur = "out" if words[0] == "TBOUT" else "err"
+            elif cur is not None:
+                parts[cur].append(line)
+        out = base64.b64decode("".join(parts["out"])).decode("utf-8", "replace")
+        err = base64.b64decode("".join(parts["err"])).decode("utf-8", "replace")
+        self.transcript.append((cid, command, rc))
+        return Result(rc, out, err)
+
+
+class Guest:
+    """A booted guest with (optionally) the tballoon backend attached.
+
+    driver: what /init loads: "tballoon", "upstream" or "none".
+    device: "tballoon" (vhost-user device served by tballoon serve),
+            "stock" (QEMU's virtio-balloon-pci), or "none".
+    """
+
+    def __init__(self, driver="tballoon", device="tballoon", mem="1G", smp=2,
+                 kvm=False, keep=False, name="guest", log=None, boot_timeout=180.0,
+                 extra_append=""):
+        self.env = tbenv.load()
+        self.driver = driver
+        self.device = device
+        self.mem = mem
+        self.smp = smp
+        self.kvm = kvm
+        self.keep = keep
+        self.name = name
+        self.log = log or (lambda msg: None)
+        self.boot_timeout = boot_timeout
+        self.extra_append = extra_append
+        self.rundir = None
+        self.backend = None
+        self.qemu = None
+        self.agent = None
+        self.listener = None
+        self.failed = False
+        self.boot_s = None
+        self.initramfs = None
+        self.driver_status = None
+
+    # ---- paths -----------------------------------------------------------
+
+    def path(self, name):
+        return self.rundir / name
+
+    @property
+    def console_log(self):
+        return self.path("console.log")
+
+    @property
+    def backend_log(self):
+        return self.path("backend.log")
+
+    @property
+    def qemu_log(self):
+        return self.path("qemu.log")
+
+    @property
+    def control(self):
+        return self.path("control.sock")
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.failed = True
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, etype, value, tb):
+        if etype is not None:
+            self.failed = True
+        self.close()
+        return False
+
+    def _mkrundir(self):
+        self.env.out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.rundir = Path(tempfile.mkdtemp(prefix="%s-%s-" % (stamp, self.name),
+                                            dir=str(self.env.out)))
+        os.chmod(str(self.rundir), 0o755)
+
+    def start(self):
+        missing = [m for m in self.env.missing()
+                   if not m.startswith(("host tool", "guest module"))]
+        if missing:
+            raise GuestError("cannot boot: missing " + "; ".join(missing))
+        self.initramfs = tbinitramfs.build(self.env, self.log)
+        self._mkrundir()
+        shutil.copyfile(str(self.env.kernel), str(self.path("vmlinuz")))
+        shutil.copyfile(str(self.initramfs.path), str(self.path("initramfs.cpio.gz")))
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(self.path("agent.sock")))
+        self.listener.listen(1)
+        if self.device == "tballoon":
+            self._start_backend()
+        t0 = time.monotonic()
+        self._start_qemu()
+        self.agent = Agent(self.listener, self.check_alive)
+        self.agent.connect(self.boot_timeout)
+        self.boot_s = time.monotonic() - t0
+        res = self.sh("cat /run/tb-driver")
+        self.driver_status = res.out.split()[1] if res.rc == 0 and res.out.split() else "?"
+
+    def _start_backend(self):
+        if not self.env.tool.exists():
+            raise GuestError("host tool missing: %s (make -C host-tool)" % self.env.tool)
+        sock = self.path("tb.sock")
+        argv = [str(self.env.tool), "serve", "--socket-path", str(sock),
+                "--control", str(self.control), "-v"]
+        with open(str(self.backend_log), "wb") as logf:
+            self.backend = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                            stderr=subprocess.STDOUT,
+                                            preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + 10
+        while not (sock.exists() and self.control.exists()):
+            if self.backend.poll() is not None:
+                raise GuestError("tballoon serve exited with %d before listening:\n%s" % (
+                    self.backend.returncode, "\n".join(tail(self.backend_log, 20))))
+            if time.monotonic() > deadline:
+                raise GuestError("tballoon serve did not create %s and %s in 10 s"
+                                 % (sock.name, self.control.name))
+            time.sleep(0.05)
+
+    def qemu_argv(self):
+        run = CHROOT_RUN
+        append = "console=ttyS0 panic=-1 tb.driver=%s %s" % (self.driver, self.extra_append)
+        argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config",
+                "-display", "none", "-no-reboot",
+                "-machine", "q35,memory-backend=mem",
+                "-accel", "kvm" if self.kvm else "tcg",
+                "-smp", str(self.smp), "-m", self.mem,
+                "-object", "memory-backend-memfd,id=mem,size=%s,share=on,prealloc=on"
+                % self.mem,
+                "-kernel", run + "/vmlinuz", "-initrd", run + "/initramfs.cpio.gz",
+                "-append", append.strip(),
+                "-chardev", "file,id=con,path=%s/console.log" % run,
+                "-serial", "chardev:con",
+                "-chardev", "socket,id=agent,path=%s/agent.sock" % run,
+                "-serial", "chardev:agent",
+                "-qmp", "unix:%s/qmp.sock,server=on,wait=off" % run]
+        if self.kvm:
+            argv += ["-cpu", "host"]
+        if self.device == "tballoon":
+            argv += ["-chardev", "socket,id=tb,path=%s/tb.sock" % run,
+                     "-device", "vhost-user-test-device-pci,chardev=tb,virtio-id=5,"
+                     "num_vqs=3,config_size=64"]
+        elif self.device == "stock":
+            argv += ["-device", "virtio-balloon-pci,id=balloon0"]
+        return argv
+
+    def _start_qemu(self):
+        qroot = self.env.qroot
+        (qroot / CHROOT_RUN.lstrip("/")).mkdir(exist_ok=True)
+        # sh -c SCRIPT sh RUNDIR QROOT QEMU-ARGV...: mounts live only in this
+        # private namespace, so they vanish with QEMU.
+        script = ('mount --bind "$1" "$2%s" && mount -t proc proc "$2/proc" && '
+                  'r=$2 && shift 2 && exec chroot "$r" "$@"' % CHROOT_RUN)
+        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
+                str(self.rundir), str(qroot)] + self.qemu_argv()
+        with open(str(self.path("qemu.cmdline")), "w") as f:
+            f.write(" ".join(argv) + "\n")
+        with open(str(self.qemu_log), "wb") as logf:
+            self.qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                         stderr=subprocess.STDOUT,
+                                         preexec_fn=_die_with_parent)
+
+    def check_alive(self):
+        """Raise GuestError if QEMU or the backend died."""
+        if self.qemu is not None and self.qemu.poll() is not None:
+            raise GuestError("QEMU exited with %d; qemu.log:\n%s\nconsole tail:\n%s" % (
+                self.qemu.returncode, "\n".join(tail(self.qemu_log, 10)),
+                "\n".join(tail(self.console_log, 25))))
+        if self.backend is not None and self.backend.poll() is not None:
+            raise GuestError("tballoon serve exited with %d; backend.log tail:\n%s" % (
+                self.backend.returncode, "\n".join(tail(self.backend_log, 20))))
+
+    def close(self):
+        """Kill QEMU and the backend, close sockets; keep or remove the run dir."""
+        if self.agent is not None and self.agent.conn is not None:
+            self.agent.conn.close()
+        if self.listener is not None:
+            self.listener.close()
+        qrc = _kill_group(self.qemu)
+        brc = _kill_group(self.backend)
+        self.qemu = self.backend = None
+        if self.rundir is None:
+            return
+        # QEMU read them at startup; they are reproducible from the cache.
+        for big in ("vmlinuz", "initramfs.cpio.gz"):
+            try:
+                self.path(big).unlink()
+            except FileNotFoundError:
+                pass
+        with open(str(self.path("exit-codes")), "w") as f:
+            f.write("qemu %s\nbackend %s\n" % (qrc, brc))
+        if self.agent is not None:
+            with open(str(self.path("agent.transcript")), "w") as f:
+                for cid, cmd, rc in self.agent.transcript:
+                    f.write("# %d rc=%d\n%s\n" % (cid, rc, cmd))
+        if self.keep or self.failed:
+            self.log("run directory kept: %s" % self.rundir)
+        else:
+            shutil.rmtree(str(self.rundir), ignore_errors=True)
+
+    # ---- guest side ------------------------------------------------------
+
+    def sh(self, command, timeout=60.0):
+        """Run a shell command in the guest; returns Result(rc, out, err)."""
+        return self.agent.run(command, timeout)
+
+    def meminfo(self):
+        """/proc/meminfo of the guest as {key: kB}."""
+        res = self.sh("cat /proc/meminfo")
+        info = {}
+        for line in res.out.splitlines():
+            key, _, rest = line.partition(":")
+            fields = rest.split()
+            if fields:
+                info[key.strip()] = int(fields[0])
+        return info
+
+    def dmesg(self):
+        return self.sh("dmesg", timeout=120).out
+
+    # ---- host tool -------------------------------------------------------
+
+    def tool(self, *args, timeout=300.0, capture=True):
+        """Run host-tool/tballoon against this guest's control socket.
+
+        Returns subprocess.CompletedProcess (stdout/stderr text if captured).
+        """
+        if not self.env.tool.exists():
+            raise GuestError("host tool missing: %s" % self.env.tool)
+        argv = [str(self.env.tool), "-c", str(self.control)] + [str(a) for a in args]
+        kw = {}
+        if capture:
+            kw = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                      universal_newlines=True)
+        res = subprocess.run(argv, timeout=timeout, **kw)
+        if capture:
+            with open(str(self.path("tool.log")), "a") as f:
+                f.write("$ %s\n-> exit %d\n%s%s" % (" ".join(argv), res.returncode,
+                                                    res.stdout, res.stderr))
+        return res
+
+    def tool_json(self, *args, timeout=300.0):
+        """Run a tool command with --json; returns (exit code, dict or None, stderr)."""
+        res = self.tool(*(list(args) + ["--json"]), timeout=timeout)
+        obj = None
+        for line in reversed(res.stdout.splitlines()):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    pass
+                break
+        return res.returncode, obj, res.stderr
+
+    def status(self):
+        rc, obj, err = self.tool_json("status")
+        if rc != 0 or obj is None:
+            raise GuestError("tballoon status --json failed (exit %d): %s" % (rc, err.strip()))
+        return obj

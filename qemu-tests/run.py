@@ -75,6 +75,16 @@ def missing_for(e, needs):
     return gone
 
 
+def log_tails(g):
+    """Diagnostic lines: the ends of a guest's console and backend logs."""
+    lines = ["console tail (%s):" % g.console_log]
+    lines += ["  " + ln for ln in machine.tail(g.console_log, 15)]
+    if g.backend_log.exists():
+        lines.append("backend tail (%s):" % g.backend_log)
+        lines += ["  " + ln for ln in machine.tail(g.backend_log, 15)]
+    return lines
+
+
 def run_tests(args):
     e = tbenv.load()
     names = [s.name for s in scenarios.REGISTRY]
@@ -112,14 +122,19 @@ def run_tests(args):
                     diag("host tool missing: group %s boots without the balloon device"
                          % sc.group)
                     opts["device"] = "none"
+                booting = machine.Guest(**opts)
                 try:
-                    guest = machine.Guest(**opts).__enter__()
+                    guest = booting.__enter__()
                     diag("group %s: booted in %.2f s, driver %s: %s, run dir %s" % (
                         sc.group, guest.boot_s, guest.driver, guest.driver_status,
                         guest.rundir))
-                except machine.GuestError as err:
+                except Exception as err:    # the guest closed itself, run dir kept
                     boot_error = "guest boot failed: %s" % str(err).splitlines()[0]
                     lines.append(str(err))
+                    if not isinstance(err, machine.GuestError):
+                        lines.append(traceback.format_exc())
+                    if booting.rundir is not None:
+                        lines += log_tails(booting)
             if reason is None and boot_error:
                 reason = boot_error
             t0 = time.monotonic()
@@ -137,6 +152,7 @@ def run_tests(args):
                 except machine.GuestError as err:
                     reason = str(err).splitlines()[0]
                     lines.append(str(err))
+                    guest_group = None  # agent or guest unusable: next one reboots
                 except subprocess.TimeoutExpired as err:
                     reason = "timed out: %s" % " ".join(err.cmd[1:4] if err.cmd else [])
                 except Exception as err:  # a harness bug must not stop the run
@@ -147,6 +163,7 @@ def run_tests(args):
                 except machine.GuestError as err:
                     reason = reason or "guest died: %s" % str(err).splitlines()[0]
                     lines.append(str(err))
+                    guest_group = None
             if reason is None:
                 out("ok %d - %s" % (num, sc.name))
             else:
@@ -154,11 +171,7 @@ def run_tests(args):
                 out("not ok %d - %s # %s" % (num, sc.name, reason.replace("\n", " ")))
                 if guest is not None and not gone:
                     guest.failed = True
-                    lines.append("console tail (%s):" % guest.console_log)
-                    lines += ["  " + ln for ln in machine.tail(guest.console_log, 15)]
-                    if guest.backend_log.exists():
-                        lines.append("backend tail (%s):" % guest.backend_log)
-                        lines += ["  " + ln for ln in machine.tail(guest.backend_log, 15)]
+                    lines += log_tails(guest)
             lines.append("%s took %.1f s" % (sc.name, time.monotonic() - t0))
             for line in lines:
                 diag(line)

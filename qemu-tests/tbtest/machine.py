@@ -87,10 +87,11 @@ class AgentTimeout(GuestError):
 class Result:
     """Outcome of a command run in the guest."""
 
-    def __init__(self, rc, out, err):
+    def __init__(self, rc, raw_out, raw_err):
         self.rc = rc
-        self.out = out
-        self.err = err
+        self.raw_out = raw_out      # bytes, as the command wrote them
+        self.out = raw_out.decode("utf-8", "replace")
+        self.err = raw_err.decode("utf-8", "replace")
 
     def __repr__(self):
         return "Result(rc=%r, out=%r, err=%r)" % (self.rc, self.out[:200], self.err[:200])
@@ -163,10 +164,9 @@ class Agent:
                 cur = "out" if words[0] == "TBOUT" else "err"
             elif cur is not None:
                 parts[cur].append(line)
-        out = base64.b64decode("".join(parts["out"])).decode("utf-8", "replace")
-        err = base64.b64decode("".join(parts["err"])).decode("utf-8", "replace")
         self.transcript.append((cid, command, rc))
-        return Result(rc, out, err)
+        return Result(rc, base64.b64decode("".join(parts["out"])),
+                      base64.b64decode("".join(parts["err"])))
 
 
 class Guest:

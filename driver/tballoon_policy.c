@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * tballoon_policy.c - decisions of the timed virtio balloon driver
+ *
+ * See tballoon_policy.h. Nothing here touches the device, sleeps, takes a
+ * lock or reads a clock; every input is an argument.
+ */
+
+#include <linux/export.h>
+#include <linux/kernel.h>
+#include <linux/math64.h>
+#include <linux/minmax.h>
+#include <kunit/visibility.h>
+
+#include "tballoon_policy.h"
+
+/**
+ * tballoon_policy_validate() - check a new command against the guest
+ * @cmd: the command as read from the device
+ * @actual_pages: balloon size now
+ * @ram_pages: guest RAM as the driver saw it at probe
+ * @reason: set to a TBALLOON_REASON_* detail for the returned state
+ *
+ * The checks run in the order of the protocol (Documentation/protocol.rst,
+ * "Command lifecycle"); the first failure decides the reason.
+ *
+ * Return: TBALLOON_STATE_REJECTED for an invalid command,
+ * TBALLOON_STATE_DONE for an ABORT op or a target equal to @actual_pages,
+ * TBALLOON_STATE_RUNNING for a command with work to do.
+ */
+u32 tballoon_policy_validate(const struct tballoon_cmd *cmd, u32 actual_pages,
+			     u64 ram_pages, u32 *reason)
+{
+	*reason = TBALLOON_REASON_NONE;
+
+	if (cmd->op == TBALLOON_OP_NONE || cmd->op >= TBALLOON_OP_COUNT) {
+		*reason = TBALLOON_REASON_BAD_OP;
+		return TBALLOON_STATE_REJECTED;
+	}
+	if (cmd->flags & ~TBALLOON_FLAGS_ALL) {
+		*reason = TBALLOON_REASON_BAD_FLAGS;
+		return TBALLOON_STATE_REJECTED;
+	}
+	if (cmd->op == TBALLOON_OP_ABORT)
+		return TBALLOON_STATE_DONE;
+	if (cmd->target_pages > ram_pages) {
+		*reason = TBALLOON_REASON_BAD_TARGET;
+		return TBALLOON_STATE_REJECTED;
+	}
+	if (!cmd->deadline_ms || cmd->deadline_ms > TBALLOON_DEADLINE_MAX_MS) {
+		*reason = TBALLOON_REASON_BAD_DEADLINE;
+		return TBALLOON_STATE_REJECTED;
+	}
+	if (cmd->floor_pages > ram_pages) {
+		*reason = TBALLOON_REASON_BAD_FLOOR;
+		return TBALLOON_STATE_REJECTED;
+	}
+	if ((cmd->op == TBALLOON_OP_INFLATE && cmd->target_pages < actual_pages) ||
+	    (cmd->op == TBALLOON_OP_DEFLATE && cmd->target_pages > actual_pages)) {
+		*reason = TBALLOON_REASON_DIRECTION;
+		return TBALLOON_STATE_REJECTED;
+	}
+	if (cmd->target_pages == actual_pages)
+		return TBALLOON_STATE_DONE;
+	return TBALLOON_STATE_RUNNING;
+}
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_validate);
+
+/**
+ * tballoon_policy_superseded_reason() - why a running command ends early
+ * @next: the command with the newer id
+ *
+ * A valid ABORT op ends the running command as aborted by the host; any
+ * other newer command (valid or not) supersedes it.
+ *
+ * Return: TBALLOON_REASON_HOST_ABORT or TBALLOON_REASON_SUPERSEDED.
+ */
+u32 tballoon_policy_superseded_reason(const struct tballoon_cmd *next)
+{
+	if (next->op == TBALLOON_OP_ABORT && !(next->flags & ~TBALLOON_FLAGS_ALL))
+		return TBALLOON_REASON_HOST_ABORT;
+	return TBALLOON_REASON_SUPERSEDED;
+}
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_superseded_reason);
+
+/**
+ * tballoon_policy_floor_room() - pages that may be inflated above the floor
+ * @floor_pages: available memory to keep (0: no floor)
+ * @avail_pages: available memory now
+ *
+ * Return: U32_MAX without a floor, else how far @avail_pages is above
+ * @floor_pages (0 at or below it), clamped to U32_MAX.
+ */
+u32 tballoon_policy_floor_room(u32 floor_pages, u64 avail_pages)
+{
+	if (!floor_pages)
+		return U32_MAX;
+	if (avail_pages <= floor_pages)
+		return 0;
+	return min_t(u64, avail_pages - floor_pages, U32_MAX);
+}
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_floor_room);
+
+/**
+ * tballoon_policy_stop() - should an accepted command stop now?
+ * @cmd: the accepted command (op INFLATE or DEFLATE)
+ * @prog: where it stands
+ * @reason: set to a TBALLOON_REASON_* detail for the returned state
+ *
+ * The first matching condition wins: target reached, deadline passed, then
+ * (inflate only) the floor. A @cmd->deadline_ms of TBALLOON_NO_DEADLINE
+ * never passes.
+ *
+ * Return: TBALLOON_STATE_RUNNING to go on, else the terminal state
+ * (DONE, DEADLINE or PRESSURE).
+ */
+u32 tballoon_policy_stop(const struct tballoon_cmd *cmd,
+			 const struct tballoon_progress *prog, u32 *reason)
+{
+	bool inflate = cmd->op == TBALLOON_OP_INFLATE;
+	u32 granule = max(prog->granule, 1U);
+
+	*reason = TBALLOON_REASON_NONE;
+
+	if (inflate ? prog->done_pages >= cmd->target_pages :
+		      prog->done_pages <= cmd->target_pages)
+		return TBALLOON_STATE_DONE;
+	if (cmd->deadline_ms != TBALLOON_NO_DEADLINE &&
+	    prog->elapsed_ms >= cmd->deadline_ms)
+		return TBALLOON_STATE_DEADLINE;
+	if (inflate &&
+	    tballoon_policy_floor_room(cmd->floor_pages, prog->avail_pages) < granule) {
+		*reason = TBALLOON_REASON_FLOOR;
+		return TBALLOON_STATE_PRESSURE;
+	}
+	return TBALLOON_STATE_RUNNING;
+}
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_stop);
+
+/**
+ * tballoon_policy_batch() - size of the next batch
+ * @in: remaining distance, time, throughput, previous batch, floor room
+ *
+ * Batches start at TBALLOON_BATCH_FIRST and double up to TBALLOON_BATCH_MAX
+ * (one full buffer). Once the throughput is known and a deadline applies, a
+ * batch is capped to what that throughput moves in 1/TBALLOON_BATCH_TIME_DIV
+ * of the time left (but not below TBALLOON_BATCH_MIN), so that the buffers
+ * in flight when the deadline passes finish soon after it. The batch never
+ * exceeds the remaining distance or the room above the floor.
+ *
+ * Return: pages for the next batch, a multiple of @in->granule; 0 when no
+ * page may be moved now.
+ */
+u32 tballoon_policy_batch(const struct tballoon_batch_in *in)
+{
+	u32 granule = max(in->granule, 1U);
+	u32 n;
+
+	if (in->prev_pages)
+		n = in->prev_pages >= TBALLOON_BATCH_MAX / 2 ?
+			TBALLOON_BATCH_MAX : in->prev_pages * 2;
+	else
+		n = TBALLOON_BATCH_FIRST;
+	n = min(n, TBALLOON_BATCH_MAX);
+
+	if (in->remaining_ms != TBALLOON_NO_DEADLINE && in->rate_pps) {
+		u64 budget = div_u64((u64)in->rate_pps * in->remaining_ms,
+				     1000U * TBALLOON_BATCH_TIME_DIV);
+
+		budget = max_t(u64, budget, TBALLOON_BATCH_MIN);
+		n = min_t(u64, n, budget);
+	}
+
+	n = min(n, in->remaining_pages);
+	n = min(n, in->room_pages);
+	return n - n % granule;
+}
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_batch);
+
+/* the paced schedule ends 1/TBALLOON_PACE_MARGIN_DIV before the deadline */
+static u32 tballoon_pace_horizon(u32 deadline_ms)
+{
+	return max(deadline_ms - deadline_ms / TBALLOON_PACE_MARGIN_DIV, 1U);
+}
+
+/**
+ * tballoon_policy_paced_due() - pages a paced command should have moved
+ * @distance: pages between the start size and the target
+ * @elapsed_ms: time since acceptance
+ * @deadline_ms: the command's deadline
+ *
+ * The schedule is linear from 0 at acceptance to @distance at the pacing
+ * horizon, deadline_ms less 1/TBALLOON_PACE_MARGIN_DIV of it, which leaves
+ * the last batch time to finish before the deadline.
+ *
+ * Return: pages due by @elapsed_ms, at most @distance.
+ */
+u32 tballoon_policy_paced_due(u32 distance, u32 elapsed_ms, u32 deadline_ms)
+{
+	u32 horizon = tballoon_pace_horizon(deadline_ms);
+
+	if (elapsed_ms >= horizon)
+		return distance;
+	return div_u64((u64)distance * elapsed_ms, horizon);
+}
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_paced_due);
+
+/**
+ * tballoon_policy_paced_time() - when a paced command may move more pages
+ * @distance: pages between the start size and the target
+ * @pages: pages moved so far plus the pages the next batch wants
+ * @deadline_ms: the command's deadline
+ *
+ * Inverse of tballoon_policy_paced_due().
+ *
+ * Return: the earliest elapsed time, in ms, at which @pages are due.
+ */
+u32 tballoon_policy_paced_time(u32 distance, u32 pages, u32 deadline_ms)
+{
+	u32 horizon = tballoon_pace_horizon(deadline_ms);
+
+	if (!distance || !pages)
+		return 0;
+	if (pages >= distance)
+		return horizon;
+	return div_u64((u64)pages * horizon + distance - 1, distance);
+}
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_paced_time);

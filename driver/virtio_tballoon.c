@@ -1,0 +1,1225 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * virtio_tballoon.c - timed virtio balloon driver
+ *
+ * A virtio memory balloon (device ID 5) that, with VIRTIO_BALLOON_F_TIMED,
+ * runs timed commands: "bring the balloon to N pages within D ms, never push
+ * the guest's available memory below F pages", and reports progress and the
+ * outcome in config space. Without TIMED it is a standard balloon driver that
+ * follows num_pages. Protocol: Documentation/protocol.rst.
+ *
+ * Layers, bottom up; each may only call the ones below it:
+ *  - buffers: tballoon_send(), tballoon_reap(), tballoon_complete() move PFN
+ *    buffers through the inflate and deflate queues;
+ *  - the engine: tballoon_run() walks the balloon towards tb->run.cmd in
+ *    batches (two buffers in flight: one is filled while the device works on
+ *    the other) until tballoon_policy_stop() or an interruption says stop;
+ *  - commands: tballoon_handle() validates a command, reports, runs it;
+ *  - the worker: tballoon_work() reads the config and feeds commands (TIMED)
+ *    or num_pages (standard) to the layers above.
+ * Decisions (validity, batch size, stop, pacing) are in tballoon_policy.c.
+ */
+
+#include <linux/balloon_compaction.h>
+#include <linux/delay.h>
+#include <linux/jiffies.h>
+#include <linux/ktime.h>
+#include <linux/list.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/scatterlist.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/virtio.h>
+#include <linux/virtio_config.h>
+#include <linux/vmstat.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+#include <uapi/linux/virtio_balloon.h>
+
+#include "virtio_tballoon.h"
+#include "tballoon_policy.h"
+
+/* 4 KiB balloon pages per guest page */
+#define TBALLOON_PAGES_PER_PAGE \
+	((unsigned int)(PAGE_SIZE >> VIRTIO_TBALLOON_PFN_SHIFT))
+/* PFN buffers the worker may have in flight */
+#define TBALLOON_NR_BUFS		2
+/* PFNs per buffer */
+#define TBALLOON_BUF_PFNS		TBALLOON_BATCH_MAX
+/* standard mode: pause after an allocation failure before trying again */
+#define TBALLOON_RETRY_MS		200
+/* deflate: pause while every balloon page is isolated for migration */
+#define TBALLOON_ISOLATED_MS		20
+
+/**
+ * struct tballoon_buf - one buffer of PFNs for the inflate or deflate queue
+ * @pfns: 4 KiB PFNs, little-endian; kmalloc'ed so the device can read it
+ * @num_pfns: entries of @pfns in use; 0 when the buffer is free
+ * @pages: the guest pages behind @pfns, linked through page->lru
+ * @vq: the queue the buffer was last added to
+ * @in_flight: added to @vq and not yet returned by the device
+ */
+struct tballoon_buf {
+	__le32 *pfns;
+	unsigned int num_pfns;
+	struct list_head pages;
+	struct virtqueue *vq;
+	bool in_flight;
+};
+
+/**
+ * struct tballoon_run - one walk of the balloon towards a target
+ * @cmd: what to do; deadline_ms is TBALLOON_NO_DEADLINE in standard mode
+ * @start: acceptance time, guest monotonic clock
+ * @start_pages: balloon size at acceptance
+ * @prev_batch: size of the previous batch (0: none yet)
+ * @state: TBALLOON_STATE_* outcome (RUNNING while it runs)
+ * @reason: TBALLOON_REASON_* detail of @state
+ * @wait_ms: paced: how long to wait before the next batch is due
+ */
+struct tballoon_run {
+	struct tballoon_cmd cmd;
+	ktime_t start;
+	u32 start_pages;
+	u32 prev_batch;
+	u32 state;
+	u32 reason;
+	u32 wait_ms;
+};
+
+/**
+ * struct tballoon - one timed balloon device, at vdev->priv
+ * @vdev: the virtio device
+ * @inflate_vq: inflateq; used under @lock
+ * @deflate_vq: deflateq; used under @lock
+ * @timed: VIRTIO_BALLOON_F_TIMED negotiated; fixed at probe
+ * @ram_pages: guest RAM at probe, 4 KiB pages: the bound of target and floor
+ * @work: the one worker, on system_freezable_wq
+ * @stop_lock: protects @removing and @changed; taken from the config
+ *	change callback, which runs with interrupts off
+ * @removing: remove() runs: nothing may queue @work any more
+ * @changed: the config changed since the worker last read it
+ * @wake: woken when @changed or @removing is set; cuts pauses short
+ * @acked: woken by the virtqueue callbacks when the device used a buffer
+ * @lock: protects @inflate_vq, @deflate_vq (add, kick, get_buf), @bufs,
+ *	@mig_buf, @mig_pfns, @num_pages, @inflight_pages and @broken. The
+ *	worker holds it as long as it has buffers in flight; migration only
+ *	tries it. Nests outside @bdi.pages_lock.
+ * @bufs: the worker's PFN buffers
+ * @mig_buf: the buffer of a page migration (one guest page)
+ * @mig_pfns: storage of @mig_buf
+ * @num_pages: balloon size in 4 KiB pages: pages whose inflate buffer the
+ *	device used and whose deflate buffer it did not use yet
+ * @inflight_pages: 4 KiB pages in @bufs in flight, all in one direction
+ * @broken: a virtqueue failed; nothing more is sent
+ * @bdi: the balloon's pages, for the balloon page API and compaction
+ * @run: the current walk; owned by the worker (remove() and freeze() use
+ *	it only once the worker cannot run)
+ * @next: a newer command seen while @run ran; owned by the worker
+ * @have_next: @next is valid
+ * @last_cmd_id: id of the last command handled; owned by the worker
+ * @report_seq: last report_seq written; owned by the worker
+ * @last_report: time of the last report
+ * @last_report_pages: @num_pages in the last report (or actual write)
+ */
+struct tballoon {
+	struct virtio_device *vdev;
+	struct virtqueue *inflate_vq;
+	struct virtqueue *deflate_vq;
+	bool timed;
+	u64 ram_pages;
+
+	struct work_struct work;
+
+	spinlock_t stop_lock;		/* protects removing, changed */
+	bool removing;
+	bool changed;
+	wait_queue_head_t wake;
+
+	wait_queue_head_t acked;
+
+	struct mutex lock;		/* protects the vqs, buffers, counts */
+	struct tballoon_buf bufs[TBALLOON_NR_BUFS];
+	struct tballoon_buf mig_buf;
+	__le32 mig_pfns[TBALLOON_PAGES_PER_PAGE];
+	u32 num_pages;
+	u32 inflight_pages;
+	bool broken;
+
+	struct balloon_dev_info bdi;
+
+	struct tballoon_run run;
+	struct tballoon_cmd next;
+	bool have_next;
+	u32 last_cmd_id;
+	u32 report_seq;
+	ktime_t last_report;
+	u32 last_report_pages;
+};
+
+static const struct virtio_device_id tballoon_id_table[] = {
+	{ VIRTIO_TBALLOON_DEVICE_ID, VIRTIO_DEV_ANY_ID },
+	{ 0 },
+};
+
+/* ------------------------------------------------------------------------
+ * Stop flags
+ * ------------------------------------------------------------------------
+ */
+
+/* Has remove() started, or did the config change? Any context that sleeps. */
+static bool tballoon_interrupted(struct tballoon *tb)
+{
+	bool ret;
+
+	spin_lock_irq(&tb->stop_lock);
+	ret = tb->removing || tb->changed;
+	spin_unlock_irq(&tb->stop_lock);
+	return ret;
+}
+
+static bool tballoon_removing(struct tballoon *tb)
+{
+	bool ret;
+
+	spin_lock_irq(&tb->stop_lock);
+	ret = tb->removing;
+	spin_unlock_irq(&tb->stop_lock);
+	return ret;
+}
+
+/* Clear the "config changed" note; return whether it was set. */
+static bool tballoon_take_changed(struct tballoon *tb)
+{
+	bool ret;
+
+	spin_lock_irq(&tb->stop_lock);
+	ret = tb->changed;
+	tb->changed = false;
+	spin_unlock_irq(&tb->stop_lock);
+	return ret;
+}
+
+/* Note a change and queue the worker, unless remove() runs. */
+static void tballoon_kick(struct tballoon *tb)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&tb->stop_lock, flags);
+	if (!tb->removing) {
+		tb->changed = true;
+		queue_work(system_freezable_wq, &tb->work);
+	}
+	spin_unlock_irqrestore(&tb->stop_lock, flags);
+	wake_up(&tb->wake);
+}
+
+/* The device announced a change: note it, leave the work to the worker. */
+static void tballoon_config_changed(struct virtio_device *vdev)
+{
+	tballoon_kick(vdev->priv);
+}
+
+/* ------------------------------------------------------------------------
+ * Config space
+ * ------------------------------------------------------------------------
+ */
+
+static u32 tballoon_config_gen(struct virtio_device *vdev)
+{
+	return vdev->config->generation ? vdev->config->generation(vdev) : 0;
+}
+
+/**
+ * tballoon_read_cmd() - read the device's current command
+ * @tb: the balloon
+ * @cmd: filled with the command
+ *
+ * Reads the device-written timed block under the config generation counter
+ * and reads cmd_id again after the other fields, until both are stable
+ * across a read (the device writes cmd_id last).
+ *
+ * Return: true, or false if remove() started (then @cmd is not stable).
+ */
+static bool tballoon_read_cmd(struct tballoon *tb, struct tballoon_cmd *cmd)
+{
+	struct virtio_device *vdev = tb->vdev;
+	u32 gen, again;
+
+	do {
+		if (tballoon_removing(tb))
+			return false;
+		cond_resched();
+		gen = tballoon_config_gen(vdev);
+		virtio_cread_le(vdev, struct virtio_tballoon_config, cmd_id,
+				&cmd->cmd_id);
+		virtio_cread_le(vdev, struct virtio_tballoon_config, op,
+				&cmd->op);
+		virtio_cread_le(vdev, struct virtio_tballoon_config, flags,
+				&cmd->flags);
+		virtio_cread_le(vdev, struct virtio_tballoon_config, deadline_ms,
+				&cmd->deadline_ms);
+		virtio_cread_le(vdev, struct virtio_tballoon_config,
+				target_pages, &cmd->target_pages);
+		virtio_cread_le(vdev, struct virtio_tballoon_config,
+				floor_pages, &cmd->floor_pages);
+		virtio_cread_le(vdev, struct virtio_tballoon_config, cmd_id,
+				&again);
+	} while (gen != tballoon_config_gen(vdev) || again != cmd->cmd_id);
+
+	return true;
+}
+
+static u32 tballoon_elapsed_ms(const struct tballoon_run *run)
+{
+	s64 ms = ktime_ms_delta(ktime_get(), run->start);
+
+	return clamp_t(s64, ms, 0, U32_MAX - 1);
+}
+
+/* Standard report of the balloon size. */
+static void tballoon_write_actual(struct tballoon *tb)
+{
+	u32 actual = tb->num_pages;
+
+	virtio_cwrite_le(tb->vdev, struct virtio_tballoon_config, actual,
+			 &actual);
+	tb->last_report_pages = actual;
+}
+
+/**
+ * tballoon_report() - write a report about tb->run to the device
+ * @tb: the balloon
+ * @full: write every field (acceptance, final); else actual and elapsed_ms
+ *
+ * Writes in protocol order: actual, elapsed_ms, start_pages, reason,
+ * state, ack_cmd_id, and last report_seq. Worker context (or remove/freeze
+ * once the worker cannot run); may be called with @tb->lock held.
+ */
+static void tballoon_report(struct tballoon *tb, bool full)
+{
+	struct virtio_device *vdev = tb->vdev;
+	struct tballoon_run *run = &tb->run;
+	u32 v;
+
+	tballoon_write_actual(tb);
+	v = tballoon_elapsed_ms(run);
+	virtio_cwrite_le(vdev, struct virtio_tballoon_config, elapsed_ms, &v);
+	if (full) {
+		virtio_cwrite_le(vdev, struct virtio_tballoon_config,
+				 start_pages, &run->start_pages);
+		virtio_cwrite_le(vdev, struct virtio_tballoon_config, reason,
+				 &run->reason);
+		virtio_cwrite_le(vdev, struct virtio_tballoon_config, state,
+				 &run->state);
+		virtio_cwrite_le(vdev, struct virtio_tballoon_config, ack_cmd_id,
+				 &run->cmd.cmd_id);
+	}
+	tb->report_seq++;
+	virtio_cwrite_le(vdev, struct virtio_tballoon_config, report_seq,
+			 &tb->report_seq);
+	tb->last_report = ktime_get();
+}
+
+/* ------------------------------------------------------------------------
+ * Buffers. All of these must be called with tb->lock held.
+ * ------------------------------------------------------------------------
+ */
+
+static void tballoon_buf_add_pfns(struct tballoon_buf *buf, struct page *page)
+{
+	unsigned long pfn = page_to_pfn(page);
+	unsigned int i;
+
+	BUILD_BUG_ON(PAGE_SHIFT < VIRTIO_TBALLOON_PFN_SHIFT);
+	/* Guest page -> its 4 KiB frames, the first at the start of the page. */
+	pfn *= TBALLOON_PAGES_PER_PAGE;
+	for (i = 0; i < TBALLOON_PAGES_PER_PAGE; i++)
+		buf->pfns[buf->num_pfns++] = cpu_to_le32(pfn + i);
+}
+
+/**
+ * tballoon_send() - add a filled buffer to a queue and notify the device
+ * @tb: the balloon
+ * @vq: @tb->inflate_vq or @tb->deflate_vq
+ * @buf: the buffer, @buf->num_pfns > 0
+ *
+ * Return: 0, or the error of virtqueue_add_outbuf() (-ENOSPC: the ring is
+ * full; -EIO: the queue is broken). A failed kick marks @tb broken; the
+ * buffer then comes back through tballoon_reap().
+ */
+static int tballoon_send(struct tballoon *tb, struct virtqueue *vq,
+			 struct tballoon_buf *buf)
+{
+	struct scatterlist sg;
+	int err;
+
+	if (tb->broken)
+		return -EIO;
+	sg_init_one(&sg, buf->pfns, buf->num_pfns * sizeof(buf->pfns[0]));
+	err = virtqueue_add_outbuf(vq, &sg, 1, buf, GFP_KERNEL);
+	if (err)
+		return err;
+	buf->vq = vq;
+	buf->in_flight = true;
+	if (!virtqueue_kick(vq))
+		tb->broken = true;
+	return 0;
+}
+
+/*
+ * Collect the buffers the device used. A broken queue will not return its
+ * buffers: they count as used, so inflated pages stay out of the guest.
+ */
+static void tballoon_reap(struct tballoon *tb)
+{
+	struct tballoon_buf *buf;
+	unsigned int len, i;
+
+	while ((buf = virtqueue_get_buf(tb->inflate_vq, &len)))
+		buf->in_flight = false;
+	while ((buf = virtqueue_get_buf(tb->deflate_vq, &len)))
+		buf->in_flight = false;
+
+	if (virtqueue_is_broken(tb->inflate_vq) ||
+	    virtqueue_is_broken(tb->deflate_vq))
+		tb->broken = true;
+	if (!tb->broken)
+		return;
+	for (i = 0; i < TBALLOON_NR_BUFS; i++)
+		tb->bufs[i].in_flight = false;
+	tb->mig_buf.in_flight = false;
+}
+
+static bool tballoon_buf_returned(struct tballoon *tb, struct tballoon_buf *buf)
+{
+	tballoon_reap(tb);
+	return !buf->in_flight;
+}
+
+static bool tballoon_any_returned(struct tballoon *tb)
+{
+	unsigned int i;
+
+	tballoon_reap(tb);
+	for (i = 0; i < TBALLOON_NR_BUFS; i++)
+		if (tb->bufs[i].num_pfns && !tb->bufs[i].in_flight)
+			return true;
+	return false;
+}
+
+/* Give the pages of a buffer that never reached the device back. */
+static void tballoon_unfill(struct tballoon *tb, struct tballoon_buf *buf,
+			    bool inflate)
+{
+	struct page *page, *next;
+
+	if (inflate) {
+		list_for_each_entry_safe(page, next, &buf->pages, lru) {
+			list_del(&page->lru);
+			put_page(page);
+		}
+	} else {
+		balloon_page_list_enqueue(&tb->bdi, &buf->pages);
+	}
+	buf->num_pfns = 0;
+}
+
+/*
+ * The device used @buf: inflated pages join the balloon and leave the
+ * guest's managed memory; deflated pages go back to the guest.
+ */
+static void tballoon_complete(struct tballoon *tb, struct tballoon_buf *buf)
+{
+	struct page *page, *next;
+
+	if (buf->vq == tb->inflate_vq) {
+		list_for_each_entry(page, &buf->pages, lru)
+			adjust_managed_page_count(page, -1);
+		balloon_page_list_enqueue(&tb->bdi, &buf->pages);
+		tb->num_pages += buf->num_pfns;
+	} else {
+		list_for_each_entry_safe(page, next, &buf->pages, lru) {
+			list_del(&page->lru);
+			adjust_managed_page_count(page, 1);
+			put_page(page);
+		}
+		tb->num_pages -= buf->num_pfns;
+	}
+	tb->inflight_pages -= buf->num_pfns;
+	buf->num_pfns = 0;
+}
+
+static void tballoon_complete_returned(struct tballoon *tb)
+{
+	unsigned int i;
+
+	tballoon_reap(tb);
+	for (i = 0; i < TBALLOON_NR_BUFS; i++)
+		if (tb->bufs[i].num_pfns && !tb->bufs[i].in_flight)
+			tballoon_complete(tb, &tb->bufs[i]);
+}
+
+/* Wait until nothing is in flight. */
+static void tballoon_drain(struct tballoon *tb)
+{
+	unsigned int i;
+
+	for (i = 0; i < TBALLOON_NR_BUFS; i++)
+		if (tb->bufs[i].num_pfns)
+			wait_event(tb->acked,
+				   tballoon_buf_returned(tb, &tb->bufs[i]));
+	tballoon_complete_returned(tb);
+}
+
+static struct tballoon_buf *tballoon_free_buf(struct tballoon *tb)
+{
+	unsigned int i;
+
+	for (i = 0; i < TBALLOON_NR_BUFS; i++)
+		if (!tb->bufs[i].num_pfns)
+			return &tb->bufs[i];
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * The engine. Called with tb->lock held unless said otherwise.
+ * ------------------------------------------------------------------------
+ */
+
+static bool tballoon_inflating(struct tballoon *tb)
+{
+	return tb->run.cmd.op == TBALLOON_OP_INFLATE;
+}
+
+/* Balloon size counting the buffers in flight and @extra pages. */
+static u32 tballoon_done_pages(struct tballoon *tb, u32 extra)
+{
+	if (tballoon_inflating(tb))
+		return tb->num_pages + tb->inflight_pages + extra;
+	return tb->num_pages - tb->inflight_pages - extra;
+}
+
+/* |a - b| for page counts */
+static u32 tballoon_dist(u32 a, u32 b)
+{
+	return a > b ? a - b : b - a;
+}
+
+/* MemAvailable in 4 KiB pages, only when a floor applies (else 0). */
+static u64 tballoon_avail_pages(struct tballoon *tb)
+{
+	if (!tballoon_inflating(tb) || !tb->run.cmd.floor_pages)
+		return 0;
+	return (u64)si_mem_available() * TBALLOON_PAGES_PER_PAGE;
+}
+
+static u32 tballoon_policy_check(struct tballoon *tb, u32 extra, u32 *reason)
+{
+	struct tballoon_progress prog = {
+		.done_pages = tballoon_done_pages(tb, extra),
+		.elapsed_ms = tballoon_elapsed_ms(&tb->run),
+		.avail_pages = tballoon_avail_pages(tb),
+		.granule = TBALLOON_PAGES_PER_PAGE,
+	};
+
+	return tballoon_policy_stop(&tb->run.cmd, &prog, reason);
+}
+
+/**
+ * tballoon_check() - must the run stop before the next batch?
+ * @tb: the balloon
+ *
+ * Stops on removal, a broken device, a config change (TIMED: only if it
+ * carries a newer command, kept in @tb->next; standard: always, the worker
+ * reads num_pages again), then whatever the policy says.
+ *
+ * Return: true with @tb->run.state and .reason set to the outcome.
+ */
+static bool tballoon_check(struct tballoon *tb)
+{
+	struct tballoon_run *run = &tb->run;
+	u32 state, reason;
+
+	if (tballoon_removing(tb)) {
+		state = TBALLOON_STATE_ABORTED;
+		reason = TBALLOON_REASON_REMOVED;
+		goto stop;
+	}
+	if (tb->broken) {
+		state = TBALLOON_STATE_ABORTED;
+		reason = TBALLOON_REASON_DEVICE_ERROR;
+		goto stop;
+	}
+	if (!tb->timed && tballoon_interrupted(tb)) {
+		state = TBALLOON_STATE_ABORTED;
+		reason = TBALLOON_REASON_SUPERSEDED;
+		goto stop;
+	}
+	if (tb->timed && tballoon_take_changed(tb)) {
+		if (!tballoon_read_cmd(tb, &tb->next))
+			return false;	/* removal: caught next time */
+		if (tb->next.cmd_id != run->cmd.cmd_id) {
+			tb->have_next = true;
+			state = TBALLOON_STATE_ABORTED;
+			reason = tballoon_policy_superseded_reason(&tb->next);
+			goto stop;
+		}
+	}
+	state = tballoon_policy_check(tb, 0, &reason);
+	if (state == TBALLOON_STATE_RUNNING)
+		return false;
+stop:
+	run->state = state;
+	run->reason = reason;
+	return true;
+}
+
+/**
+ * tballoon_next_batch() - pages for the next batch
+ * @tb: the balloon
+ *
+ * Return: pages (a multiple of TBALLOON_PAGES_PER_PAGE), or 0 with
+ * @tb->run.wait_ms set when a paced command is ahead of its schedule.
+ */
+static u32 tballoon_next_batch(struct tballoon *tb)
+{
+	struct tballoon_run *run = &tb->run;
+	struct tballoon_cmd *cmd = &run->cmd;
+	u32 done = tballoon_done_pages(tb, 0);
+	u32 elapsed = tballoon_elapsed_ms(run);
+	u32 moved = tballoon_dist(tb->num_pages, run->start_pages);
+	u64 elapsed_us = ktime_us_delta(ktime_get(), run->start);
+	struct tballoon_batch_in in = {
+		.remaining_pages = tballoon_dist(cmd->target_pages, done),
+		.remaining_ms = TBALLOON_NO_DEADLINE,
+		.prev_pages = run->prev_batch,
+		.room_pages = U32_MAX,
+		.granule = TBALLOON_PAGES_PER_PAGE,
+	};
+	u32 n;
+
+	if (cmd->deadline_ms != TBALLOON_NO_DEADLINE)
+		in.remaining_ms = elapsed < cmd->deadline_ms ?
+				  cmd->deadline_ms - elapsed : 0;
+	if (moved && elapsed_us)
+		in.rate_pps = min_t(u64, div64_u64((u64)moved * USEC_PER_SEC,
+						   elapsed_us), U32_MAX);
+	if (tballoon_inflating(tb) && cmd->floor_pages)
+		in.room_pages = tballoon_policy_floor_room(cmd->floor_pages,
+							   tballoon_avail_pages(tb));
+	n = tballoon_policy_batch(&in);
+
+	if (n && (cmd->flags & TBALLOON_FLAG_PACED)) {
+		u32 distance = tballoon_dist(cmd->target_pages, run->start_pages);
+		u32 ahead = tballoon_dist(done, run->start_pages);
+		u32 due = tballoon_policy_paced_due(distance, elapsed,
+						    cmd->deadline_ms);
+		u32 want = min(TBALLOON_PACE_CHUNK, in.remaining_pages);
+
+		if (due < ahead + want) {
+			u32 at = tballoon_policy_paced_time(distance, ahead + want,
+							    cmd->deadline_ms);
+
+			run->wait_ms = at > elapsed ? at - elapsed : 1;
+			return 0;
+		}
+		n = min(n, due - ahead);
+		n -= n % TBALLOON_PAGES_PER_PAGE;
+	}
+	return n;
+}
+
+/*
+ * Between two chunks of a fill: must it stop? Peeks at the stop flags and
+ * asks the policy, counting the @extra pages already in the buffer.
+ */
+static u32 tballoon_fill_check(struct tballoon *tb, u32 extra)
+{
+	u32 reason;
+
+	if (tballoon_interrupted(tb))
+		return TBALLOON_STATE_ABORTED;
+	return tballoon_policy_check(tb, extra, &reason);
+}
+
+/**
+ * tballoon_fill_inflate() - allocate pages into a buffer
+ * @tb: the balloon
+ * @buf: a free buffer
+ * @n: pages wanted
+ *
+ * Allocates with the balloon page API (no retry, no warning, no emergency
+ * reserves: never the OOM killer) and checks the clock, the floor and the
+ * stop flags every TBALLOON_CHECK_PAGES pages.
+ *
+ * Return: 0 when @n pages are in @buf; -ENOMEM when an allocation failed;
+ * -ETIME when the deadline passed (the caller drops the partial buffer);
+ * -EINTR when something else says stop (the caller sends it).
+ */
+static int tballoon_fill_inflate(struct tballoon *tb, struct tballoon_buf *buf,
+				 u32 n)
+{
+	struct page *page;
+	u32 state;
+
+	while (buf->num_pfns < n) {
+		if (buf->num_pfns && !(buf->num_pfns % TBALLOON_CHECK_PAGES)) {
+			state = tballoon_fill_check(tb, buf->num_pfns);
+			if (state == TBALLOON_STATE_DEADLINE)
+				return -ETIME;
+			if (state != TBALLOON_STATE_RUNNING)
+				return -EINTR;
+			cond_resched();
+		}
+		page = balloon_page_alloc();
+		if (!page)
+			return -ENOMEM;
+		tballoon_buf_add_pfns(buf, page);
+		list_add_tail(&page->lru, &buf->pages);
+	}
+	return 0;
+}
+
+/**
+ * tballoon_fill_deflate() - take pages out of the balloon into a buffer
+ * @tb: the balloon
+ * @buf: a free buffer
+ * @n: pages wanted, at most the balloon size not already in flight
+ *
+ * Return: 0 (possibly fewer than @n pages: some may be isolated for
+ * migration), or -EAGAIN when no page could be taken now.
+ */
+static int tballoon_fill_deflate(struct tballoon *tb, struct tballoon_buf *buf,
+				 u32 n)
+{
+	struct page *page;
+
+	if (!balloon_page_list_dequeue(&tb->bdi, &buf->pages,
+				       n / TBALLOON_PAGES_PER_PAGE))
+		return -EAGAIN;
+	list_for_each_entry(page, &buf->pages, lru)
+		tballoon_buf_add_pfns(buf, page);
+	return 0;
+}
+
+/*
+ * Drain, then sleep without the lock for up to @ms or until interrupted.
+ * Lets migration in while the worker waits.
+ */
+static void tballoon_pause(struct tballoon *tb, unsigned int ms)
+{
+	tballoon_drain(tb);
+	mutex_unlock(&tb->lock);
+	wait_event_timeout(tb->wake, tballoon_interrupted(tb),
+			   msecs_to_jiffies(ms));
+	mutex_lock(&tb->lock);
+}
+
+/*
+ * Progress: TIMED, a report at most every TBALLOON_REPORT_INTERVAL_MS and
+ * only when actual changed; standard, actual after each batch.
+ */
+static void tballoon_progress(struct tballoon *tb)
+{
+	if (tb->num_pages == tb->last_report_pages)
+		return;
+	if (!tb->timed) {
+		tballoon_write_actual(tb);
+		return;
+	}
+	if (ktime_ms_delta(ktime_get(), tb->last_report) >=
+	    TBALLOON_REPORT_INTERVAL_MS)
+		tballoon_report(tb, false);
+}
+
+/**
+ * tballoon_run() - walk the balloon towards @tb->run.cmd
+ * @tb: the balloon; @tb->lock must not be held
+ *
+ * Fills one buffer while the device works on the other, until
+ * tballoon_check() or a failure ends the run. Returns with nothing in
+ * flight and @tb->run.state/.reason set to the outcome.
+ */
+static void tballoon_run(struct tballoon *tb)
+{
+	struct tballoon_run *run = &tb->run;
+	bool inflate = tballoon_inflating(tb);
+	struct virtqueue *vq = inflate ? tb->inflate_vq : tb->deflate_vq;
+	struct tballoon_buf *buf;
+	u32 n;
+	int err;
+
+	mutex_lock(&tb->lock);
+	for (;;) {
+		tballoon_complete_returned(tb);
+		tballoon_progress(tb);
+		if (tballoon_check(tb))
+			break;
+
+		buf = tballoon_free_buf(tb);
+		if (!buf) {
+			wait_event(tb->acked, tballoon_any_returned(tb));
+			continue;
+		}
+		n = tballoon_next_batch(tb);
+		if (!n) {
+			if (tb->inflight_pages) {
+				wait_event(tb->acked, tballoon_any_returned(tb));
+			} else if (run->wait_ms) {
+				tballoon_pause(tb, run->wait_ms);
+				run->wait_ms = 0;
+			} else {
+				/* The policy allows nothing and nothing moves. */
+				WARN_ON_ONCE(1);
+				run->state = TBALLOON_STATE_PRESSURE;
+				run->reason = TBALLOON_REASON_NONE;
+				break;
+			}
+			continue;
+		}
+		run->prev_batch = n;
+
+		if (inflate) {
+			err = tballoon_fill_inflate(tb, buf, n);
+		} else {
+			err = tballoon_fill_deflate(tb, buf, n);
+			if (err == -EAGAIN) {
+				tballoon_pause(tb, TBALLOON_ISOLATED_MS);
+				continue;
+			}
+		}
+		if (err == -ETIME || !buf->num_pfns) {
+			/* Nothing the device saw: give it back, and decide. */
+			tballoon_unfill(tb, buf, inflate);
+		} else {
+			while ((err = tballoon_send(tb, vq, buf)) == -ENOSPC &&
+			       tb->inflight_pages)
+				wait_event(tb->acked, tballoon_any_returned(tb));
+			if (err) {
+				dev_warn_ratelimited(&tb->vdev->dev,
+						     "cannot queue %u pages: %d\n",
+						     buf->num_pfns, err);
+				tballoon_unfill(tb, buf, inflate);
+				tb->broken = true;
+			} else {
+				tb->inflight_pages += buf->num_pfns;
+			}
+		}
+		if (err == -ENOMEM) {
+			run->state = TBALLOON_STATE_PRESSURE;
+			run->reason = TBALLOON_REASON_ALLOC_FAIL;
+			break;
+		}
+	}
+	tballoon_drain(tb);
+	mutex_unlock(&tb->lock);
+}
+
+/* ------------------------------------------------------------------------
+ * Commands and the worker
+ * ------------------------------------------------------------------------
+ */
+
+/**
+ * tballoon_handle() - validate, accept, run and report one TIMED command
+ * @tb: the balloon
+ * @cmd: the command; its id is new
+ *
+ * Leaves @tb->have_next set when a newer command ended this one.
+ */
+static void tballoon_handle(struct tballoon *tb, const struct tballoon_cmd *cmd)
+{
+	struct tballoon_run *run = &tb->run;
+	u32 ppp = TBALLOON_PAGES_PER_PAGE;
+
+	tb->last_cmd_id = cmd->cmd_id;
+	tb->have_next = false;
+	memset(run, 0, sizeof(*run));
+	run->cmd = *cmd;
+	run->start_pages = tb->num_pages;
+	run->state = tballoon_policy_validate(cmd, tb->num_pages, tb->ram_pages,
+					      &run->reason);
+	/* Acceptance: time starts now. */
+	run->start = ktime_get();
+	if (run->state != TBALLOON_STATE_RUNNING) {
+		tballoon_report(tb, true);
+		return;
+	}
+
+	/* Whole guest pages only, like the standard balloon. */
+	run->cmd.target_pages = ALIGN(cmd->target_pages, ppp);
+	tballoon_report(tb, true);
+	tballoon_run(tb);
+	tballoon_report(tb, true);
+}
+
+/* Standard balloon: follow num_pages, no deadline, actual after each batch. */
+static void tballoon_work_standard(struct tballoon *tb)
+{
+	struct tballoon_run *run = &tb->run;
+	u32 num_pages, target;
+
+	while (!tballoon_removing(tb)) {
+		tballoon_take_changed(tb);
+		virtio_cread_le(tb->vdev, struct virtio_tballoon_config,
+				num_pages, &num_pages);
+		target = ALIGN(num_pages, TBALLOON_PAGES_PER_PAGE);
+		if (target == tb->num_pages)
+			break;
+
+		memset(run, 0, sizeof(*run));
+		run->cmd.op = target > tb->num_pages ? TBALLOON_OP_INFLATE :
+						       TBALLOON_OP_DEFLATE;
+		run->cmd.target_pages = target;
+		run->cmd.deadline_ms = TBALLOON_NO_DEADLINE;
+		run->start_pages = tb->num_pages;
+		run->start = ktime_get();
+		tballoon_run(tb);
+		tballoon_write_actual(tb);
+
+		if (run->reason == TBALLOON_REASON_DEVICE_ERROR)
+			break;
+		if (run->reason == TBALLOON_REASON_ALLOC_FAIL) {
+			dev_info_ratelimited(&tb->vdev->dev,
+					     "out of memory at %u of %u pages\n",
+					     tb->num_pages, target);
+			wait_event_timeout(tb->wake, tballoon_interrupted(tb),
+					   msecs_to_jiffies(TBALLOON_RETRY_MS));
+		}
+	}
+}
+
+static void tballoon_work(struct work_struct *work)
+{
+	struct tballoon *tb = container_of(work, struct tballoon, work);
+	struct tballoon_cmd cmd;
+
+	if (!tb->timed) {
+		tballoon_work_standard(tb);
+		return;
+	}
+
+	tballoon_take_changed(tb);
+	if (!tballoon_read_cmd(tb, &cmd))
+		return;
+	while (cmd.cmd_id != tb->last_cmd_id && !tballoon_removing(tb)) {
+		tballoon_handle(tb, &cmd);
+		if (!tb->have_next)
+			break;
+		cmd = tb->next;
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * Migration
+ * ------------------------------------------------------------------------
+ */
+
+#ifdef CONFIG_BALLOON_COMPACTION
+/* Tell the device about one guest page and wait. tb->lock held. */
+static int tballoon_send_page_sync(struct tballoon *tb, struct virtqueue *vq,
+				   struct page *page)
+{
+	struct tballoon_buf *buf = &tb->mig_buf;
+	int err;
+
+	buf->num_pfns = 0;
+	tballoon_buf_add_pfns(buf, page);
+	err = tballoon_send(tb, vq, buf);
+	if (!err)
+		wait_event(tb->acked, tballoon_buf_returned(tb, buf));
+	buf->num_pfns = 0;
+	return err;
+}
+
+/**
+ * tballoon_migratepage() - move a balloon page for compaction
+ * @bdi: the balloon
+ * @newpage: the page taking @page's place in the balloon
+ * @page: the isolated balloon page to give back
+ * @mode: migration mode (unused)
+ *
+ * Inflates @newpage, then deflates @page, through the device. Gives up
+ * (-EAGAIN, compaction retries later) while the worker has buffers in
+ * flight. Called with both pages locked.
+ *
+ * Return: MIGRATEPAGE_SUCCESS or -EAGAIN.
+ */
+static int tballoon_migratepage(struct balloon_dev_info *bdi,
+				struct page *newpage, struct page *page,
+				enum migrate_mode mode)
+{
+	struct tballoon *tb = container_of(bdi, struct tballoon, bdi);
+	unsigned long flags;
+	int err;
+
+	if (!mutex_trylock(&tb->lock))
+		return -EAGAIN;
+
+	/* The device must know @newpage before it is in the balloon. */
+	err = tballoon_send_page_sync(tb, tb->inflate_vq, newpage);
+	if (err) {
+		mutex_unlock(&tb->lock);
+		return -EAGAIN;
+	}
+
+	get_page(newpage);	/* the balloon's reference */
+	if (page_zone(page) != page_zone(newpage)) {
+		adjust_managed_page_count(page, 1);
+		adjust_managed_page_count(newpage, -1);
+	}
+	spin_lock_irqsave(&bdi->pages_lock, flags);
+	balloon_page_insert(bdi, newpage);
+	bdi->isolated_pages--;
+	__count_vm_event(BALLOON_MIGRATE);
+	spin_unlock_irqrestore(&bdi->pages_lock, flags);
+
+	err = tballoon_send_page_sync(tb, tb->deflate_vq, page);
+	mutex_unlock(&tb->lock);
+
+	balloon_page_finalize(page);
+	if (err)
+		/* Never told the device: @page must not return to the guest. */
+		dev_warn_ratelimited(&tb->vdev->dev,
+				     "migration: deflate failed (%d), page leaked\n",
+				     err);
+	else
+		put_page(page);	/* the balloon's reference */
+	return MIGRATEPAGE_SUCCESS;
+}
+#endif /* CONFIG_BALLOON_COMPACTION */
+
+/* ------------------------------------------------------------------------
+ * Device setup and teardown
+ * ------------------------------------------------------------------------
+ */
+
+static void tballoon_ack(struct virtqueue *vq)
+{
+	struct tballoon *tb = vq->vdev->priv;
+
+	wake_up(&tb->acked);
+}
+
+static int tballoon_init_vqs(struct tballoon *tb)
+{
+	struct virtqueue *vqs[VIRTIO_TBALLOON_VQ_DEFLATE + 1];
+	vq_callback_t *callbacks[] = {
+		[VIRTIO_TBALLOON_VQ_INFLATE] = tballoon_ack,
+		[VIRTIO_TBALLOON_VQ_DEFLATE] = tballoon_ack,
+	};
+	static const char * const names[] = {
+		[VIRTIO_TBALLOON_VQ_INFLATE] = "inflate",
+		[VIRTIO_TBALLOON_VQ_DEFLATE] = "deflate",
+	};
+	int err;
+
+	err = virtio_find_vqs(tb->vdev, ARRAY_SIZE(vqs), vqs, callbacks, names,
+			      NULL);
+	if (err)
+		return err;
+	tb->inflate_vq = vqs[VIRTIO_TBALLOON_VQ_INFLATE];
+	tb->deflate_vq = vqs[VIRTIO_TBALLOON_VQ_DEFLATE];
+	tb->broken = false;
+	return 0;
+}
+
+/* Start (probe, restore): read what survives in the device, then go. */
+static void tballoon_start(struct tballoon *tb)
+{
+	if (tb->timed) {
+		/* A command not acknowledged yet is new (protocol, "Issuing"). */
+		virtio_cread_le(tb->vdev, struct virtio_tballoon_config,
+				ack_cmd_id, &tb->last_cmd_id);
+		virtio_cread_le(tb->vdev, struct virtio_tballoon_config,
+				report_seq, &tb->report_seq);
+	}
+	virtio_device_ready(tb->vdev);
+	tballoon_kick(tb);
+}
+
+/*
+ * Return every page to the guest through the deflate queue. The worker must
+ * not run. With a broken device the pages come back untold: the device is
+ * reset right after, which empties its balloon.
+ */
+static void tballoon_empty(struct tballoon *tb)
+{
+	struct tballoon_buf *buf = &tb->bufs[0];
+	int err;
+
+	mutex_lock(&tb->lock);
+	while (tb->num_pages) {
+		err = tballoon_fill_deflate(tb, buf, min(tb->num_pages,
+							 TBALLOON_BUF_PFNS));
+		if (err) {
+			mutex_unlock(&tb->lock);
+			msleep(TBALLOON_ISOLATED_MS);
+			mutex_lock(&tb->lock);
+			continue;
+		}
+		tb->inflight_pages += buf->num_pfns;
+		err = tballoon_send(tb, tb->deflate_vq, buf);
+		if (!err)
+			wait_event(tb->acked, tballoon_buf_returned(tb, buf));
+		buf->vq = tb->deflate_vq;
+		buf->in_flight = false;
+		tballoon_complete(tb, buf);
+	}
+	tballoon_write_actual(tb);
+	mutex_unlock(&tb->lock);
+}
+
+/* Stop the worker for good (remove). */
+static void tballoon_stop_worker(struct tballoon *tb)
+{
+	spin_lock_irq(&tb->stop_lock);
+	tb->removing = true;
+	spin_unlock_irq(&tb->stop_lock);
+	wake_up(&tb->wake);
+	cancel_work_sync(&tb->work);
+}
+
+static void tballoon_free_bufs(struct tballoon *tb)
+{
+	unsigned int i;
+
+	for (i = 0; i < TBALLOON_NR_BUFS; i++)
+		kfree(tb->bufs[i].pfns);
+}
+
+static int tballoon_validate(struct virtio_device *vdev)
+{
+	if (!vdev->config->get) {
+		dev_err(&vdev->dev, "config access disabled\n");
+		return -EINVAL;
+	}
+	/* The timed block is little-endian: modern devices only. */
+	if (!virtio_has_feature(vdev, VIRTIO_F_VERSION_1))
+		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_TIMED);
+	return 0;
+}
+
+static int tballoon_probe(struct virtio_device *vdev)
+{
+	struct tballoon *tb;
+	unsigned int i;
+	int err;
+
+	BUILD_BUG_ON(sizeof(struct virtio_tballoon_config) !=
+		     VIRTIO_TBALLOON_CONFIG_SIZE);
+	BUILD_BUG_ON(TBALLOON_BUF_PFNS % TBALLOON_PAGES_PER_PAGE);
+	BUILD_BUG_ON(TBALLOON_CHECK_PAGES % TBALLOON_PAGES_PER_PAGE);
+
+	tb = kzalloc(sizeof(*tb), GFP_KERNEL);
+	if (!tb)
+		return -ENOMEM;
+	vdev->priv = tb;
+	tb->vdev = vdev;
+	tb->timed = virtio_has_feature(vdev, VIRTIO_BALLOON_F_TIMED);
+	INIT_WORK(&tb->work, tballoon_work);
+	spin_lock_init(&tb->stop_lock);
+	init_waitqueue_head(&tb->wake);
+	init_waitqueue_head(&tb->acked);
+	mutex_init(&tb->lock);
+	balloon_devinfo_init(&tb->bdi);
+#ifdef CONFIG_BALLOON_COMPACTION
+	tb->bdi.migratepage = tballoon_migratepage;
+#endif
+
+	for (i = 0; i < TBALLOON_NR_BUFS; i++) {
+		INIT_LIST_HEAD(&tb->bufs[i].pages);
+		tb->bufs[i].pfns = kmalloc_array(TBALLOON_BUF_PFNS,
+						 sizeof(__le32), GFP_KERNEL);
+		if (!tb->bufs[i].pfns) {
+			err = -ENOMEM;
+			goto err_free_bufs;
+		}
+	}
+	INIT_LIST_HEAD(&tb->mig_buf.pages);
+	tb->mig_buf.pfns = tb->mig_pfns;
+
+	err = tballoon_init_vqs(tb);
+	if (err)
+		goto err_free_bufs;
+
+	tb->ram_pages = (u64)totalram_pages() * TBALLOON_PAGES_PER_PAGE;
+	tballoon_start(tb);
+	dev_info(&vdev->dev, "%s balloon, %llu MiB of guest RAM\n",
+		 tb->timed ? "timed" : "standard",
+		 tb->ram_pages >> (20 - VIRTIO_TBALLOON_PFN_SHIFT));
+	return 0;
+
+err_free_bufs:
+	tballoon_free_bufs(tb);
+	kfree(tb);
+	vdev->priv = NULL;
+	return err;
+}
+
+static void tballoon_remove(struct virtio_device *vdev)
+{
+	struct tballoon *tb = vdev->priv;
+
+	/* The worker reports a running command ABORTED/REMOVED as it stops. */
+	tballoon_stop_worker(tb);
+	tballoon_empty(tb);
+	virtio_reset_device(vdev);
+	vdev->config->del_vqs(vdev);
+	tballoon_free_bufs(tb);
+	kfree(tb);
+}
+
+#ifdef CONFIG_PM_SLEEP
+static int tballoon_freeze(struct virtio_device *vdev)
+{
+	struct tballoon *tb = vdev->priv;
+
+	/* The freezable workqueue is frozen: the worker does not run. */
+	tballoon_empty(tb);
+	virtio_reset_device(vdev);
+	vdev->config->del_vqs(vdev);
+	return 0;
+}
+
+static int tballoon_restore(struct virtio_device *vdev)
+{
+	struct tballoon *tb = vdev->priv;
+	int err;
+
+	err = tballoon_init_vqs(tb);
+	if (err)
+		return err;
+	tballoon_start(tb);
+	return 0;
+}
+#endif
+
+static unsigned int tballoon_features[] = {
+	VIRTIO_BALLOON_F_MUST_TELL_HOST,
+	VIRTIO_BALLOON_F_TIMED,
+};
+
+static struct virtio_driver tballoon_driver = {
+	.feature_table = tballoon_features,
+	.feature_table_size = ARRAY_SIZE(tballoon_features),
+	.driver.name = KBUILD_MODNAME,
+	.driver.owner = THIS_MODULE,
+	.id_table = tballoon_id_table,
+	.validate = tballoon_validate,
+	.probe = tballoon_probe,
+	.remove = tballoon_remove,
+	.config_changed = tballoon_config_changed,
+#ifdef CONFIG_PM_SLEEP
+	.freeze = tballoon_freeze,
+	.restore = tballoon_restore,
+#endif
+};
+
+module_virtio_driver(tballoon_driver);
+MODULE_DEVICE_TABLE(virtio, tballoon_id_table);
+MODULE_DESCRIPTION("Timed virtio balloon driver");
+MODULE_LICENSE("GPL");

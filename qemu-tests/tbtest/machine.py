@@ -429,3 +429,42 @@ class Guest:
         if rc != 0 or obj is None:
             raise GuestError("tballoon status --json failed (exit %d): %s" % (rc, err.strip()))
         return obj
+
+
+class Qmp:
+    """Minimal QMP client for a guest's RUN/qmp.sock (stock balloon, quit)."""
+
+    def __init__(self, path, timeout=30.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.file = self.sock.makefile("rwb")
+        self.events = []
+        self._read()                                # greeting
+        self.command("qmp_capabilities")
+
+    def _read(self):
+        line = self.file.readline()
+        if not line:
+            raise GuestError("QMP connection closed")
+        return json.loads(line.decode())
+
+    def command(self, name, **arguments):
+        """Execute NAME; return its "return" value or raise GuestError."""
+        msg = {"execute": name}
+        if arguments:
+            msg["arguments"] = arguments
+        self.file.write(json.dumps(msg).encode() + b"\n")
+        self.file.flush()
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                self.events.append(reply)
+                continue
+            if "error" in reply:
+                raise GuestError("QMP %s: %s" % (name, reply["error"].get("desc")))
+            return reply.get("return")
+
+    def close(self):
+        self.file.close()
+        self.sock.close()

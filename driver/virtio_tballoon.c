@@ -683,6 +683,18 @@ static int tballoon_fill_inflate(struct tballoon *tb, struct tballoon_buf *buf,
 	return 0;
 }
 
+/* The count says the balloon has pages, but neither list nor migration does. */
+static bool tballoon_pages_lost(struct tballoon *tb)
+{
+	unsigned long flags;
+	bool lost;
+
+	spin_lock_irqsave(&tb->bdi.pages_lock, flags);
+	lost = list_empty(&tb->bdi.pages) && !tb->bdi.isolated_pages;
+	spin_unlock_irqrestore(&tb->bdi.pages_lock, flags);
+	return WARN_ONCE(lost, "tballoon: %u pages in no list\n", tb->num_pages);
+}
+
 /**
  * tballoon_fill_deflate() - take pages out of the balloon into a buffer
  * @tb: the balloon
@@ -690,7 +702,8 @@ static int tballoon_fill_inflate(struct tballoon *tb, struct tballoon_buf *buf,
  * @n: pages wanted, at most the balloon size not already in flight
  *
  * Return: 0 (possibly fewer than @n pages: some may be isolated for
- * migration), or -EAGAIN when no page could be taken now.
+ * migration or locked), -EAGAIN when no page could be taken now, -ENOENT
+ * when the balloon has no page to take although @tb->num_pages says so.
  */
 static int tballoon_fill_deflate(struct tballoon *tb, struct tballoon_buf *buf,
 				 u32 n)
@@ -699,7 +712,7 @@ static int tballoon_fill_deflate(struct tballoon *tb, struct tballoon_buf *buf,
 
 	if (!balloon_page_list_dequeue(&tb->bdi, &buf->pages,
 				       n / TBALLOON_PAGES_PER_PAGE))
-		return -EAGAIN;
+		return tballoon_pages_lost(tb) ? -ENOENT : -EAGAIN;
 	list_for_each_entry(page, &buf->pages, lru)
 		tballoon_buf_add_pfns(buf, page);
 	return 0;
@@ -789,6 +802,11 @@ static void tballoon_run(struct tballoon *tb)
 			if (err == -EAGAIN) {
 				tballoon_pause(tb, TBALLOON_ISOLATED_MS);
 				continue;
+			}
+			if (err) {
+				run->state = TBALLOON_STATE_ABORTED;
+				run->reason = TBALLOON_REASON_DEVICE_ERROR;
+				break;
 			}
 		}
 		if (err == -ETIME || !buf->num_pfns) {
@@ -1055,6 +1073,8 @@ static void tballoon_empty(struct tballoon *tb)
 	while (tb->num_pages) {
 		err = tballoon_fill_deflate(tb, buf, min(tb->num_pages,
 							 TBALLOON_BUF_PFNS));
+		if (err == -ENOENT)
+			break;
 		if (err) {
 			mutex_unlock(&tb->lock);
 			msleep(TBALLOON_ISOLATED_MS);

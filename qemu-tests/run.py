@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0
 """tballoon boot tests: real guest kernel, real QEMU, real tballoon backend.
 
-    run.py [--list] [--kvm] [--keep] [--smp N] [--build] [SCENARIO...]
+    run.py [--list] [--kvm] [--keep] [--smp N] [--bzimage] [--build] [SCENARIO...]
     run.py --demo [--kvm] [--keep]
 
 Prints TAP on stdout (plan, "ok N - name" / "not ok N - name # reason",
@@ -116,7 +116,7 @@ def run_tests(args):
                     guest.close()
                 guest, guest_group, boot_error, shared = None, sc.group, None, {}
                 opts.update(kvm=args.kvm, keep=args.keep, smp=args.smp,
-                            name=sc.group, log=diag)
+                            bzimage=args.bzimage, name=sc.group, log=diag)
                 if opts.get("device") == "tballoon" and not e.tool.exists():
                     # Still boot (initramfs, agent, driver load), without the device.
                     diag("host tool missing: group %s boots without the balloon device"
@@ -125,9 +125,9 @@ def run_tests(args):
                 booting = machine.Guest(**opts)
                 try:
                     guest = booting.__enter__()
-                    diag("group %s: booted in %.2f s, driver %s: %s, run dir %s" % (
-                        sc.group, guest.boot_s, guest.driver, guest.driver_status,
-                        guest.rundir))
+                    diag("group %s: booted %s in %.2f s, driver %s: %s, run dir %s" % (
+                        sc.group, guest.kernel.name, guest.boot_s, guest.driver,
+                        guest.driver_status, guest.rundir))
                 except Exception as err:    # the guest closed itself, run dir kept
                     boot_error = "guest boot failed: %s" % str(err).splitlines()[0]
                     lines.append(str(err))
@@ -204,7 +204,7 @@ def run_demo(args):
         % ("KVM" if args.kvm else "TCG"))
     rcs = []
     with machine.Guest(kvm=args.kvm, keep=args.keep, smp=args.smp, name="demo",
-                       log=say) as g:
+                       bzimage=args.bzimage, log=say) as g:
         say("booted in %.1f s; driver virtio_tballoon: %s" % (g.boot_s, g.driver_status))
         if g.driver_status != "loaded":
             say("the driver did not load; console log: %s" % g.console_log)
@@ -234,6 +234,8 @@ def main():
     ap.add_argument("--kvm", action="store_true", help="use KVM instead of TCG")
     ap.add_argument("--keep", action="store_true", help="keep run directories")
     ap.add_argument("--smp", type=int, default=2, help="guest vCPUs (default 2)")
+    ap.add_argument("--bzimage", action="store_true",
+                    help="boot the compressed bzImage instead of the PVH vmlinux")
     ap.add_argument("--build", action="store_true",
                     help="build the module and host tool first")
     args = ap.parse_args()

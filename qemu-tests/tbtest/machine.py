@@ -28,8 +28,10 @@ from pathlib import Path
 from . import env as tbenv
 from . import initramfs as tbinitramfs
 
-# Inside the QEMU root, the run directory is seen here.
+# Inside the QEMU root, the run directory is seen here, and the harness's
+# cache (kernel, initramfs archives) read-only here.
 CHROOT_RUN = "/tb-run"
+CHROOT_CACHE = "/tb-cache"
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -179,7 +181,7 @@ class Guest:
 
     def __init__(self, driver="tballoon", device="tballoon", mem="1G", smp=2,
                  kvm=False, keep=False, name="guest", log=None, boot_timeout=180.0,
-                 extra_append=""):
+                 extra_append="", bzimage=False):
         self.env = tbenv.load()
         self.driver = driver
         self.device = device
@@ -191,6 +193,8 @@ class Guest:
         self.log = log or (lambda msg: None)
         self.boot_timeout = boot_timeout
         self.extra_append = extra_append
+        self.bzimage = bzimage      # boot the bzImage, not the PVH vmlinux
+        self.kernel = None          # host path of what QEMU boots
         self.rundir = None
         self.backend = None
         self.qemu = None
@@ -252,9 +256,14 @@ class Guest:
         if missing:
             raise GuestError("cannot boot: missing " + "; ".join(missing))
         self.initramfs = tbinitramfs.build(self.env, self.log)
+        if not self.bzimage:
+            self.kernel = tbinitramfs.pvh_kernel(self.env, self.log)
+        if self.kernel is None:
+            # The bzImage is outside the cache: put a copy there.
+            self.kernel = self.initramfs.path.parent / ("vmlinuz-" + self.env.kver)
+            if not self.kernel.exists():
+                shutil.copyfile(str(self.env.kernel), str(self.kernel))
         self._mkrundir()
-        shutil.copyfile(str(self.env.kernel), str(self.path("vmlinuz")))
-        shutil.copyfile(str(self.initramfs.path), str(self.path("initramfs.cpio.gz")))
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(self.path("agent.sock")))
         self.listener.listen(1)
@@ -298,7 +307,8 @@ class Guest:
                 "-smp", str(self.smp), "-m", self.mem,
                 "-object", "memory-backend-memfd,id=mem,size=%s,share=on,prealloc=on"
                 % self.mem,
-                "-kernel", run + "/vmlinuz", "-initrd", run + "/initramfs.cpio.gz",
+                "-kernel", "%s/%s" % (CHROOT_CACHE, self.kernel.name),
+                "-initrd", "%s/%s" % (CHROOT_CACHE, self.initramfs.path.name),
                 "-append", append.strip(),
                 "-chardev", "file,id=con,path=%s/console.log" % run,
                 "-serial", "chardev:con",
@@ -317,13 +327,18 @@ class Guest:
 
     def _start_qemu(self):
         qroot = self.env.qroot
-        (qroot / CHROOT_RUN.lstrip("/")).mkdir(exist_ok=True)
-        # sh -c SCRIPT sh RUNDIR QROOT QEMU-ARGV...: mounts live only in this
-        # private namespace, so they vanish with QEMU.
-        script = ('mount --bind "$1" "$2%s" && mount -t proc proc "$2/proc" && '
-                  'r=$2 && shift 2 && exec chroot "$r" "$@"' % CHROOT_RUN)
+        for d in (CHROOT_RUN, CHROOT_CACHE):
+            (qroot / d.lstrip("/")).mkdir(exist_ok=True)
+        # sh -c SCRIPT sh RUNDIR CACHEDIR QROOT QEMU-ARGV...: the mounts live
+        # only in this private namespace, so they vanish with QEMU.
+        script = ('mount --bind "$1" "$3%s" && '
+                  'mount --bind "$2" "$3%s" && mount -o remount,bind,ro "$3%s" && '
+                  'mount -t proc proc "$3/proc" && '
+                  'r=$3 && shift 3 && exec chroot "$r" "$@"'
+                  % (CHROOT_RUN, CHROOT_CACHE, CHROOT_CACHE))
         argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
-                str(self.rundir), str(qroot)] + self.qemu_argv()
+                str(self.rundir), str(self.initramfs.path.parent), str(qroot)]
+        argv += self.qemu_argv()
         with open(str(self.path("qemu.cmdline")), "w") as f:
             f.write(" ".join(argv) + "\n")
         with open(str(self.qemu_log), "wb") as logf:
@@ -352,12 +367,6 @@ class Guest:
         self.qemu = self.backend = None
         if self.rundir is None:
             return
-        # QEMU read them at startup; they are reproducible from the cache.
-        for big in ("vmlinuz", "initramfs.cpio.gz"):
-            try:
-                self.path(big).unlink()
-            except FileNotFoundError:
-                pass
         with open(str(self.path("exit-codes")), "w") as f:
             f.write("qemu %s\nbackend %s\n" % (qrc, brc))
         if self.agent is not None:

@@ -1,0 +1,463 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * client.c - `tballoon inflate|deflate|status|abort`: QMP-style requests on
+ * the control socket, live progress from BALLOON_PROGRESS events.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "ctl.h"
+#include "parse.h"
+#include "util.h"
+
+#define TB_CONNECT_TIMEOUT_MS 5000
+
+struct tb_conn {
+	int fd;
+	char *buf;
+	size_t len;
+	size_t cap;
+};
+
+static void tb_conn_close(struct tb_conn *c)
+{
+	tb_close_fd(&c->fd);
+	free(c->buf);
+	c->buf = NULL;
+}
+
+/*
+ * Next JSON object from the server, waiting until @deadline_ms (monotonic;
+ * 0 = forever). Returns 1 with *out, 0 on timeout, -1 on error or EOF.
+ */
+static int tb_conn_read(struct tb_conn *c, json_object **out, uint64_t deadline_ms)
+{
+	for (;;) {
+		char *nl = c->len ? memchr(c->buf, '\n', c->len) : NULL;
+
+		if (nl) {
+			size_t ll = (size_t)(nl - c->buf);
+			json_tokener *tok = json_tokener_new();
+			json_object *o = json_tokener_parse_ex(tok, c->buf, (int)ll);
+			bool ok = o && json_tokener_get_error(tok) == json_tokener_success;
+
+			json_tokener_free(tok);
+			memmove(c->buf, nl + 1, c->len - ll - 1);
+			c->len -= ll + 1;
+			if (!ok || !json_object_is_type(o, json_type_object)) {
+				json_object_put(o);
+				fprintf(stderr, "tballoon: malformed message from the server\n");
+				return -1;
+			}
+			*out = o;
+			return 1;
+		}
+
+		int timeout = -1;
+		struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
+		ssize_t n;
+
+		if (deadline_ms) {
+			uint64_t now = tb_now_ms();
+
+			if (now >= deadline_ms)
+				return 0;
+			timeout = (int)(deadline_ms - now > 1000000 ? 1000000 : deadline_ms - now);
+		}
+		n = poll(&pfd, 1, timeout);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -1;
+		if (n == 0)
+			continue;	/* re-check the deadline */
+		if (c->cap - c->len < 4096) {
+			size_t cap = c->cap ? c->cap * 2 : 16384;
+			char *p;
+
+			if (cap > (64U << 20))
+				return -1;
+			p = realloc(c->buf, cap);
+			if (!p)
+				return -1;
+			c->buf = p;
+			c->cap = cap;
+		}
+		n = read(c->fd, c->buf + c->len, c->cap - c->len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			fprintf(stderr, "tballoon: the server closed the connection\n");
+			return -1;
+		}
+		c->len += (size_t)n;
+	}
+}
+
+static int tb_conn_open(struct tb_conn *c, const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	json_object *g = NULL;
+
+	c->fd = -1;
+	c->buf = NULL;
+	c->len = c->cap = 0;
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		fprintf(stderr, "tballoon: %s: path too long\n", path);
+		return -1;
+	}
+	strcpy(sa.sun_path, path);
+	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		fprintf(stderr, "tballoon: cannot connect to %s: %s\n", path, strerror(errno));
+		tb_conn_close(c);
+		return -1;
+	}
+	if (tb_conn_read(c, &g, tb_now_ms() + TB_CONNECT_TIMEOUT_MS) <= 0 ||
+	    !json_object_object_get_ex(g, "QMP", NULL)) {
+		json_object *e;
+
+		if (g && json_object_object_get_ex(g, "error", &e))
+			fprintf(stderr, "tballoon: %s: %s\n", path,
+				json_object_get_string(json_object_object_get(e, "desc")));
+		else
+			fprintf(stderr, "tballoon: %s: no greeting from the server\n", path);
+		json_object_put(g);
+		tb_conn_close(c);
+		return -1;
+	}
+	json_object_put(g);
+	return 0;
+}
+
+static int tb_conn_send(struct tb_conn *c, json_object *req)
+{
+	size_t len;
+	const char *s = json_object_to_json_string_length(req, JSON_C_TO_STRING_PLAIN, &len);
+	char *line = malloc(len + 1);
+	size_t off = 0;
+
+	if (!line)
+		return -1;
+	memcpy(line, s, len);
+	line[len] = '\n';
+	while (off < len + 1) {
+		ssize_t n = send(c->fd, line + off, len + 1 - off, MSG_NOSIGNAL);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			fprintf(stderr, "tballoon: send: %s\n", strerror(errno));
+			free(line);
+			return -1;
+		}
+		off += (size_t)n;
+	}
+	free(line);
+	return 0;
+}
+
+/*
+ * Execute @name with @args (taken) and return the "return" value (caller
+ * owns it), or NULL after printing the error. Events before the response are
+ * skipped: the server sends events raised by a request after its response.
+ */
+static json_object *tb_conn_execute(struct tb_conn *c, const char *name,
+				    json_object *args, const char *what)
+{
+	json_object *req = json_object_new_object();
+	json_object *resp = NULL, *v, *ret = NULL;
+
+	json_object_object_add(req, "execute", json_object_new_string(name));
+	if (args)
+		json_object_object_add(req, "arguments", args);
+	if (tb_conn_send(c, req) < 0) {
+		json_object_put(req);
+		return NULL;
+	}
+	json_object_put(req);
+	for (;;) {
+		if (tb_conn_read(c, &resp, tb_now_ms() + TB_CONNECT_TIMEOUT_MS) <= 0) {
+			fprintf(stderr, "tballoon: %s: no response from the server\n", what);
+			return NULL;
+		}
+		if (json_object_object_get_ex(resp, "return", &v)) {
+			ret = json_object_get(v);
+			break;
+		}
+		if (json_object_object_get_ex(resp, "error", &v)) {
+			fprintf(stderr, "tballoon: %s: %s\n", what,
+				json_object_get_string(json_object_object_get(v, "desc")));
+			break;
+		}
+		json_object_put(resp);	/* an event */
+		resp = NULL;
+	}
+	json_object_put(resp);
+	return ret;
+}
+
+/* ------------------------------------------------------------------------
+ * Printing
+ * ------------------------------------------------------------------------
+ */
+
+static int64_t tb_jint(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
+}
+
+static bool tb_jbool(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) && json_object_get_boolean(v);
+}
+
+static const char *tb_jstr(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "?";
+}
+
+static json_object *tb_jobj(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? v : NULL;
+}
+
+static const char *tb_pages_str(char *buf, size_t len, int64_t pages)
+{
+	char b[32];
+
+	tb_format_bytes(b, sizeof(b), pages * 4096);
+	snprintf(buf, len, "%lld pages (%s)", (long long)pages, b);
+	return buf;
+}
+
+void tb_print_status(json_object *st, bool json)
+{
+	json_object *c = tb_jobj(st, "command");
+	char a[64], b[64], r[32], res[32], rel[32];
+
+	if (json) {
+		puts(json_object_to_json_string_ext(st, JSON_C_TO_STRING_PLAIN |
+						    JSON_C_TO_STRING_NOSLASHESCAPE));
+		return;
+	}
+	tb_format_bytes(r, sizeof(r), tb_jint(st, "guest_ram_bytes"));
+	tb_format_bytes(res, sizeof(res), tb_jint(st, "resident_bytes"));
+	tb_format_bytes(rel, sizeof(rel), tb_jint(st, "released_bytes"));
+	printf("front-end:  %s, driver %s, timed %s\n",
+	       tb_jbool(st, "connected") ? "connected" : "not connected",
+	       tb_jbool(st, "driver_ok") ? "ready" : "not ready",
+	       tb_jbool(st, "timed") ? "yes" : "no");
+	printf("guest RAM:  %s, host resident %s, released since start %s\n", r, res, rel);
+	printf("balloon:    %s, num_pages %lld\n",
+	       tb_pages_str(a, sizeof(a), tb_jint(st, "actual_pages")),
+	       (long long)tb_jint(st, "num_pages"));
+	if (!c || !tb_jint(c, "cmd_id")) {
+		printf("command:    none\n");
+		return;
+	}
+	printf("command:    %lld %s to %s, deadline %lld ms, floor %s%s\n",
+	       (long long)tb_jint(c, "cmd_id"), tb_jstr(c, "op"),
+	       tb_pages_str(a, sizeof(a), tb_jint(c, "target_pages")),
+	       (long long)tb_jint(c, "deadline_ms"),
+	       tb_pages_str(b, sizeof(b), tb_jint(c, "floor_pages")),
+	       tb_jbool(c, "paced") ? ", paced" : "");
+	printf("state:      %s (%s), started at %lld pages, guest %lld ms, host %lld ms, "
+	       "%lld reports\n", tb_jstr(c, "state"), tb_jstr(c, "reason"),
+	       (long long)tb_jint(c, "start_pages"), (long long)tb_jint(c, "elapsed_ms"),
+	       (long long)tb_jint(c, "host_elapsed_ms"), (long long)tb_jint(c, "reports"));
+}
+
+/* pages moved by the command in @st */
+static int64_t tb_moved(json_object *st)
+{
+	int64_t d = tb_jint(st, "actual_pages") - tb_jint(tb_jobj(st, "command"), "start_pages");
+
+	return d < 0 ? -d : d;
+}
+
+static void tb_print_progress(json_object *st, bool tty)
+{
+	json_object *c = tb_jobj(st, "command");
+	int64_t total = tb_jint(c, "target_pages") - tb_jint(c, "start_pages");
+	int64_t moved = tb_moved(st);
+	int pct;
+
+	total = total < 0 ? -total : total;
+	pct = total ? (int)(moved * 100 / total) : 100;
+	printf("%s%s %lld: %s, %lld/%lld pages (%d%%), %.1f s%s", tty ? "\r" : "",
+	       tb_jstr(c, "op"), (long long)tb_jint(c, "cmd_id"), tb_jstr(c, "state"),
+	       (long long)moved, (long long)total, pct,
+	       (double)tb_jint(c, "host_elapsed_ms") / 1000.0, tty ? "\033[K" : "\n");
+	fflush(stdout);
+}
+
+static void tb_print_outcome(json_object *st)
+{
+	json_object *c = tb_jobj(st, "command");
+	char rel[32];
+
+	tb_format_bytes(rel, sizeof(rel), tb_jint(c, "host_released_bytes"));
+	printf("%s %lld: %s (%s), %lld pages moved in %.3f s (guest %.3f s, %lld reports), "
+	       "host memory released %s\n", tb_jstr(c, "op"), (long long)tb_jint(c, "cmd_id"),
+	       tb_jstr(c, "state"), tb_jstr(c, "reason"), (long long)tb_moved(st),
+	       (double)tb_jint(c, "host_elapsed_ms") / 1000.0,
+	       (double)tb_jint(c, "elapsed_ms") / 1000.0, (long long)tb_jint(c, "reports"),
+	       rel);
+}
+
+int tb_exit_for_state(const char *state)
+{
+	static const struct { const char *state; int code; } map[] = {
+		{ "done", TB_EXIT_OK },
+		{ "deadline", TB_EXIT_DEADLINE },
+		{ "pressure", TB_EXIT_PRESSURE },
+		{ "aborted", TB_EXIT_ABORTED },
+		{ "rejected", TB_EXIT_REJECTED },
+	};
+
+	for (size_t i = 0; i < TB_ARRAY_SIZE(map); i++)
+		if (!strcmp(state, map[i].state))
+			return map[i].code;
+	return TB_EXIT_ERROR;
+}
+
+/* ------------------------------------------------------------------------
+ * Subcommands
+ * ------------------------------------------------------------------------
+ */
+
+static int tb_client_simple(const struct tb_client_opts *o, const char *name,
+			    const char *what)
+{
+	struct tb_conn c;
+	json_object *st;
+
+	if (tb_conn_open(&c, o->control) < 0)
+		return TB_EXIT_ERROR;
+	st = tb_conn_execute(&c, name, NULL, what);
+	tb_conn_close(&c);
+	if (!st)
+		return TB_EXIT_ERROR;
+	tb_print_status(st, o->json);
+	json_object_put(st);
+	return TB_EXIT_OK;
+}
+
+int tb_client_status(const struct tb_client_opts *o)
+{
+	return tb_client_simple(o, "query-balloon", "status");
+}
+
+int tb_client_abort(const struct tb_client_opts *o)
+{
+	return tb_client_simple(o, "abort", "abort");
+}
+
+static bool tb_state_is_terminal(const char *state)
+{
+	return strcmp(state, "running") && strcmp(state, "idle");
+}
+
+int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m)
+{
+	bool tty = !o->json && isatty(STDOUT_FILENO);
+	json_object *args = json_object_new_object();
+	json_object *st, *ev = NULL;
+	struct tb_conn c;
+	uint64_t give_up;
+	int64_t id;
+	int rc;
+
+	json_object_object_add(args, "target-pages", json_object_new_uint64(m->target_pages));
+	json_object_object_add(args, "deadline-ms", json_object_new_uint64(m->deadline_ms));
+	json_object_object_add(args, "floor-pages", json_object_new_uint64(m->floor_pages));
+	json_object_object_add(args, "paced", json_object_new_boolean(m->paced));
+
+	if (tb_conn_open(&c, o->control) < 0) {
+		json_object_put(args);
+		return TB_EXIT_ERROR;
+	}
+	st = tb_conn_execute(&c, m->op, args, m->op);
+	if (!st) {
+		tb_conn_close(&c);
+		return TB_EXIT_ERROR;
+	}
+	id = tb_jint(tb_jobj(st, "command"), "cmd_id");
+	if (!m->wait) {
+		if (o->json) {
+			tb_print_status(st, true);
+		} else {
+			char a[64];
+
+			printf("%s %lld: issued, target %s, deadline %llu ms\n", m->op,
+			       (long long)id, tb_pages_str(a, sizeof(a), m->target_pages),
+			       (unsigned long long)m->deadline_ms);
+		}
+		json_object_put(st);
+		tb_conn_close(&c);
+		return TB_EXIT_OK;
+	}
+
+	give_up = tb_now_ms() + m->deadline_ms + m->grace_ms;
+	/* already over (standard balloon at target)? */
+	while (!tb_state_is_terminal(tb_jstr(tb_jobj(st, "command"), "state"))) {
+		json_object *data, *cmd;
+
+		rc = tb_conn_read(&c, &ev, give_up);
+		if (rc < 0) {
+			json_object_put(st);
+			tb_conn_close(&c);
+			return TB_EXIT_ERROR;
+		}
+		if (rc == 0) {
+			if (tty)
+				putchar('\n');
+			fprintf(stderr, "tballoon: %s %lld: no outcome from the guest within "
+				"deadline + grace (%llu ms)\n", m->op, (long long)id,
+				(unsigned long long)(m->deadline_ms + m->grace_ms));
+			if (o->json)
+				tb_print_status(st, true);
+			json_object_put(st);
+			tb_conn_close(&c);
+			return TB_EXIT_TIMEOUT;
+		}
+		data = tb_jobj(ev, "data");
+		cmd = data ? tb_jobj(data, "command") : NULL;
+		if (!json_object_object_get_ex(ev, "event", NULL) || !cmd ||
+		    tb_jint(cmd, "cmd_id") != id) {
+			json_object_put(ev);
+			continue;
+		}
+		json_object_put(st);
+		st = json_object_get(data);
+		json_object_put(ev);
+		if (!o->json && !tb_state_is_terminal(tb_jstr(cmd, "state")))
+			tb_print_progress(st, tty);
+	}
+	tb_conn_close(&c);
+	if (tty)
+		putchar('\n');
+	if (o->json)
+		tb_print_status(st, true);
+	else
+		tb_print_outcome(st);
+	rc = tb_exit_for_state(tb_jstr(tb_jobj(st, "command"), "state"));
+	json_object_put(st);
+	return rc;
+}

@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * client.h - the control-socket client subcommands and the exit codes.
+ */
+#ifndef TB_CLIENT_H
+#define TB_CLIENT_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* process exit codes (documented in --help and the man page) */
+enum tb_exit {
+	TB_EXIT_OK = 0,		/* done, or command accepted without --wait */
+	TB_EXIT_ERROR = 1,	/* error (connection, refused by the host) */
+	TB_EXIT_USAGE = 2,	/* bad command line */
+	TB_EXIT_DEADLINE = 3,	/* deadline passed before the target */
+	TB_EXIT_PRESSURE = 4,	/* the guest stopped to protect itself */
+	TB_EXIT_ABORTED = 5,	/* aborted (host abort, superseded, removed) */
+	TB_EXIT_REJECTED = 6,	/* the guest rejected the command */
+	TB_EXIT_TIMEOUT = 7,	/* no outcome within deadline + grace */
+};
+
+/* control socket when neither -c nor TBALLOON_CONTROL is given */
+#define TB_DEFAULT_CONTROL "/run/tballoon.sock"
+
+/* options shared by every client subcommand */
+struct tb_client_opts {
+	const char *control;
+	bool json;
+};
+
+/* a balloon move request as parsed from the command line */
+struct tb_move_opts {
+	const char *op;		/* "inflate" or "deflate" */
+	uint64_t target_pages;
+	uint64_t deadline_ms;
+	uint64_t floor_pages;
+	bool paced;
+	bool wait;
+	uint64_t grace_ms;
+};
+
+int tb_client_status(const struct tb_client_opts *o);
+int tb_client_abort(const struct tb_client_opts *o);
+int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m);
+
+/* exit code for a terminal state name ("done", "deadline", ...) */
+int tb_exit_for_state(const char *state);
+
+/* one print path: the status object as JSON (one line) or as text */
+void tb_print_status(json_object *status, bool json);
+
+#endif /* TB_CLIENT_H */

@@ -1,0 +1,316 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ctl.c - control protocol: request parsing (json-c), status and events.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <sys/time.h>
+
+#include "ctl.h"
+#include "util.h"
+
+static const char *const tb_ctl_event_names[TB_EVENT_COUNT] = {
+	[TB_EVENT_PROGRESS] = "BALLOON_PROGRESS",
+	[TB_EVENT_DONE] = "BALLOON_DONE",
+};
+
+const char *tb_ctl_event_name(enum tb_event ev)
+{
+	return (unsigned int)ev < TB_EVENT_COUNT ? tb_ctl_event_names[ev] : "UNKNOWN";
+}
+
+static void tb_json_add_u64(json_object *o, const char *key, uint64_t v)
+{
+	json_object_object_add(o, key, json_object_new_uint64(v));
+}
+
+static void tb_json_add_i64(json_object *o, const char *key, int64_t v)
+{
+	json_object_object_add(o, key, json_object_new_int64(v));
+}
+
+json_object *tb_ctl_greeting(void)
+{
+	json_object *ver = json_object_new_object();
+	json_object *tb = json_object_new_object();
+	json_object *qmp = json_object_new_object();
+	json_object *g = json_object_new_object();
+
+	tb_json_add_u64(tb, "major", TB_VERSION_MAJOR);
+	tb_json_add_u64(tb, "minor", TB_VERSION_MINOR);
+	tb_json_add_u64(tb, "micro", TB_VERSION_MICRO);
+	json_object_object_add(ver, "tballoon", tb);
+	json_object_object_add(ver, "package", json_object_new_string("tballoon " TB_VERSION));
+	json_object_object_add(qmp, "version", ver);
+	json_object_object_add(qmp, "capabilities", json_object_new_array());
+	json_object_object_add(g, "QMP", qmp);
+	return g;
+}
+
+json_object *tb_ctl_error(json_object *id, const char *desc)
+{
+	json_object *e = json_object_new_object();
+	json_object *r = json_object_new_object();
+
+	json_object_object_add(e, "class", json_object_new_string("GenericError"));
+	json_object_object_add(e, "desc", json_object_new_string(desc));
+	json_object_object_add(r, "error", e);
+	if (id)
+		json_object_object_add(r, "id", json_object_get(id));
+	return r;
+}
+
+static json_object *tb_ctl_return(json_object *id, json_object *val)
+{
+	json_object *r = json_object_new_object();
+
+	json_object_object_add(r, "return", val);
+	if (id)
+		json_object_object_add(r, "id", json_object_get(id));
+	return r;
+}
+
+static json_object *tb_ctl_command(const struct tb_dev *dev, uint64_t now_ms)
+{
+	const struct tb_cmd *c = &dev->cmd;
+	json_object *o = json_object_new_object();
+	uint64_t end = c->ended_ms ? c->ended_ms : now_ms;
+	uint64_t after = c->ended_ms ? c->resident_after : tb_mem_resident_bytes(dev->mem);
+
+	tb_json_add_u64(o, "cmd_id", c->cmd_id);
+	json_object_object_add(o, "op", json_object_new_string(tb_op_name(c->op)));
+	json_object_object_add(o, "state", json_object_new_string(
+		c->cmd_id ? tb_state_name(c->state) : "idle"));
+	json_object_object_add(o, "reason", json_object_new_string(tb_reason_name(c->reason)));
+	tb_json_add_u64(o, "target_pages", c->target_pages);
+	tb_json_add_u64(o, "start_pages", c->start_pages);
+	tb_json_add_u64(o, "deadline_ms", c->deadline_ms);
+	tb_json_add_u64(o, "floor_pages", c->floor_pages);
+	json_object_object_add(o, "paced", json_object_new_boolean(c->flags & TBALLOON_FLAG_PACED));
+	tb_json_add_u64(o, "elapsed_ms", c->elapsed_ms);
+	tb_json_add_u64(o, "host_elapsed_ms", c->cmd_id && end > c->issued_ms ? end - c->issued_ms : 0);
+	tb_json_add_u64(o, "report_seq", c->report_seq);
+	tb_json_add_u64(o, "reports", c->reports);
+	/* extensions beyond the brief's object */
+	json_object_object_add(o, "timed", json_object_new_boolean(c->timed));
+	tb_json_add_u64(o, "resident_before_bytes", c->resident_before);
+	tb_json_add_i64(o, "host_released_bytes",
+			c->cmd_id ? (int64_t)c->resident_before - (int64_t)after : 0);
+	return o;
+}
+
+json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms)
+{
+	json_object *o = json_object_new_object();
+	json_object *s = json_object_new_object();
+
+	json_object_object_add(o, "connected", json_object_new_boolean(dev->connected));
+	json_object_object_add(o, "timed", json_object_new_boolean(tb_dev_timed(dev)));
+	json_object_object_add(o, "driver_ok", json_object_new_boolean(dev->driver_ok));
+	tb_json_add_u64(o, "guest_ram_bytes", tb_mem_ram_bytes(dev->mem));
+	tb_json_add_u64(o, "resident_bytes", tb_mem_resident_bytes(dev->mem));
+	tb_json_add_u64(o, "released_bytes", dev->stats.released_bytes);
+	tb_json_add_u64(o, "actual_pages", TB_CFG(dev, actual));
+	tb_json_add_u64(o, "num_pages", TB_CFG(dev, num_pages));
+	json_object_object_add(o, "command", tb_ctl_command(dev, now_ms));
+
+	tb_json_add_u64(s, "inflated_pages", dev->stats.inflated_pages);
+	tb_json_add_u64(s, "deflated_pages", dev->stats.deflated_pages);
+	tb_json_add_u64(s, "refused_pfns", dev->stats.refused_pfns);
+	tb_json_add_u64(s, "bad_buffers", dev->stats.bad_buffers);
+	tb_json_add_u64(s, "punch_errors", dev->stats.punch_errors);
+	tb_json_add_u64(s, "bad_reports", dev->stats.bad_reports);
+	tb_json_add_u64(s, "broken_rings", dev->stats.broken_rings);
+	json_object_object_add(o, "stats", s);
+	return o;
+}
+
+json_object *tb_ctl_event(enum tb_event ev, json_object *data)
+{
+	json_object *e = json_object_new_object();
+	json_object *ts = json_object_new_object();
+	struct timeval tv;
+
+	gettimeofday(&tv, NULL);
+	tb_json_add_i64(ts, "seconds", tv.tv_sec);
+	tb_json_add_i64(ts, "microseconds", tv.tv_usec);
+	json_object_object_add(e, "event", json_object_new_string(tb_ctl_event_name(ev)));
+	json_object_object_add(e, "data", data);
+	json_object_object_add(e, "timestamp", ts);
+	return e;
+}
+
+/* ------------------------------------------------------------------------
+ * Requests
+ * ------------------------------------------------------------------------
+ */
+
+/* an unsigned integer argument in [min, max]; 0 ok, -1 with *err set */
+static int tb_ctl_arg_u32(json_object *args, const char *key, bool required,
+			  uint32_t min, uint32_t max, uint32_t *out,
+			  char *err, size_t errlen)
+{
+	json_object *v;
+	int64_t s;
+	uint64_t u;
+
+	if (!json_object_object_get_ex(args, key, &v)) {
+		if (!required)
+			return 0;
+		snprintf(err, errlen, "parameter '%s' is missing", key);
+		return -1;
+	}
+	if (!json_object_is_type(v, json_type_int)) {
+		snprintf(err, errlen, "parameter '%s' expects an integer", key);
+		return -1;
+	}
+	s = json_object_get_int64(v);
+	u = json_object_get_uint64(v);
+	if (s < 0 || u < min || u > max) {
+		snprintf(err, errlen, "parameter '%s' must be in %u..%u", key, min, max);
+		return -1;
+	}
+	*out = (uint32_t)u;
+	return 0;
+}
+
+/* every member of @args is one of @allowed (NULL-terminated) */
+static int tb_ctl_args_known(json_object *args, const char *const *allowed,
+			     char *err, size_t errlen)
+{
+	json_object_object_foreach(args, key, val) {
+		bool ok = false;
+
+		(void)val;
+		for (const char *const *a = allowed; *a; a++)
+			if (!strcmp(key, *a))
+				ok = true;
+		if (!ok) {
+			snprintf(err, errlen, "parameter '%s' is unexpected", key);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static json_object *tb_ctl_move(struct tb_dev *dev, uint32_t op, json_object *args,
+				json_object *id, uint64_t now_ms)
+{
+	static const char *const allowed[] = {
+		"target-pages", "deadline-ms", "floor-pages", "paced", NULL
+	};
+	uint32_t target = 0, deadline = 0, floor = 0, flags = 0;
+	json_object *v;
+	char err[256];
+
+	if (tb_ctl_args_known(args, allowed, err, sizeof(err)) ||
+	    tb_ctl_arg_u32(args, "target-pages", true, 0, UINT32_MAX, &target,
+			   err, sizeof(err)) ||
+	    tb_ctl_arg_u32(args, "deadline-ms", true, 1, TBALLOON_DEADLINE_MAX_MS,
+			   &deadline, err, sizeof(err)) ||
+	    tb_ctl_arg_u32(args, "floor-pages", false, 0, UINT32_MAX, &floor,
+			   err, sizeof(err)))
+		return tb_ctl_error(id, err);
+	if (json_object_object_get_ex(args, "paced", &v)) {
+		if (!json_object_is_type(v, json_type_boolean))
+			return tb_ctl_error(id, "parameter 'paced' expects a boolean");
+		if (json_object_get_boolean(v))
+			flags |= TBALLOON_FLAG_PACED;
+	}
+	if (!tb_dev_issue(dev, op, target, deadline, floor, flags, now_ms, err, sizeof(err)))
+		return tb_ctl_error(id, err);
+	return tb_ctl_return(id, tb_ctl_status(dev, now_ms));
+}
+
+json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len,
+				uint64_t now_ms)
+{
+	static const char *const no_args[] = { NULL };
+	json_tokener *tok;
+	json_object *req, *exec = NULL, *args = NULL, *id = NULL, *resp;
+	enum json_tokener_error jerr;
+	const char *name;
+	char err[256];
+
+	if (len > TB_CTL_LINE_MAX)
+		return tb_ctl_error(NULL, "request too long");
+	tok = json_tokener_new_ex(16);
+	if (!tok)
+		return tb_ctl_error(NULL, "out of memory");
+	req = json_tokener_parse_ex(tok, line, (int)len);
+	jerr = json_tokener_get_error(tok);
+	if (req && jerr == json_tokener_success) {
+		/* only whitespace may follow the object */
+		for (size_t i = json_tokener_get_parse_end(tok); i < len; i++) {
+			if (line[i] != ' ' && line[i] != '\t' && line[i] != '\r') {
+				jerr = json_tokener_error_parse_unexpected;
+				break;
+			}
+		}
+	} else if (jerr == json_tokener_continue) {
+		jerr = json_tokener_error_parse_eof;
+	}
+	json_tokener_free(tok);
+	if (!req || jerr != json_tokener_success) {
+		json_object_put(req);
+		snprintf(err, sizeof(err), "JSON parse error: %s",
+			 json_tokener_error_desc(jerr));
+		return tb_ctl_error(NULL, err);
+	}
+
+	if (!json_object_is_type(req, json_type_object)) {
+		resp = tb_ctl_error(NULL, "request must be a JSON object");
+		goto out;
+	}
+	json_object_object_get_ex(req, "id", &id);
+	json_object_object_foreach(req, key, val) {
+		(void)val;
+		if (strcmp(key, "execute") && strcmp(key, "arguments") && strcmp(key, "id")) {
+			snprintf(err, sizeof(err), "request member '%s' is unexpected", key);
+			resp = tb_ctl_error(id, err);
+			goto out;
+		}
+	}
+	if (!json_object_object_get_ex(req, "execute", &exec) ||
+	    !json_object_is_type(exec, json_type_string)) {
+		resp = tb_ctl_error(id, "'execute' must be a string");
+		goto out;
+	}
+	if (json_object_object_get_ex(req, "arguments", &args) &&
+	    !json_object_is_type(args, json_type_object)) {
+		resp = tb_ctl_error(id, "'arguments' must be an object");
+		goto out;
+	}
+	if (!args) {
+		args = json_object_new_object();
+		json_object_object_add(req, "arguments", args);
+	}
+
+	name = json_object_get_string(exec);
+	if (!strcmp(name, "inflate")) {
+		resp = tb_ctl_move(dev, TBALLOON_OP_INFLATE, args, id, now_ms);
+	} else if (!strcmp(name, "deflate")) {
+		resp = tb_ctl_move(dev, TBALLOON_OP_DEFLATE, args, id, now_ms);
+	} else if (!strcmp(name, "abort") || !strcmp(name, "query-balloon") ||
+		   !strcmp(name, "qmp_capabilities")) {
+		if (tb_ctl_args_known(args, no_args, err, sizeof(err))) {
+			resp = tb_ctl_error(id, err);
+		} else if (!strcmp(name, "qmp_capabilities")) {
+			resp = tb_ctl_return(id, json_object_new_object());
+		} else if (!strcmp(name, "query-balloon")) {
+			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));
+		} else if (!tb_dev_issue(dev, TBALLOON_OP_ABORT, 0, 0, 0, 0, now_ms,
+					 err, sizeof(err))) {
+			resp = tb_ctl_error(id, err);
+		} else {
+			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));
+		}
+	} else {
+		snprintf(err, sizeof(err), "the command %.64s has not been found", name);
+		resp = tb_ctl_error(id, err);
+	}
+out:
+	/* resp holds its own reference to id */
+	json_object_put(req);
+	return resp;
+}

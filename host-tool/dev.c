@@ -1,0 +1,491 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dev.c - timed balloon device model.
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "dev.h"
+#include "util.h"
+
+/* pin the wire layout */
+_Static_assert(sizeof(struct virtio_tballoon_config) == VIRTIO_TBALLOON_CONFIG_SIZE,
+	       "config layout");
+_Static_assert(offsetof(struct virtio_tballoon_config, ack_cmd_id) == 40,
+	       "driver block offset");
+
+#define TB_OFF(field) offsetof(struct virtio_tballoon_config, field)
+/* the bytes a driver may write: actual, and the driver block */
+#define TB_DRV_ACTUAL_START TB_OFF(actual)
+#define TB_DRV_ACTUAL_END (TB_OFF(actual) + 4)
+#define TB_DRV_BLOCK_START TB_OFF(ack_cmd_id)
+#define TB_DRV_BLOCK_END VIRTIO_TBALLOON_CONFIG_SIZE
+
+static const char *const tb_op_names[TBALLOON_OP_COUNT] = {
+	[TBALLOON_OP_NONE] = "none",
+	[TBALLOON_OP_INFLATE] = "inflate",
+	[TBALLOON_OP_DEFLATE] = "deflate",
+	[TBALLOON_OP_ABORT] = "abort",
+};
+
+static const char *const tb_state_names[TBALLOON_STATE_COUNT] = {
+	[TBALLOON_STATE_IDLE] = "idle",
+	[TBALLOON_STATE_RUNNING] = "running",
+	[TBALLOON_STATE_DONE] = "done",
+	[TBALLOON_STATE_DEADLINE] = "deadline",
+	[TBALLOON_STATE_PRESSURE] = "pressure",
+	[TBALLOON_STATE_ABORTED] = "aborted",
+	[TBALLOON_STATE_REJECTED] = "rejected",
+};
+
+static const char *const tb_reason_names[TBALLOON_REASON_COUNT] = {
+	[TBALLOON_REASON_NONE] = "none",
+	[TBALLOON_REASON_BAD_OP] = "bad-op",
+	[TBALLOON_REASON_BAD_FLAGS] = "bad-flags",
+	[TBALLOON_REASON_BAD_TARGET] = "bad-target",
+	[TBALLOON_REASON_BAD_DEADLINE] = "bad-deadline",
+	[TBALLOON_REASON_BAD_FLOOR] = "bad-floor",
+	[TBALLOON_REASON_DIRECTION] = "direction",
+	[TBALLOON_REASON_SUPERSEDED] = "superseded",
+	[TBALLOON_REASON_HOST_ABORT] = "host-abort",
+	[TBALLOON_REASON_REMOVED] = "removed",
+	[TBALLOON_REASON_FLOOR] = "floor",
+	[TBALLOON_REASON_ALLOC_FAIL] = "alloc-fail",
+	[TBALLOON_REASON_RECLAIM] = "reclaim",
+	[TBALLOON_REASON_DEVICE_ERROR] = "device-error",
+};
+
+const char *tb_op_name(uint32_t op)
+{
+	return op < TBALLOON_OP_COUNT ? tb_op_names[op] : "unknown";
+}
+
+const char *tb_state_name(uint32_t state)
+{
+	return state < TBALLOON_STATE_COUNT ? tb_state_names[state] : "unknown";
+}
+
+const char *tb_reason_name(uint32_t reason)
+{
+	return reason < TBALLOON_REASON_COUNT ? tb_reason_names[reason] : "unknown";
+}
+
+uint32_t tb_dev_cfg_get(const struct tb_dev *dev, size_t off)
+{
+	return tb_get_le32(dev->config + off);
+}
+
+static void tb_dev_cfg_put(struct tb_dev *dev, size_t off, uint32_t v)
+{
+	tb_put_le32(dev->config + off, v);
+}
+
+void tb_dev_init(struct tb_dev *dev, const struct tb_mem *mem,
+		 const struct tb_dev_ops *ops, void *opaque)
+{
+	memset(dev, 0, sizeof(*dev));
+	dev->mem = mem;
+	dev->ops = ops;
+	dev->opaque = opaque;
+	dev->punch = tb_mem_punch_fallocate;
+}
+
+bool tb_dev_timed(const struct tb_dev *dev)
+{
+	return dev->features_set && (dev->features & TB_BIT(VIRTIO_BALLOON_F_TIMED));
+}
+
+bool tb_cmd_running(const struct tb_cmd *cmd)
+{
+	return cmd->cmd_id && cmd->state < TBALLOON_STATE_DONE;
+}
+
+static void tb_dev_event(struct tb_dev *dev, enum tb_event ev)
+{
+	if (dev->ops && dev->ops->event)
+		dev->ops->event(dev->opaque, ev, &dev->cmd);
+}
+
+static void tb_dev_notify(struct tb_dev *dev)
+{
+	if (dev->ops && dev->ops->notify_config)
+		dev->ops->notify_config(dev->opaque);
+}
+
+/* end the current command with a host-decided or driver-reported outcome */
+static void tb_dev_finish(struct tb_dev *dev, uint32_t state, uint32_t reason,
+			  uint64_t now_ms)
+{
+	struct tb_cmd *c = &dev->cmd;
+
+	c->state = state;
+	c->reason = reason;
+	c->ended_ms = now_ms ? now_ms : 1;
+	c->resident_after = tb_mem_resident_bytes(dev->mem);
+	if (!c->timed)
+		c->elapsed_ms = (uint32_t)(now_ms - c->issued_ms);
+	tb_info("command %u (%s) ended: %s (%s), actual %u pages, %u reports",
+		c->cmd_id, tb_op_name(c->op), tb_state_name(state),
+		tb_reason_name(reason), TB_CFG(dev, actual), c->reports);
+	tb_dev_event(dev, TB_EVENT_DONE);
+}
+
+void tb_dev_set_features(struct tb_dev *dev, uint64_t features)
+{
+	dev->features = features;
+	dev->features_set = true;
+	tb_info("balloon: driver features 0x%llx, timed %s",
+		(unsigned long long)features, tb_dev_timed(dev) ? "yes" : "no");
+}
+
+void tb_dev_session(struct tb_dev *dev, bool up, uint64_t now_ms)
+{
+	dev->connected = up;
+	dev->driver_ok = false;
+	dev->features = 0;
+	dev->features_set = false;
+	if (up)
+		return;
+	if (tb_cmd_running(&dev->cmd))
+		tb_dev_finish(dev, TBALLOON_STATE_ABORTED, TBALLOON_REASON_REMOVED, now_ms);
+	/*
+	 * Forget the guest's view; keep cmd_id so that a guest which survived
+	 * (reconnect) never sees an id go backwards, with op NONE so that no
+	 * stale command can be (re)started from it.
+	 */
+	uint32_t id = TB_CFG(dev, cmd_id);
+
+	memset(dev->config, 0, sizeof(dev->config));
+	tb_dev_cfg_put(dev, TB_OFF(cmd_id), id);
+	dev->last_report_seq = 0;
+}
+
+void tb_dev_get_config(const struct tb_dev *dev, uint8_t *buf, uint32_t off,
+		       uint32_t size)
+{
+	if (!tb_range_ok(off, size, sizeof(dev->config)))
+		return;
+	memcpy(buf, dev->config + off, size);
+}
+
+/* copy the part of [src_off, src_off+size) that falls inside [lo, hi) */
+static void tb_dev_take(struct tb_dev *dev, const uint8_t *buf, uint32_t off,
+			uint32_t size, uint32_t lo, uint32_t hi)
+{
+	uint32_t a = off > lo ? off : lo;
+	uint32_t b = off + size < hi ? off + size : hi;
+
+	if (a < b)
+		memcpy(dev->config + a, buf + (a - off), b - a);
+}
+
+static bool tb_state_terminal(uint32_t state)
+{
+	return state >= TBALLOON_STATE_DONE && state < TBALLOON_STATE_COUNT;
+}
+
+/* a complete driver report (report_seq changed) */
+static void tb_dev_report(struct tb_dev *dev, uint64_t now_ms)
+{
+	struct tb_cmd *c = &dev->cmd;
+	uint32_t ack = TB_CFG(dev, ack_cmd_id);
+	uint32_t state = TB_CFG(dev, state);
+	uint32_t reason = TB_CFG(dev, reason);
+
+	if (state >= TBALLOON_STATE_COUNT || reason >= TBALLOON_REASON_COUNT) {
+		dev->stats.bad_reports++;
+		tb_warn("balloon: report with invalid state %u / reason %u ignored",
+			state, reason);
+		return;
+	}
+	if (!c->cmd_id || ack != c->cmd_id || !c->timed) {
+		tb_dbg("balloon: report for command %u (%s), current is %u", ack,
+		       tb_state_name(state), c->cmd_id);
+		return;
+	}
+	if (!tb_cmd_running(c)) {
+		tb_dbg("balloon: late report for ended command %u", ack);
+		return;
+	}
+	c->elapsed_ms = TB_CFG(dev, elapsed_ms);
+	c->start_pages = TB_CFG(dev, start_pages);
+	c->report_seq = TB_CFG(dev, report_seq);
+	c->reports++;
+	tb_dbg("balloon: report %u for command %u: %s, actual %u, %u ms",
+	       c->report_seq, ack, tb_state_name(state), TB_CFG(dev, actual),
+	       c->elapsed_ms);
+	if (tb_state_terminal(state)) {
+		tb_dev_finish(dev, state, reason, now_ms);
+		return;
+	}
+	c->state = state == TBALLOON_STATE_IDLE ? TBALLOON_STATE_RUNNING : state;
+	c->reason = reason;
+	tb_dev_event(dev, TB_EVENT_PROGRESS);
+}
+
+/* without TIMED: the standard balloon moves `actual` towards num_pages */
+static void tb_dev_std_progress(struct tb_dev *dev, uint64_t now_ms)
+{
+	struct tb_cmd *c = &dev->cmd;
+
+	if (!tb_cmd_running(c) || c->timed)
+		return;
+	c->reports++;
+	c->elapsed_ms = (uint32_t)(now_ms - c->issued_ms);
+	if (TB_CFG(dev, actual) == TB_CFG(dev, num_pages))
+		tb_dev_finish(dev, TBALLOON_STATE_DONE, TBALLOON_REASON_NONE, now_ms);
+	else
+		tb_dev_event(dev, TB_EVENT_PROGRESS);
+}
+
+int tb_dev_set_config(struct tb_dev *dev, const uint8_t *buf, uint32_t off,
+		      uint32_t size, uint64_t now_ms)
+{
+	uint32_t old_actual = TB_CFG(dev, actual);
+
+	if (!tb_range_ok(off, size, sizeof(dev->config)))
+		return -EINVAL;
+	/* only the driver-written fields; the rest is the device's */
+	tb_dev_take(dev, buf, off, size, TB_DRV_ACTUAL_START, TB_DRV_ACTUAL_END);
+	tb_dev_take(dev, buf, off, size, TB_DRV_BLOCK_START, TB_DRV_BLOCK_END);
+
+	if (tb_dev_timed(dev)) {
+		uint32_t seq = TB_CFG(dev, report_seq);
+
+		if (seq != dev->last_report_seq) {
+			dev->last_report_seq = seq;
+			tb_dev_report(dev, now_ms);
+		}
+	} else if (TB_CFG(dev, actual) != old_actual) {
+		tb_dev_std_progress(dev, now_ms);
+	}
+	return 0;
+}
+
+static uint32_t tb_dev_ram_pages(const struct tb_dev *dev)
+{
+	uint64_t pages = tb_mem_ram_bytes(dev->mem) >> TB_PAGE_SHIFT;
+
+	return pages > UINT32_MAX ? UINT32_MAX : (uint32_t)pages;
+}
+
+#define tb_refuse(...) \
+	do { \
+		snprintf(err, errlen, __VA_ARGS__); \
+		return 0; \
+	} while (0)
+
+uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
+		      uint32_t deadline_ms, uint32_t floor_pages, uint32_t flags,
+		      uint64_t now_ms, char *err, size_t errlen)
+{
+	bool timed = tb_dev_timed(dev);
+	uint32_t ram = tb_dev_ram_pages(dev);
+	uint32_t actual = TB_CFG(dev, actual);
+	bool running = tb_cmd_running(&dev->cmd);
+	struct tb_cmd *c = &dev->cmd;
+	uint32_t id;
+
+	if (!dev->connected)
+		tb_refuse("no front-end (QEMU) is connected");
+	if (!dev->driver_ok)
+		tb_refuse("the guest driver is not ready");
+	switch (op) {
+	case TBALLOON_OP_INFLATE:
+	case TBALLOON_OP_DEFLATE:
+		if (deadline_ms == 0 || deadline_ms > TBALLOON_DEADLINE_MAX_MS)
+			tb_refuse("deadline must be 1..%u ms", TBALLOON_DEADLINE_MAX_MS);
+		if (target_pages > ram)
+			tb_refuse("target %u pages is beyond guest RAM (%u pages)",
+				  target_pages, ram);
+		if (floor_pages > ram)
+			tb_refuse("floor %u pages is beyond guest RAM (%u pages)",
+				  floor_pages, ram);
+		if (flags & ~TBALLOON_FLAGS_ALL)
+			tb_refuse("unknown flags 0x%x", flags);
+		if (!timed && (floor_pages || flags))
+			tb_refuse("the guest driver does not support timed commands "
+				  "(no floor, no pacing)");
+		/* actual is stable only while nothing runs */
+		if (!running && op == TBALLOON_OP_INFLATE && target_pages < actual)
+			tb_refuse("inflate target %u pages is below the balloon (%u pages)",
+				  target_pages, actual);
+		if (!running && op == TBALLOON_OP_DEFLATE && target_pages > actual)
+			tb_refuse("deflate target %u pages is above the balloon (%u pages)",
+				  target_pages, actual);
+		break;
+	case TBALLOON_OP_ABORT:
+		if (!running)
+			tb_refuse("no command is running");
+		target_pages = deadline_ms = floor_pages = flags = 0;
+		break;
+	default:
+		tb_refuse("unknown op %u", op);
+	}
+
+	if (running)
+		tb_dev_finish(dev, TBALLOON_STATE_ABORTED,
+			      op == TBALLOON_OP_ABORT ? TBALLOON_REASON_HOST_ABORT :
+							TBALLOON_REASON_SUPERSEDED,
+			      now_ms);
+
+	id = ++dev->last_cmd_id;
+	if (id == 0)	/* never 0 after the first command */
+		id = dev->last_cmd_id = 1;
+
+	memset(c, 0, sizeof(*c));
+	c->cmd_id = id;
+	c->op = op;
+	c->flags = flags;
+	c->deadline_ms = deadline_ms;
+	c->target_pages = target_pages;
+	c->floor_pages = floor_pages;
+	c->state = TBALLOON_STATE_RUNNING;
+	c->reason = TBALLOON_REASON_NONE;
+	c->start_pages = actual;
+	c->timed = timed;
+	c->issued_ms = now_ms;
+	c->resident_before = tb_mem_resident_bytes(dev->mem);
+
+	if (timed) {
+		/* the command fields first, then the id that announces them */
+		tb_dev_cfg_put(dev, TB_OFF(op), op);
+		tb_dev_cfg_put(dev, TB_OFF(flags), flags);
+		tb_dev_cfg_put(dev, TB_OFF(deadline_ms), deadline_ms);
+		tb_dev_cfg_put(dev, TB_OFF(target_pages), target_pages);
+		tb_dev_cfg_put(dev, TB_OFF(floor_pages), floor_pages);
+		if (op != TBALLOON_OP_ABORT)
+			tb_dev_cfg_put(dev, TB_OFF(num_pages), target_pages);
+		tb_dev_cfg_put(dev, TB_OFF(cmd_id), id);
+	} else {
+		tb_dev_cfg_put(dev, TB_OFF(num_pages),
+			       op == TBALLOON_OP_ABORT ? actual : target_pages);
+	}
+	tb_info("command %u: %s target %u pages deadline %u ms floor %u flags 0x%x%s",
+		id, tb_op_name(op), target_pages, deadline_ms, floor_pages, flags,
+		timed ? "" : " (standard balloon)");
+	tb_dev_notify(dev);
+
+	/* the standard balloon has nothing to report if already there */
+	if (!timed && (op == TBALLOON_OP_ABORT || actual == target_pages))
+		tb_dev_finish(dev, TBALLOON_STATE_DONE, TBALLOON_REASON_NONE, now_ms);
+	return id;
+}
+
+int64_t tb_dev_tick(struct tb_dev *dev, uint64_t now_ms)
+{
+	struct tb_cmd *c = &dev->cmd;
+	uint64_t due;
+
+	/* the timed driver enforces its deadline; the standard one cannot */
+	if (!tb_cmd_running(c) || c->timed)
+		return -1;
+	due = c->issued_ms + c->deadline_ms;
+	if (now_ms < due)
+		return (int64_t)(due - now_ms);
+	/* stop the standard balloon where it is */
+	tb_dev_cfg_put(dev, TB_OFF(num_pages), TB_CFG(dev, actual));
+	tb_dev_notify(dev);
+	tb_dev_finish(dev, TBALLOON_STATE_DEADLINE, TBALLOON_REASON_NONE, now_ms);
+	return -1;
+}
+
+/*
+ * Feed the PFNs of one chain to the batch. Returns false if the chain is
+ * not a valid PFN buffer (writable part, length not a multiple of 4).
+ */
+static bool tb_dev_chain_pfns(const struct tb_vring_chain *ch,
+			      struct tb_pfn_batch *b)
+{
+	uint64_t total = 0;
+	uint8_t carry[4];
+	unsigned int ncarry = 0;
+
+	for (unsigned int i = 0; i < ch->nsegs; i++) {
+		if (ch->segs[i].write && ch->segs[i].len)
+			return false;
+		total += ch->segs[i].len;
+	}
+	if (total % 4)
+		return false;
+
+	for (unsigned int i = 0; i < ch->nsegs; i++) {
+		const uint8_t *p = ch->segs[i].host;
+		uint32_t len = ch->segs[i].len;
+
+		/* a PFN may straddle two descriptors */
+		while (ncarry && len) {
+			carry[ncarry++] = *p++;
+			len--;
+			if (ncarry == 4) {
+				tb_pfn_batch_add(b, tb_get_le32(carry));
+				ncarry = 0;
+			}
+		}
+		for (; len >= 4; p += 4, len -= 4)
+			tb_pfn_batch_add(b, tb_get_le32(p));
+		while (len--)
+			carry[ncarry++] = *p++;
+	}
+	tb_pfn_batch_flush(b);
+	return true;
+}
+
+int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
+			 struct tb_vring *vr, bool *notify)
+{
+	struct tb_vring_chain ch;
+	bool pushed = false;
+	int rc;
+
+	*notify = false;
+	while ((rc = tb_vring_pop(vr, dev->mem, &ch)) > 0) {
+		struct tb_pfn_batch b;
+		bool ok = false;
+
+		if (ch.err != TB_CHAIN_OK) {
+			tb_warn("balloon: queue %u chain %u refused: %s", idx, ch.head,
+				tb_chain_err_name(ch.err));
+		} else if (idx == VIRTIO_TBALLOON_VQ_INFLATE || idx == VIRTIO_TBALLOON_VQ_DEFLATE) {
+			tb_pfn_batch_init(&b, dev->mem,
+					  idx == VIRTIO_TBALLOON_VQ_INFLATE ? dev->punch : NULL,
+					  dev->punch_opaque);
+			ok = tb_dev_chain_pfns(&ch, &b);
+			if (!ok) {
+				tb_warn("balloon: queue %u chain %u is not a PFN buffer",
+					idx, ch.head);
+			} else {
+				if (idx == VIRTIO_TBALLOON_VQ_INFLATE)
+					dev->stats.inflated_pages += b.pages;
+				else
+					dev->stats.deflated_pages += b.pages;
+				dev->stats.refused_pfns += b.refused;
+				dev->stats.released_bytes += b.bytes;
+				dev->stats.punch_errors += b.errors;
+				if (b.refused)
+					tb_warn("balloon: %llu PFNs outside guest RAM refused",
+						(unsigned long long)b.refused);
+				tb_dbg("balloon: queue %u: %llu pages in %llu ranges, "
+				       "%llu bytes released", idx,
+				       (unsigned long long)b.pages,
+				       (unsigned long long)b.ranges,
+				       (unsigned long long)b.bytes);
+			}
+		} else {
+			tb_warn("balloon: buffer on queue %u, which is not offered", idx);
+		}
+		if (!ok)
+			dev->stats.bad_buffers++;
+		/* nothing is written to the driver's buffers */
+		tb_vring_push(vr, ch.head, 0);
+		pushed = true;
+	}
+	if (pushed)
+		*notify = tb_vring_need_notify(vr);
+	if (rc < 0) {
+		dev->stats.broken_rings++;
+		return -EIO;
+	}
+	return 0;
+}

@@ -1,0 +1,343 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * main.c - tballoon: subcommand table, option parsing, help.
+ */
+#define _GNU_SOURCE
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "parse.h"
+#include "serve.h"
+#include "util.h"
+#include "virtio_tballoon.h"
+
+struct tb_subcmd {
+	const char *name;
+	int (*fn)(int argc, char **argv, struct tb_client_opts *o);
+	const char *args;
+	const char *help;
+};
+
+static int tb_cmd_help(int argc, char **argv, struct tb_client_opts *o);
+static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o);
+static int tb_cmd_inflate(int argc, char **argv, struct tb_client_opts *o);
+static int tb_cmd_deflate(int argc, char **argv, struct tb_client_opts *o);
+static int tb_cmd_status(int argc, char **argv, struct tb_client_opts *o);
+static int tb_cmd_abort(int argc, char **argv, struct tb_client_opts *o);
+
+static const struct tb_subcmd tb_subcmds[] = {
+	{ "serve", tb_cmd_serve, "--socket-path PATH --control CTRL [-v]",
+	  "run the vhost-user balloon device backend" },
+	{ "inflate", tb_cmd_inflate,
+	  "--to SIZE --deadline DUR [--floor SIZE] [--paced] [--wait] [-j]",
+	  "grow the balloon to SIZE within DUR" },
+	{ "deflate", tb_cmd_deflate,
+	  "--to SIZE --deadline DUR [--paced] [--wait] [-j]",
+	  "shrink the balloon to SIZE within DUR" },
+	{ "status", tb_cmd_status, "[-j]", "show the device and the last command" },
+	{ "abort", tb_cmd_abort, "[-j]", "stop the running command" },
+	{ "help", tb_cmd_help, "", "show this help" },
+};
+
+static const char *tb_prog = "tballoon";
+
+static void tb_usage(FILE *f)
+{
+	fprintf(f, "Usage: %s [-c CTRL] COMMAND [OPTIONS]\n\n"
+		"Timed virtio balloon: the vhost-user device backend and its control client.\n\n"
+		"Commands:\n", tb_prog);
+	for (size_t i = 0; i < TB_ARRAY_SIZE(tb_subcmds); i++)
+		fprintf(f, "  %-8s %s\n           %s %s\n", tb_subcmds[i].name,
+			tb_subcmds[i].help, tb_subcmds[i].name, tb_subcmds[i].args);
+	fprintf(f, "\nGlobal options:\n"
+		"  -c, --control CTRL  control socket (default: $TBALLOON_CONTROL, else %s)\n"
+		"  -h, --help          show this help and exit\n"
+		"  -V, --version       show the version and exit\n\n"
+		"SIZE: bytes with an optional unit K, M, G, T (binary), or Np for N 4 KiB pages.\n"
+		"DUR:  an integer with unit ms, s, m or h; plain numbers are milliseconds.\n\n"
+		"Exit codes: 0 done (or accepted, without --wait), 1 error, 2 usage,\n"
+		"  3 deadline, 4 pressure, 5 aborted, 6 rejected,\n"
+		"  7 no outcome from the guest within deadline + grace.\n\n"
+		"Run '%s COMMAND --help' for the options of a command.\n",
+		TB_DEFAULT_CONTROL, tb_prog);
+}
+
+static int tb_usage_error(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "%s: ", tb_prog);
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\nTry '%s --help' for more information.\n", tb_prog);
+	return TB_EXIT_USAGE;
+}
+
+static int tb_cmd_help(int argc, char **argv, struct tb_client_opts *o)
+{
+	(void)argc;
+	(void)argv;
+	(void)o;
+	tb_usage(stdout);
+	return TB_EXIT_OK;
+}
+
+/* ------------------------------------------------------------------------
+ * serve
+ * ------------------------------------------------------------------------
+ */
+
+static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
+{
+	static const struct option opts[] = {
+		{ "socket-path", required_argument, NULL, 's' },
+		{ "control", required_argument, NULL, 'c' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *sock = NULL, *ctrl = o->control;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "s:c:vh", opts, NULL)) != -1) {
+		switch (c) {
+		case 's':
+			sock = optarg;
+			break;
+		case 'c':
+			ctrl = optarg;
+			break;
+		case 'v':
+			if (tb_log_level < TB_LOG_DEBUG)
+				tb_log_level++;
+			break;
+		case 'h':
+			printf("Usage: %s serve --socket-path PATH --control CTRL [-v]\n\n"
+			       "Run the vhost-user balloon device backend for QEMU's\n"
+			       "vhost-user-test-device-pci (virtio-id=5, num_vqs=3, config_size=64).\n\n"
+			       "  -s, --socket-path PATH  vhost-user socket to listen on\n"
+			       "  -c, --control CTRL      control socket to listen on (mode 0600)\n"
+			       "  -v, --verbose           log protocol details (twice: debug)\n"
+			       "  -h, --help              show this help and exit\n", tb_prog);
+			return TB_EXIT_OK;
+		default:
+			return tb_usage_error("serve: invalid option%s", "");
+		}
+	}
+	if (optind < argc)
+		return tb_usage_error("serve: unexpected argument '%s'", argv[optind]);
+	if (!sock)
+		return tb_usage_error("serve: --socket-path is required%s", "");
+	if (!ctrl)
+		return tb_usage_error("serve: --control is required%s", "");
+	return tb_serve_run(sock, ctrl);
+}
+
+/* ------------------------------------------------------------------------
+ * client commands
+ * ------------------------------------------------------------------------
+ */
+
+static int tb_parse_common(int c, struct tb_client_opts *o)
+{
+	switch (c) {
+	case 'c':
+		o->control = optarg;
+		return 0;
+	case 'j':
+		o->json = true;
+		return 0;
+	default:
+		return -1;
+	}
+}
+
+static int tb_finish_client(struct tb_client_opts *o)
+{
+	if (!o->control)
+		o->control = getenv("TBALLOON_CONTROL");
+	if (!o->control || !*o->control)
+		o->control = TB_DEFAULT_CONTROL;
+	return 0;
+}
+
+static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const char *op)
+{
+	static const struct option opts[] = {
+		{ "to", required_argument, NULL, 't' },
+		{ "deadline", required_argument, NULL, 'd' },
+		{ "floor", required_argument, NULL, 'f' },
+		{ "paced", no_argument, NULL, 'p' },
+		{ "wait", no_argument, NULL, 'w' },
+		{ "grace", required_argument, NULL, 'g' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "control", required_argument, NULL, 'c' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct tb_move_opts m = { .op = op, .grace_ms = 10000 };
+	bool have_to = false, have_deadline = false;
+	const char *why;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "t:d:f:pwg:jc:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 't':
+			if (tb_parse_size_pages(optarg, &m.target_pages, &why))
+				return tb_usage_error("--to: %s", why);
+			have_to = true;
+			break;
+		case 'd':
+			if (tb_parse_duration_ms(optarg, &m.deadline_ms, &why))
+				return tb_usage_error("--deadline: %s", why);
+			have_deadline = true;
+			break;
+		case 'f':
+			if (tb_parse_size_pages(optarg, &m.floor_pages, &why))
+				return tb_usage_error("--floor: %s", why);
+			break;
+		case 'g':
+			if (tb_parse_duration_ms(optarg, &m.grace_ms, &why))
+				return tb_usage_error("--grace: %s", why);
+			break;
+		case 'p':
+			m.paced = true;
+			break;
+		case 'w':
+			m.wait = true;
+			break;
+		case 'h':
+			printf("Usage: %s [-c CTRL] %s --to SIZE --deadline DUR [OPTIONS]\n\n"
+			       "Bring the balloon to SIZE within DUR.\n\n"
+			       "  -t, --to SIZE        target balloon size\n"
+			       "  -d, --deadline DUR   time budget (1ms..1h), counted from the\n"
+			       "                       guest's acceptance\n"
+			       "  -f, --floor SIZE     keep at least SIZE available in the guest\n"
+			       "  -p, --paced          spread the work over the deadline\n"
+			       "  -w, --wait           wait for the outcome, showing progress\n"
+			       "  -g, --grace DUR      with --wait, give up (exit 7) at deadline +\n"
+			       "                       DUR (default 10s)\n"
+			       "  -j, --json           print the status object as JSON\n"
+			       "  -c, --control CTRL   control socket\n"
+			       "  -h, --help           show this help and exit\n", tb_prog, op);
+			return TB_EXIT_OK;
+		default:
+			if (tb_parse_common(c, o))
+				return tb_usage_error("%s: invalid option", op);
+			break;
+		}
+	}
+	if (optind < argc)
+		return tb_usage_error("unexpected argument '%s'", argv[optind]);
+	if (!have_to)
+		return tb_usage_error("%s: --to SIZE is required", op);
+	if (!have_deadline)
+		return tb_usage_error("%s: --deadline DUR is required", op);
+	if (m.target_pages > UINT32_MAX || m.floor_pages > UINT32_MAX)
+		return tb_usage_error("%s: size too large for the balloon", op);
+	if (m.deadline_ms == 0 || m.deadline_ms > TBALLOON_DEADLINE_MAX_MS)
+		return tb_usage_error("%s: --deadline must be between 1ms and 1h", op);
+	tb_finish_client(o);
+	return tb_client_move(o, &m);
+}
+
+static int tb_cmd_inflate(int argc, char **argv, struct tb_client_opts *o)
+{
+	return tb_cmd_move(argc, argv, o, "inflate");
+}
+
+static int tb_cmd_deflate(int argc, char **argv, struct tb_client_opts *o)
+{
+	return tb_cmd_move(argc, argv, o, "deflate");
+}
+
+/* status and abort take only -j and -c */
+static int tb_cmd_plain(int argc, char **argv, struct tb_client_opts *o,
+			const char *name, int (*fn)(const struct tb_client_opts *))
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "control", required_argument, NULL, 'c' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	while ((c = getopt_long(argc, argv, "jc:h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			printf("Usage: %s [-c CTRL] %s [-j|--json]\n", tb_prog, name);
+			return TB_EXIT_OK;
+		}
+		if (tb_parse_common(c, o))
+			return tb_usage_error("%s: invalid option", name);
+	}
+	if (optind < argc)
+		return tb_usage_error("unexpected argument '%s'", argv[optind]);
+	tb_finish_client(o);
+	return fn(o);
+}
+
+static int tb_cmd_status(int argc, char **argv, struct tb_client_opts *o)
+{
+	return tb_cmd_plain(argc, argv, o, "status", tb_client_status);
+}
+
+static int tb_cmd_abort(int argc, char **argv, struct tb_client_opts *o)
+{
+	return tb_cmd_plain(argc, argv, o, "abort", tb_client_abort);
+}
+
+/* ------------------------------------------------------------------------
+ * main
+ * ------------------------------------------------------------------------
+ */
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "control", required_argument, NULL, 'c' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct tb_client_opts o = { 0 };
+	const struct tb_subcmd *cmd = NULL;
+	int c, rc;
+
+	/* "+": stop at the subcommand, its options are its own */
+	while ((c = getopt_long(argc, argv, "+c:hV", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			o.control = optarg;
+			break;
+		case 'h':
+			tb_usage(stdout);
+			return TB_EXIT_OK;
+		case 'V':
+			printf("tballoon %s (protocol v1)\n", TB_VERSION);
+			return TB_EXIT_OK;
+		default:
+			fprintf(stderr, "Try '%s --help' for more information.\n", tb_prog);
+			return TB_EXIT_USAGE;
+		}
+	}
+	if (optind >= argc)
+		return tb_usage_error("missing command%s", "");
+	for (size_t i = 0; i < TB_ARRAY_SIZE(tb_subcmds); i++)
+		if (!strcmp(argv[optind], tb_subcmds[i].name))
+			cmd = &tb_subcmds[i];
+	if (!cmd)
+		return tb_usage_error("unknown command '%s'", argv[optind]);
+
+	argc -= optind;
+	argv += optind;
+	optind = 0;	/* full getopt reset for the subcommand's argv */
+	rc = cmd->fn(argc, argv, &o);
+
+	/* stdout write errors are errors */
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		fprintf(stderr, "%s: write error on stdout\n", tb_prog);
+		return TB_EXIT_ERROR;
+	}
+	return rc;
+}

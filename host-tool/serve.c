@@ -1,0 +1,587 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * serve.c - single-threaded poll() loop of the backend daemon.
+ *
+ * Sources: signals (signalfd), the vhost-user listener or session socket,
+ * the backend channel, each started queue's kick eventfd, the control
+ * listener and its clients. Host-side timers come from tb_dev_tick().
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "ctl.h"
+#include "dev.h"
+#include "serve.h"
+#include "util.h"
+#include "vu.h"
+
+#define TB_MAX_CLIENTS 32
+/* a client that does not read its events is dropped past this backlog */
+#define TB_CLIENT_OUT_MAX (4U << 20)
+
+struct tb_client {
+	int fd;
+	char *in;
+	size_t inlen;
+	char *out;
+	size_t outlen;
+	size_t outcap;
+	bool dead;
+};
+
+struct tb_serve {
+	struct tb_vu vu;
+	struct tb_dev dev;
+	int vu_listen_fd;
+	int ctl_listen_fd;
+	int sig_fd;
+	struct tb_client clients[TB_MAX_CLIENTS];
+	unsigned int nclients;
+	/* events raised while a request is handled go out after its reply */
+	bool in_request;
+	json_object *deferred;
+};
+
+/* ------------------------------------------------------------------------
+ * Control clients
+ * ------------------------------------------------------------------------
+ */
+
+static void tb_client_queue(struct tb_client *c, const char *s, size_t len)
+{
+	size_t need;
+
+	if (c->dead)
+		return;
+	need = c->outlen + len + 1;
+	if (need > TB_CLIENT_OUT_MAX) {
+		tb_warn("control: client %d is not reading, dropped", c->fd);
+		c->dead = true;
+		return;
+	}
+	if (need > c->outcap) {
+		size_t cap = c->outcap ? c->outcap : 4096;
+		char *p;
+
+		while (cap < need)
+			cap *= 2;
+		p = realloc(c->out, cap);
+		if (!p) {
+			c->dead = true;
+			return;
+		}
+		c->out = p;
+		c->outcap = cap;
+	}
+	memcpy(c->out + c->outlen, s, len);
+	c->out[c->outlen + len] = '\n';
+	c->outlen += len + 1;
+}
+
+static void tb_client_send_json(struct tb_client *c, json_object *o)
+{
+	size_t len;
+	const char *s = json_object_to_json_string_length(o,
+		JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+
+	tb_client_queue(c, s, len);
+}
+
+static void tb_client_flush(struct tb_client *c)
+{
+	while (c->outlen && !c->dead) {
+		ssize_t n = send(c->fd, c->out, c->outlen, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (n <= 0) {
+			c->dead = true;
+			return;
+		}
+		memmove(c->out, c->out + n, c->outlen - (size_t)n);
+		c->outlen -= (size_t)n;
+	}
+}
+
+static void tb_client_free(struct tb_client *c)
+{
+	tb_close_fd(&c->fd);
+	free(c->in);
+	free(c->out);
+	memset(c, 0, sizeof(*c));
+	c->fd = -1;
+}
+
+static void tb_serve_broadcast(struct tb_serve *s, json_object *o)
+{
+	for (unsigned int i = 0; i < s->nclients; i++) {
+		tb_client_send_json(&s->clients[i], o);
+		tb_client_flush(&s->clients[i]);
+	}
+}
+
+static void tb_serve_flush_deferred(struct tb_serve *s)
+{
+	size_t n;
+
+	if (!s->deferred)
+		return;
+	n = json_object_array_length(s->deferred);
+	for (size_t i = 0; i < n; i++)
+		tb_serve_broadcast(s, json_object_array_get_idx(s->deferred, i));
+	json_object_put(s->deferred);
+	s->deferred = NULL;
+}
+
+static void tb_serve_accept_client(struct tb_serve *s)
+{
+	struct ucred cred;
+	socklen_t clen = sizeof(cred);
+	struct tb_client *c;
+	json_object *g;
+	int fd;
+
+	fd = accept4(s->ctl_listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (fd < 0)
+		return;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0 ||
+	    (cred.uid != 0 && cred.uid != geteuid())) {
+		tb_warn("control: connection from uid %d refused",
+			clen == sizeof(cred) ? (int)cred.uid : -1);
+		close(fd);
+		return;
+	}
+	if (s->nclients >= TB_MAX_CLIENTS) {
+		static const char busy[] =
+			"{\"error\":{\"class\":\"GenericError\",\"desc\":\"too many clients\"}}\n";
+
+		if (send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+			tb_dbg("control: %s", strerror(errno));
+		close(fd);
+		return;
+	}
+	c = &s->clients[s->nclients++];
+	memset(c, 0, sizeof(*c));
+	c->fd = fd;
+	tb_dbg("control: client %d connected (pid %d uid %d)", fd, (int)cred.pid,
+	       (int)cred.uid);
+	g = tb_ctl_greeting();
+	tb_client_send_json(c, g);
+	json_object_put(g);
+	tb_client_flush(c);
+}
+
+static void tb_serve_client_line(struct tb_serve *s, struct tb_client *c,
+				 char *line, size_t len)
+{
+	json_object *resp;
+
+	while (len && (line[len - 1] == '\r' || line[len - 1] == ' '))
+		len--;
+	if (!len)
+		return;
+	s->in_request = true;
+	resp = tb_ctl_handle_line(&s->dev, line, len, tb_now_ms());
+	s->in_request = false;
+	tb_client_send_json(c, resp);
+	json_object_put(resp);
+	tb_client_flush(c);
+	tb_serve_flush_deferred(s);
+}
+
+static void tb_serve_client_read(struct tb_serve *s, struct tb_client *c)
+{
+	char buf[4096];
+	ssize_t n;
+
+	n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		if (c->inlen)
+			tb_dbg("control: client %d left mid-line", c->fd);
+		c->dead = true;
+		return;
+	}
+	for (ssize_t i = 0; i < n && !c->dead; i++) {
+		if (buf[i] == '\n') {
+			if (c->in)
+				tb_serve_client_line(s, c, c->in, c->inlen);
+			c->inlen = 0;
+			continue;
+		}
+		if (c->inlen >= TB_CTL_LINE_MAX) {
+			json_object *e = tb_ctl_error(NULL, "request too long");
+
+			tb_client_send_json(c, e);
+			json_object_put(e);
+			tb_client_flush(c);
+			c->dead = true;
+			break;
+		}
+		if (!c->in) {
+			c->in = malloc(TB_CTL_LINE_MAX);
+			if (!c->in) {
+				c->dead = true;
+				break;
+			}
+		}
+		c->in[c->inlen++] = buf[i];
+	}
+}
+
+/* drop dead clients, keeping the array dense */
+static void tb_serve_reap_clients(struct tb_serve *s)
+{
+	unsigned int j = 0;
+
+	for (unsigned int i = 0; i < s->nclients; i++) {
+		if (s->clients[i].dead) {
+			tb_dbg("control: client %d closed", s->clients[i].fd);
+			tb_client_free(&s->clients[i]);
+			continue;
+		}
+		if (i != j)
+			s->clients[j] = s->clients[i];
+		j++;
+	}
+	s->nclients = j;
+}
+
+/* ------------------------------------------------------------------------
+ * Glue: vhost-user <-> device <-> control
+ * ------------------------------------------------------------------------
+ */
+
+static void tb_serve_queue(struct tb_serve *s, unsigned int idx)
+{
+	bool notify;
+
+	if (!tb_vu_queue_ready(&s->vu, idx))
+		return;
+	if (tb_dev_process_queue(&s->dev, idx, &s->vu.q[idx].vr, &notify) < 0) {
+		tb_warn("vhost-user: queue %u stopped: driver broke the ring", idx);
+		tb_vu_queue_error(&s->vu, idx);
+	}
+	/* the used ring is published (release fence in tb_vring_push) */
+	if (notify)
+		tb_vu_queue_call(&s->vu, idx);
+}
+
+static void tb_serve_update_driver_ok(struct tb_serve *s)
+{
+	s->dev.driver_ok = s->vu.sock_fd >= 0 && s->vu.features_set &&
+			   tb_vu_queue_ready(&s->vu, VIRTIO_TBALLOON_VQ_INFLATE) &&
+			   tb_vu_queue_ready(&s->vu, VIRTIO_TBALLOON_VQ_DEFLATE);
+}
+
+static void tb_ops_get_config(void *opaque, uint8_t *buf, uint32_t off, uint32_t size)
+{
+	struct tb_serve *s = opaque;
+
+	tb_dev_get_config(&s->dev, buf, off, size);
+}
+
+static int tb_ops_set_config(void *opaque, const uint8_t *buf, uint32_t off,
+			     uint32_t size, uint32_t flags)
+{
+	struct tb_serve *s = opaque;
+
+	(void)flags;	/* migration is not supported: same rules */
+	return tb_dev_set_config(&s->dev, buf, off, size, tb_now_ms());
+}
+
+static void tb_ops_set_features(void *opaque, uint64_t features)
+{
+	struct tb_serve *s = opaque;
+
+	tb_dev_set_features(&s->dev, features);
+}
+
+static void tb_ops_queue_notify(void *opaque, unsigned int idx)
+{
+	tb_serve_queue(opaque, idx);
+}
+
+static void tb_ops_session(void *opaque, bool up)
+{
+	struct tb_serve *s = opaque;
+
+	tb_info("vhost-user: front-end %s", up ? "connected" : "disconnected");
+	tb_dev_session(&s->dev, up, tb_now_ms());
+}
+
+static void tb_ops_notify_config(void *opaque)
+{
+	struct tb_serve *s = opaque;
+	int rc = tb_vu_notify_config(&s->vu);
+
+	if (rc < 0)
+		tb_warn("vhost-user: config change notification not sent: %s",
+			strerror(-rc));
+}
+
+static void tb_ops_event(void *opaque, enum tb_event ev, const struct tb_cmd *cmd)
+{
+	struct tb_serve *s = opaque;
+	json_object *e;
+
+	(void)cmd;	/* always s->dev.cmd */
+	e = tb_ctl_event(ev, tb_ctl_status(&s->dev, tb_now_ms()));
+	if (s->in_request) {
+		if (!s->deferred)
+			s->deferred = json_object_new_array();
+		json_object_array_add(s->deferred, e);
+		return;
+	}
+	tb_serve_broadcast(s, e);
+	json_object_put(e);
+}
+
+static const struct tb_vu_ops tb_serve_vu_ops = {
+	.features = TB_DEV_FEATURES,
+	.protocol_features = TB_BIT(TB_VU_PF_MQ) | TB_BIT(TB_VU_PF_REPLY_ACK) |
+			     TB_BIT(TB_VU_PF_BACKEND_REQ) | TB_BIT(TB_VU_PF_CONFIG),
+	.nqueues = VIRTIO_TBALLOON_VQ_MAX,
+	.config_size = VIRTIO_TBALLOON_CONFIG_SIZE,
+	.get_config = tb_ops_get_config,
+	.set_config = tb_ops_set_config,
+	.set_features = tb_ops_set_features,
+	.queue_notify = tb_ops_queue_notify,
+	.session = tb_ops_session,
+};
+
+static const struct tb_dev_ops tb_serve_dev_ops = {
+	.notify_config = tb_ops_notify_config,
+	.event = tb_ops_event,
+};
+
+/* ------------------------------------------------------------------------
+ * Sockets and loop
+ * ------------------------------------------------------------------------
+ */
+
+int tb_listen_unix(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct stat st;
+	mode_t old;
+	int fd, rc;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	/* replace a stale socket, never any other kind of file */
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode))
+			return -EEXIST;
+		unlink(path);
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	old = umask(0077);
+	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	if (rc < 0 || chmod(path, 0600) < 0 || listen(fd, 16) < 0) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	return fd;
+}
+
+static int tb_serve_signals(void)
+{
+	sigset_t set;
+
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0)
+		return -errno;
+	return signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+enum tb_pfd_kind { TB_PFD_SIG, TB_PFD_VU_LISTEN, TB_PFD_VU, TB_PFD_BACKEND,
+		   TB_PFD_KICK, TB_PFD_CTL_LISTEN, TB_PFD_CLIENT };
+
+struct tb_pfd_tag {
+	enum tb_pfd_kind kind;
+	unsigned int idx;
+};
+
+static void tb_serve_accept_vu(struct tb_serve *s)
+{
+	int fd = accept4(s->vu_listen_fd, NULL, NULL, SOCK_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	tb_vu_attach(&s->vu, fd);
+}
+
+static void tb_serve_kick(struct tb_serve *s, unsigned int idx, int fd)
+{
+	uint64_t v;
+
+	/* the fd may have been replaced while handling earlier events */
+	if (s->vu.q[idx].kick_fd != fd)
+		return;
+	if (read(fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		tb_dbg("kick %u: %s", idx, strerror(errno));
+	tb_serve_queue(s, idx);
+}
+
+int tb_serve_run(const char *socket_path, const char *control_path)
+{
+	static struct tb_serve s;
+	struct pollfd pfd[8 + TB_VU_MAX_QUEUES + TB_MAX_CLIENTS];
+	struct tb_pfd_tag tag[TB_ARRAY_SIZE(pfd)];
+	int exit_code = 0;
+
+	tb_vu_init(&s.vu, &tb_serve_vu_ops, &s);
+	tb_dev_init(&s.dev, &s.vu.mem, &tb_serve_dev_ops, &s);
+	s.vu_listen_fd = s.ctl_listen_fd = -1;
+
+	s.sig_fd = tb_serve_signals();
+	if (s.sig_fd < 0) {
+		tb_err("signals: %s", strerror(errno));
+		return 1;
+	}
+	s.vu_listen_fd = tb_listen_unix(socket_path);
+	if (s.vu_listen_fd < 0) {
+		tb_err("%s: %s", socket_path, strerror(-s.vu_listen_fd));
+		return 1;
+	}
+	s.ctl_listen_fd = tb_listen_unix(control_path);
+	if (s.ctl_listen_fd < 0) {
+		tb_err("%s: %s", control_path, strerror(-s.ctl_listen_fd));
+		close(s.vu_listen_fd);
+		unlink(socket_path);
+		return 1;
+	}
+	tb_info("serving vhost-user on %s, control on %s", socket_path, control_path);
+
+	for (;;) {
+		unsigned int n = 0;
+		int64_t timeout;
+		int rc;
+
+#define TB_ADD(fd_, ev_, kind_, idx_) \
+		do { \
+			pfd[n] = (struct pollfd){ .fd = (fd_), .events = (ev_) }; \
+			tag[n] = (struct tb_pfd_tag){ (kind_), (idx_) }; \
+			n++; \
+		} while (0)
+
+		TB_ADD(s.sig_fd, POLLIN, TB_PFD_SIG, 0);
+		if (s.vu.sock_fd < 0) {
+			TB_ADD(s.vu_listen_fd, POLLIN, TB_PFD_VU_LISTEN, 0);
+		} else {
+			TB_ADD(s.vu.sock_fd, POLLIN, TB_PFD_VU, 0);
+			if (s.vu.backend_fd >= 0)
+				TB_ADD(s.vu.backend_fd, POLLIN, TB_PFD_BACKEND, 0);
+			for (unsigned int i = 0; i < VIRTIO_TBALLOON_VQ_MAX; i++)
+				if (s.vu.q[i].kick_fd >= 0)
+					TB_ADD(s.vu.q[i].kick_fd, POLLIN, TB_PFD_KICK, i);
+		}
+		TB_ADD(s.ctl_listen_fd, POLLIN, TB_PFD_CTL_LISTEN, 0);
+		for (unsigned int i = 0; i < s.nclients; i++)
+			TB_ADD(s.clients[i].fd,
+			       POLLIN | (s.clients[i].outlen ? POLLOUT : 0),
+			       TB_PFD_CLIENT, i);
+#undef TB_ADD
+
+		timeout = tb_dev_tick(&s.dev, tb_now_ms());
+		rc = poll(pfd, n, timeout < 0 ? -1 : (int)(timeout > 60000 ? 60000 : timeout));
+		if (rc < 0 && errno != EINTR) {
+			tb_err("poll: %s", strerror(errno));
+			exit_code = 1;
+			break;
+		}
+		if (rc <= 0)
+			continue;
+
+		if (pfd[0].revents) {
+			struct signalfd_siginfo si;
+
+			if (read(s.sig_fd, &si, sizeof(si)) == sizeof(si)) {
+				tb_info("signal %u, exiting", si.ssi_signo);
+				break;
+			}
+		}
+		for (unsigned int i = 1; i < n; i++) {
+			short re = pfd[i].revents;
+
+			if (!re)
+				continue;
+			switch (tag[i].kind) {
+			case TB_PFD_VU_LISTEN:
+				tb_serve_accept_vu(&s);
+				break;
+			case TB_PFD_VU:
+				if (pfd[i].fd != s.vu.sock_fd)
+					break;
+				rc = tb_vu_serve_one(&s.vu);
+				if (rc < 0) {
+					if (rc != -ECONNRESET)
+						tb_warn("vhost-user: session ended: %s",
+							strerror(-rc));
+					tb_vu_detach(&s.vu);
+				}
+				tb_serve_update_driver_ok(&s);
+				break;
+			case TB_PFD_BACKEND:
+				if (pfd[i].fd == s.vu.backend_fd)
+					tb_vu_backend_readable(&s.vu);
+				break;
+			case TB_PFD_KICK:
+				tb_serve_kick(&s, tag[i].idx, pfd[i].fd);
+				break;
+			case TB_PFD_CTL_LISTEN:
+				tb_serve_accept_client(&s);
+				break;
+			case TB_PFD_CLIENT: {
+				struct tb_client *c = &s.clients[tag[i].idx];
+
+				if (c->fd != pfd[i].fd || c->dead)
+					break;
+				if (re & (POLLIN | POLLHUP | POLLERR))
+					tb_serve_client_read(&s, c);
+				if (re & POLLOUT)
+					tb_client_flush(c);
+				break;
+			}
+			default:
+				break;
+			}
+		}
+		tb_serve_reap_clients(&s);
+	}
+
+	for (unsigned int i = 0; i < s.nclients; i++)
+		tb_client_free(&s.clients[i]);
+	s.nclients = 0;
+	tb_vu_detach(&s.vu);
+	json_object_put(s.deferred);
+	close(s.ctl_listen_fd);
+	close(s.vu_listen_fd);
+	close(s.sig_fd);
+	unlink(control_path);
+	unlink(socket_path);
+	return exit_code;
+}

@@ -1,0 +1,378 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * KUnit suites for the timed virtio balloon policy (driver/tballoon_policy.c)
+ *
+ * Table-driven: each suite is an array of { desc, input, expect } cases run
+ * by one parameterised test. Boundaries: 0, 1, the maximum, and values that
+ * would overflow a naive computation.
+ */
+
+#include <kunit/test.h>
+#include <linux/math64.h>
+#include <linux/module.h>
+#include <linux/string.h>
+
+#include "tballoon_policy.h"
+
+/* 1 GiB of 4 KiB pages */
+#define RAM	262144U
+#define MAXDL	TBALLOON_DEADLINE_MAX_MS
+
+#define DESC(type)							\
+static void type##_desc(const struct type *c, char *desc)		\
+{									\
+	strscpy(desc, c->desc, KUNIT_PARAM_DESC_SIZE);			\
+}
+
+/* ------------------------------------------------------------------------
+ * tballoon_policy_validate
+ * ------------------------------------------------------------------------
+ */
+
+struct validate_case {
+	const char *desc;
+	struct tballoon_cmd cmd;
+	u32 actual;
+	u32 state;
+	u32 reason;
+};
+
+#define CMD(o, f, d, t, fl) { .cmd_id = 1, .op = (o), .flags = (f),	\
+			      .deadline_ms = (d), .target_pages = (t),	\
+			      .floor_pages = (fl) }
+#define INF	TBALLOON_OP_INFLATE
+#define DEF	TBALLOON_OP_DEFLATE
+#define ABT	TBALLOON_OP_ABORT
+#define S(x)	TBALLOON_STATE_##x
+#define R(x)	TBALLOON_REASON_##x
+
+static const struct validate_case validate_cases[] = {
+	{ "op none", CMD(TBALLOON_OP_NONE, 0, 100, 10, 0), 0, S(REJECTED), R(BAD_OP) },
+	{ "op count", CMD(TBALLOON_OP_COUNT, 0, 100, 10, 0), 0, S(REJECTED), R(BAD_OP) },
+	{ "op max", CMD(U32_MAX, 0, 100, 10, 0), 0, S(REJECTED), R(BAD_OP) },
+	{ "unknown flag", CMD(INF, 1U << 1, 100, 10, 0), 0, S(REJECTED), R(BAD_FLAGS) },
+	{ "all flags", CMD(INF, U32_MAX, 100, 10, 0), 0, S(REJECTED), R(BAD_FLAGS) },
+	{ "paced", CMD(INF, TBALLOON_FLAG_PACED, 100, 10, 0), 0, S(RUNNING), R(NONE) },
+	{ "abort", CMD(ABT, 0, 0, U32_MAX, U32_MAX), 5, S(DONE), R(NONE) },
+	{ "abort bad flags", CMD(ABT, 1U << 31, 0, 0, 0), 5, S(REJECTED), R(BAD_FLAGS) },
+	{ "target ram", CMD(INF, 0, 100, RAM, 0), 0, S(RUNNING), R(NONE) },
+	{ "target ram+1", CMD(INF, 0, 100, RAM + 1, 0), 0, S(REJECTED), R(BAD_TARGET) },
+	{ "target max", CMD(DEF, 0, 100, U32_MAX, 0), 0, S(REJECTED), R(BAD_TARGET) },
+	{ "deadline 0", CMD(INF, 0, 0, 10, 0), 0, S(REJECTED), R(BAD_DEADLINE) },
+	{ "deadline 1", CMD(INF, 0, 1, 10, 0), 0, S(RUNNING), R(NONE) },
+	{ "deadline max", CMD(INF, 0, MAXDL, 10, 0), 0, S(RUNNING), R(NONE) },
+	{ "deadline max+1", CMD(INF, 0, MAXDL + 1, 10, 0), 0, S(REJECTED), R(BAD_DEADLINE) },
+	{ "deadline u32 max", CMD(INF, 0, U32_MAX, 10, 0), 0, S(REJECTED), R(BAD_DEADLINE) },
+	{ "target before deadline", CMD(INF, 0, 0, RAM + 1, 0), 0, S(REJECTED), R(BAD_TARGET) },
+	{ "floor ram", CMD(INF, 0, 100, 10, RAM), 0, S(RUNNING), R(NONE) },
+	{ "floor ram+1", CMD(INF, 0, 100, 10, RAM + 1), 0, S(REJECTED), R(BAD_FLOOR) },
+	{ "floor max", CMD(DEF, 0, 100, 0, U32_MAX), 5, S(REJECTED), R(BAD_FLOOR) },
+	{ "inflate below actual", CMD(INF, 0, 100, 9, 0), 10, S(REJECTED), R(DIRECTION) },
+	{ "deflate above actual", CMD(DEF, 0, 100, 11, 0), 10, S(REJECTED), R(DIRECTION) },
+	{ "inflate to actual", CMD(INF, 0, 100, 10, 0), 10, S(DONE), R(NONE) },
+	{ "deflate to actual", CMD(DEF, 0, 100, 10, 0), 10, S(DONE), R(NONE) },
+	{ "inflate 0 to 1", CMD(INF, 0, 100, 1, 0), 0, S(RUNNING), R(NONE) },
+	{ "deflate 1 to 0", CMD(DEF, 0, 100, 0, 0), 1, S(RUNNING), R(NONE) },
+	{ "deflate zero", CMD(DEF, 0, 100, 0, 0), 0, S(DONE), R(NONE) },
+};
+
+DESC(validate_case)
+KUNIT_ARRAY_PARAM(validate, validate_cases, validate_case_desc);
+
+static void tballoon_validate_test(struct kunit *test)
+{
+	const struct validate_case *c = test->param_value;
+	u32 reason = U32_MAX;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_validate(&c->cmd, c->actual, RAM,
+						       &reason), c->state);
+	KUNIT_EXPECT_EQ(test, reason, c->reason);
+}
+
+struct superseded_case {
+	const char *desc;
+	struct tballoon_cmd next;
+	u32 reason;
+};
+
+static const struct superseded_case superseded_cases[] = {
+	{ "abort", CMD(ABT, 0, 0, 0, 0), R(HOST_ABORT) },
+	{ "abort bad flags", CMD(ABT, 2, 0, 0, 0), R(SUPERSEDED) },
+	{ "inflate", CMD(INF, 0, 100, 10, 0), R(SUPERSEDED) },
+	{ "invalid op", CMD(U32_MAX, 0, 100, 10, 0), R(SUPERSEDED) },
+};
+
+DESC(superseded_case)
+KUNIT_ARRAY_PARAM(superseded, superseded_cases, superseded_case_desc);
+
+static void tballoon_superseded_test(struct kunit *test)
+{
+	const struct superseded_case *c = test->param_value;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_superseded_reason(&c->next),
+			c->reason);
+}
+
+static struct kunit_case tballoon_validate_test_cases[] = {
+	KUNIT_CASE_PARAM(tballoon_validate_test, validate_gen_params),
+	KUNIT_CASE_PARAM(tballoon_superseded_test, superseded_gen_params),
+	{}
+};
+
+static struct kunit_suite tballoon_validate_suite = {
+	.name = "tballoon_policy_validate",
+	.test_cases = tballoon_validate_test_cases,
+};
+
+/* ------------------------------------------------------------------------
+ * tballoon_policy_stop, tballoon_policy_floor_room
+ * ------------------------------------------------------------------------
+ */
+
+struct floor_case {
+	const char *desc;
+	u32 floor;
+	u64 avail;
+	u32 room;
+};
+
+static const struct floor_case floor_cases[] = {
+	{ "no floor, nothing available", 0, 0, U32_MAX },
+	{ "no floor", 0, 1000, U32_MAX },
+	{ "at floor", 100, 100, 0 },
+	{ "below floor", 100, 99, 0 },
+	{ "one above", 100, 101, 1 },
+	{ "huge avail clamps", 1, U64_MAX, U32_MAX },
+	{ "floor max", U32_MAX, U32_MAX, 0 },
+};
+
+DESC(floor_case)
+KUNIT_ARRAY_PARAM(floor, floor_cases, floor_case_desc);
+
+static void tballoon_floor_test(struct kunit *test)
+{
+	const struct floor_case *c = test->param_value;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_floor_room(c->floor, c->avail),
+			c->room);
+}
+
+struct stop_case {
+	const char *desc;
+	struct tballoon_cmd cmd;
+	struct tballoon_progress prog;
+	u32 state;
+	u32 reason;
+};
+
+#define PROG(done, ms, avail, g) { .done_pages = (done), .elapsed_ms = (ms), \
+				   .avail_pages = (avail), .granule = (g) }
+#define NODL	TBALLOON_NO_DEADLINE
+
+static const struct stop_case stop_cases[] = {
+	{ "inflate running", CMD(INF, 0, 100, 10, 0), PROG(5, 50, 0, 1), S(RUNNING), R(NONE) },
+	{ "inflate reached", CMD(INF, 0, 100, 10, 0), PROG(10, 50, 0, 1), S(DONE), R(NONE) },
+	{ "inflate beyond", CMD(INF, 0, 100, 10, 0), PROG(11, 50, 0, 1), S(DONE), R(NONE) },
+	{ "deflate running", CMD(DEF, 0, 100, 10, 0), PROG(11, 50, 0, 1), S(RUNNING), R(NONE) },
+	{ "deflate reached", CMD(DEF, 0, 100, 10, 0), PROG(10, 50, 0, 1), S(DONE), R(NONE) },
+	{ "deflate to 0", CMD(DEF, 0, 100, 0, 0), PROG(0, 50, 0, 1), S(DONE), R(NONE) },
+	{ "deadline-1", CMD(INF, 0, 100, 10, 0), PROG(5, 99, 0, 1), S(RUNNING), R(NONE) },
+	{ "deadline", CMD(INF, 0, 100, 10, 0), PROG(5, 100, 0, 1), S(DEADLINE), R(NONE) },
+	{ "deadline long past", CMD(INF, 0, 1, 10, 0), PROG(5, U32_MAX, 0, 1),
+	  S(DEADLINE), R(NONE) },
+	{ "done beats deadline", CMD(INF, 0, 100, 10, 0), PROG(10, 200, 0, 1),
+	  S(DONE), R(NONE) },
+	{ "no deadline", CMD(INF, 0, NODL, 10, 0), PROG(5, U32_MAX - 1, 0, 1),
+	  S(RUNNING), R(NONE) },
+	{ "floor reached", CMD(INF, 0, 100, 10, 50), PROG(5, 1, 50, 1), S(PRESSURE), R(FLOOR) },
+	{ "floor one above", CMD(INF, 0, 100, 10, 50), PROG(5, 1, 51, 1), S(RUNNING), R(NONE) },
+	{ "floor below granule", CMD(INF, 0, 100, 32, 50), PROG(16, 1, 65, 16),
+	  S(PRESSURE), R(FLOOR) },
+	{ "floor one granule", CMD(INF, 0, 100, 32, 50), PROG(16, 1, 66, 16), S(RUNNING), R(NONE) },
+	{ "deadline beats floor", CMD(INF, 0, 100, 10, 50), PROG(5, 100, 0, 1),
+	  S(DEADLINE), R(NONE) },
+	{ "deflate ignores floor", CMD(DEF, 0, 100, 0, 50), PROG(5, 1, 0, 1), S(RUNNING), R(NONE) },
+	{ "granule 0 as 1", CMD(INF, 0, 100, 10, 50), PROG(5, 1, 51, 0), S(RUNNING), R(NONE) },
+};
+
+DESC(stop_case)
+KUNIT_ARRAY_PARAM(stop, stop_cases, stop_case_desc);
+
+static void tballoon_stop_test(struct kunit *test)
+{
+	const struct stop_case *c = test->param_value;
+	u32 reason = U32_MAX;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_stop(&c->cmd, &c->prog, &reason),
+			c->state);
+	KUNIT_EXPECT_EQ(test, reason, c->reason);
+}
+
+static struct kunit_case tballoon_stop_test_cases[] = {
+	KUNIT_CASE_PARAM(tballoon_stop_test, stop_gen_params),
+	KUNIT_CASE_PARAM(tballoon_floor_test, floor_gen_params),
+	{}
+};
+
+static struct kunit_suite tballoon_stop_suite = {
+	.name = "tballoon_policy_stop",
+	.test_cases = tballoon_stop_test_cases,
+};
+
+/* ------------------------------------------------------------------------
+ * tballoon_policy_batch
+ * ------------------------------------------------------------------------
+ */
+
+struct batch_case {
+	const char *desc;
+	struct tballoon_batch_in in;
+	u32 pages;
+};
+
+#define BATCH(rem, ms, rate, prev, room, g) { .remaining_pages = (rem),	\
+	.remaining_ms = (ms), .rate_pps = (rate), .prev_pages = (prev),	\
+	.room_pages = (room), .granule = (g) }
+
+static const struct batch_case batch_cases[] = {
+	{ "nothing left", BATCH(0, 100, 0, 0, U32_MAX, 1), 0 },
+	{ "first", BATCH(1U << 20, 100, 0, 0, U32_MAX, 1), TBALLOON_BATCH_FIRST },
+	{ "doubles", BATCH(1U << 20, 100, 0, 512, U32_MAX, 1), 1024 },
+	{ "up to max", BATCH(1U << 20, 100, 0, 2048, U32_MAX, 1), TBALLOON_BATCH_MAX },
+	{ "stays at max", BATCH(1U << 20, 100, 0, 4096, U32_MAX, 1), TBALLOON_BATCH_MAX },
+	{ "prev overflow", BATCH(1U << 20, 100, 0, U32_MAX, U32_MAX, 1), TBALLOON_BATCH_MAX },
+	{ "one page left", BATCH(1, 100, 0, 0, U32_MAX, 1), 1 },
+	{ "remaining caps", BATCH(100, 100, 0, 0, U32_MAX, 1), 100 },
+	{ "room caps", BATCH(1U << 20, 100, 0, 0, 300, 1), 300 },
+	{ "no room", BATCH(1U << 20, 100, 0, 0, 0, 1), 0 },
+	{ "time budget", BATCH(1U << 20, 20, 100000, 512, U32_MAX, 1), 500 },
+	{ "budget floor", BATCH(1U << 20, 1, 1000, 512, U32_MAX, 1), TBALLOON_BATCH_MIN },
+	{ "deadline passed", BATCH(1U << 20, 0, 1000, 512, U32_MAX, 1), TBALLOON_BATCH_MIN },
+	{ "budget no overflow", BATCH(1U << 20, U32_MAX - 1, U32_MAX, 4096, U32_MAX, 1),
+	  TBALLOON_BATCH_MAX },
+	{ "no deadline ignores rate", BATCH(1U << 20, TBALLOON_NO_DEADLINE, 1, 4096, U32_MAX, 1),
+	  TBALLOON_BATCH_MAX },
+	{ "granule rounds down", BATCH(100, 100, 0, 0, U32_MAX, 16), 96 },
+	{ "below granule", BATCH(10, 100, 0, 0, U32_MAX, 16), 0 },
+	{ "granule 0 as 1", BATCH(7, 100, 0, 0, U32_MAX, 0), 7 },
+};
+
+DESC(batch_case)
+KUNIT_ARRAY_PARAM(batch, batch_cases, batch_case_desc);
+
+static void tballoon_batch_test(struct kunit *test)
+{
+	const struct batch_case *c = test->param_value;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_batch(&c->in), c->pages);
+}
+
+static struct kunit_case tballoon_batch_test_cases[] = {
+	KUNIT_CASE_PARAM(tballoon_batch_test, batch_gen_params),
+	{}
+};
+
+static struct kunit_suite tballoon_batch_suite = {
+	.name = "tballoon_policy_batch",
+	.test_cases = tballoon_batch_test_cases,
+};
+
+/* ------------------------------------------------------------------------
+ * tballoon_policy_paced_due, tballoon_policy_paced_time
+ * ------------------------------------------------------------------------
+ */
+
+struct paced_case {
+	const char *desc;
+	u32 distance;
+	u32 arg;	/* elapsed_ms for _due, pages for _time */
+	u32 deadline_ms;
+	u32 expect;
+};
+
+/* deadline 800 ms: the schedule ends at 700 ms */
+static const struct paced_case paced_due_cases[] = {
+	{ "start", 1000, 0, 800, 0 },
+	{ "half way", 1000, 350, 800, 500 },
+	{ "horizon", 1000, 700, 800, 1000 },
+	{ "deadline", 1000, 800, 800, 1000 },
+	{ "long past", 1000, U32_MAX, 800, 1000 },
+	{ "rounds down", 3, 233, 800, 0 },
+	{ "deadline 1", 10, 1, 1, 10 },
+	{ "deadline 0", 10, 0, 0, 0 },
+	{ "no overflow", U32_MAX, MAXDL - MAXDL / 8 - 1, MAXDL, U32_MAX - 1364 },
+	{ "nothing to do", 0, 100, 800, 0 },
+};
+
+static const struct paced_case paced_time_cases[] = {
+	{ "nothing", 1000, 0, 800, 0 },
+	{ "half", 1000, 500, 800, 350 },
+	{ "all", 1000, 1000, 800, 700 },
+	{ "more than all", 1000, U32_MAX, 800, 700 },
+	{ "rounds up", 3, 1, 800, 234 },
+	{ "zero distance", 0, 5, 800, 0 },
+	{ "no overflow", U32_MAX, U32_MAX - 1, MAXDL, MAXDL - MAXDL / 8 },
+};
+
+DESC(paced_case)
+KUNIT_ARRAY_PARAM(paced_due, paced_due_cases, paced_case_desc);
+KUNIT_ARRAY_PARAM(paced_time, paced_time_cases, paced_case_desc);
+
+static void tballoon_paced_due_test(struct kunit *test)
+{
+	const struct paced_case *c = test->param_value;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_paced_due(c->distance, c->arg,
+							c->deadline_ms), c->expect);
+}
+
+static void tballoon_paced_time_test(struct kunit *test)
+{
+	const struct paced_case *c = test->param_value;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_paced_time(c->distance, c->arg,
+							 c->deadline_ms), c->expect);
+}
+
+/* The schedule and its inverse agree: at paced_time(p), p pages are due. */
+static void tballoon_paced_inverse_test(struct kunit *test)
+{
+	static const u32 distances[] = { 1, 3, 1000, 230400, U32_MAX };
+	static const u32 deadlines[] = { 1, 20, 800, MAXDL };
+	unsigned int i, j, k;
+
+	for (i = 0; i < ARRAY_SIZE(distances); i++) {
+		for (j = 0; j < ARRAY_SIZE(deadlines); j++) {
+			for (k = 1; k <= 64; k++) {
+				u32 d = distances[i], dl = deadlines[j];
+				u32 p = (u32)div_u64((u64)d * k, 64) ?: 1;
+				u32 t = tballoon_policy_paced_time(d, p, dl);
+
+				KUNIT_EXPECT_GE(test,
+						tballoon_policy_paced_due(d, t, dl), p);
+				if (t)
+					KUNIT_EXPECT_LT(test,
+							tballoon_policy_paced_due(d, t - 1, dl), p);
+			}
+		}
+	}
+}
+
+static struct kunit_case tballoon_paced_test_cases[] = {
+	KUNIT_CASE_PARAM(tballoon_paced_due_test, paced_due_gen_params),
+	KUNIT_CASE_PARAM(tballoon_paced_time_test, paced_time_gen_params),
+	KUNIT_CASE(tballoon_paced_inverse_test),
+	{}
+};
+
+static struct kunit_suite tballoon_paced_suite = {
+	.name = "tballoon_policy_paced",
+	.test_cases = tballoon_paced_test_cases,
+};
+
+kunit_test_suites(&tballoon_validate_suite, &tballoon_stop_suite,
+		  &tballoon_batch_suite, &tballoon_paced_suite);
+
+MODULE_IMPORT_NS(EXPORTED_FOR_KUNIT_TESTING);
+MODULE_DESCRIPTION("KUnit tests for the timed virtio balloon policy");
+MODULE_LICENSE("GPL");

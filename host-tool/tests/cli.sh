@@ -1,0 +1,89 @@
+#!/bin/sh
+# SPDX-License-Identifier: GPL-2.0
+# CLI contract tests for tballoon (TAP). Usage: TB=path/to/tballoon sh tests/cli.sh
+TB=${TB:-./tballoon}
+n=0
+fail=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+nok() { n=$((n + 1)); echo "not ok $n - $1"; fail=1; }
+check() { if eval "$2"; then ok "$1"; else nok "$1"; fi; }
+
+tmp=$(mktemp -d)
+trap 'kill $spid 2>/dev/null; rm -rf "$tmp"' EXIT
+
+out=$($TB --help); rc=$?
+check "cli: --help exits 0" '[ $rc -eq 0 ]'
+check "cli: --help lists every command" 'for c in serve inflate deflate status abort; do echo "$out" | grep -q "^  $c " || exit 1; done'
+out=$($TB -V); rc=$?
+check "cli: -V prints the version" '[ $rc -eq 0 ] && echo "$out" | grep -q "^tballoon [0-9]"'
+err=$($TB frobnicate 2>&1 >/dev/null); rc=$?
+check "cli: unknown command exits 2" '[ $rc -eq 2 ]'
+check "cli: unknown command says Try tballoon --help" 'echo "$err" | grep -q "Try '"'"'tballoon --help'"'"'"'
+$TB infl >/dev/null 2>&1; rc=$?
+check "cli: command prefixes are not accepted" '[ $rc -eq 2 ]'
+$TB >/dev/null 2>&1; rc=$?
+check "cli: missing command exits 2" '[ $rc -eq 2 ]'
+$TB inflate --deadline 2s >/dev/null 2>&1; rc=$?
+check "cli: inflate without --to exits 2" '[ $rc -eq 2 ]'
+$TB inflate --to 1G >/dev/null 2>&1; rc=$?
+check "cli: inflate without --deadline exits 2" '[ $rc -eq 2 ]'
+$TB inflate --to 1000 --deadline 2s >/dev/null 2>&1; rc=$?
+check "cli: size not a multiple of 4 KiB exits 2" '[ $rc -eq 2 ]'
+$TB inflate --to 1G --deadline 2h >/dev/null 2>&1; rc=$?
+check "cli: deadline above 1h exits 2" '[ $rc -eq 2 ]'
+$TB inflate --to 1G --deadline 0 >/dev/null 2>&1; rc=$?
+check "cli: zero deadline exits 2" '[ $rc -eq 2 ]'
+out=$($TB inflate --help); rc=$?
+check "cli: inflate --help exits 0 on stdout" '[ $rc -eq 0 ] && echo "$out" | grep -q -- "--deadline"'
+$TB -c "$tmp/none.sock" status >/dev/null 2>&1; rc=$?
+check "cli: status without a server exits 1" '[ $rc -eq 1 ]'
+$TB serve --control "$tmp/c" >/dev/null 2>&1; rc=$?
+check "cli: serve without --socket-path exits 2" '[ $rc -eq 2 ]'
+
+$TB serve --socket-path "$tmp/vu.sock" --control "$tmp/ctl.sock" 2>"$tmp/serve.log" &
+spid=$!
+i=0
+while [ ! -S "$tmp/ctl.sock" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+check "serve: control socket is mode 0600" '[ "$(stat -c %a "$tmp/ctl.sock")" = 600 ]'
+out=$($TB -c "$tmp/ctl.sock" status -j); rc=$?
+check "serve: status -j exits 0" '[ $rc -eq 0 ]'
+check "serve: status -j is one JSON object with the contract keys" 'echo "$out" | python3 -c "
+import json, sys
+lines = sys.stdin.read().splitlines()
+assert len(lines) == 1
+s = json.loads(lines[0])
+for k in (\"connected\", \"timed\", \"driver_ok\", \"guest_ram_bytes\", \"resident_bytes\",
+          \"released_bytes\", \"actual_pages\", \"num_pages\", \"command\"):
+    assert k in s, k
+for k in (\"cmd_id\", \"op\", \"state\", \"reason\", \"target_pages\", \"start_pages\",
+          \"deadline_ms\", \"floor_pages\", \"paced\", \"elapsed_ms\", \"host_elapsed_ms\",
+          \"report_seq\", \"reports\"):
+    assert k in s[\"command\"], k
+assert s[\"connected\"] is False and s[\"command\"][\"state\"] == \"idle\"
+"'
+out=$(TBALLOON_CONTROL="$tmp/ctl.sock" $TB status); rc=$?
+check "serve: TBALLOON_CONTROL selects the socket" '[ $rc -eq 0 ] && echo "$out" | grep -q "not connected"'
+err=$($TB -c "$tmp/ctl.sock" inflate --to 1G --deadline 2s 2>&1); rc=$?
+check "serve: inflate with no guest is refused (exit 1)" '[ $rc -eq 1 ] && echo "$err" | grep -q "no front-end"'
+$TB -c "$tmp/ctl.sock" abort >/dev/null 2>&1; rc=$?
+check "serve: abort with nothing running exits 1" '[ $rc -eq 1 ]'
+out=$(printf 'garbage\n{"execute":"query-balloon","id":7}\n' | python3 -c "
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect('$tmp/ctl.sock')
+s.sendall(sys.stdin.buffer.read()); f = s.makefile()
+print(f.readline().strip()); print(f.readline().strip()); print(f.readline().strip())
+")
+check "serve: garbage gets an error, the client keeps its session" 'echo "$out" | sed -n 2p | grep -q GenericError && echo "$out" | sed -n 3p | grep -q "\"id\":7"'
+python3 -c "
+import socket
+s = socket.socket(socket.AF_UNIX); s.connect('$tmp/ctl.sock')
+s.sendall(b'{\"execute\":\"query-')
+s.close()
+"
+$TB -c "$tmp/ctl.sock" status >/dev/null 2>&1; rc=$?
+check "serve: survives a client leaving mid-line" '[ $rc -eq 0 ]'
+kill -TERM $spid; wait $spid; rc=$?
+check "serve: SIGTERM exits 0" '[ $rc -eq 0 ]'
+check "serve: sockets removed on exit" '[ ! -e "$tmp/ctl.sock" ] && [ ! -e "$tmp/vu.sock" ]'
+echo "1..$n"
+exit $fail

@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * tb_test.h - shared helpers for the cmocka unit tests.
+ */
+#ifndef TB_TEST_H
+#define TB_TEST_H
+
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <cmocka.h>
+
+#include "util.h"
+
+/* a memfd of @size bytes (sparse) */
+static inline int tb_test_memfd(size_t size)
+{
+	int fd = memfd_create("tb-test", MFD_CLOEXEC);
+
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)size), 0);
+	return fd;
+}
+
+/* the fd is closed (the dispatcher must not leak descriptors) */
+static inline int tb_test_fd_closed(int fd)
+{
+	return fcntl(fd, F_GETFD) < 0;
+}
+
+/* run a group quietly (warnings about hostile input are expected) */
+#define tb_test_run(name, tests) \
+	(tb_log_level = getenv("TB_TEST_VERBOSE") ? TB_LOG_DEBUG : -1, \
+	 cmocka_run_group_tests_name(name, tests, NULL, NULL))
+
+#endif /* TB_TEST_H */

@@ -1,0 +1,134 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * test_parse.c - SIZE and DUR parsing, byte formatting.
+ */
+#include "tb_test.h"
+#include "parse.h"
+
+struct size_case {
+	const char *in;
+	int rc;
+	uint64_t pages;
+};
+
+static const struct size_case size_cases[] = {
+	{ "512M", 0, 131072 },
+	{ "1G", 0, 262144 },
+	{ "1g", 0, 262144 },
+	{ "1GiB", 0, 262144 },
+	{ "1GB", 0, 262144 },
+	{ "4096K", 0, 1024 },
+	{ "4096", 0, 1 },
+	{ "8192B", 0, 2 },
+	{ "0", 0, 0 },
+	{ "10p", 0, 10 },
+	{ "0p", 0, 0 },
+	{ "2T", 0, 536870912 },
+	{ "1000", -1, 0 },		/* not a multiple of 4 KiB */
+	{ "1K", -1, 0 },
+	{ "1.5G", -1, 0 },
+	{ "", -1, 0 },
+	{ "-1G", -1, 0 },
+	{ " 1G", -1, 0 },
+	{ "1G ", -1, 0 },
+	{ "1X", -1, 0 },
+	{ "1P", -1, 0 },		/* p is pages, lower case only */
+	{ "G", -1, 0 },
+	{ "0x1000", -1, 0 },
+	{ "99999999999999999999", -1, 0 },
+	{ "16777216T", -1, 0 },	/* overflows 64 bits */
+};
+
+static void test_size_table(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < TB_ARRAY_SIZE(size_cases); i++) {
+		const char *why = NULL;
+		uint64_t pages = 12345;
+		int rc = tb_parse_size_pages(size_cases[i].in, &pages, &why);
+
+		if (rc != size_cases[i].rc)
+			fail_msg("size '%s': rc %d, want %d", size_cases[i].in, rc,
+				 size_cases[i].rc);
+		if (rc == 0)
+			assert_int_equal(pages, size_cases[i].pages);
+		else
+			assert_non_null(why);
+	}
+}
+
+struct dur_case {
+	const char *in;
+	int rc;
+	uint64_t ms;
+};
+
+static const struct dur_case dur_cases[] = {
+	{ "20ms", 0, 20 },
+	{ "2s", 0, 2000 },
+	{ "1m", 0, 60000 },
+	{ "1h", 0, 3600000 },
+	{ "500", 0, 500 },
+	{ "0", 0, 0 },
+	{ "", -1, 0 },
+	{ "s", -1, 0 },
+	{ "5x", -1, 0 },
+	{ "1.5s", -1, 0 },
+	{ "-2s", -1, 0 },
+	{ "2S", -1, 0 },
+	{ "2 s", -1, 0 },
+	{ "18446744073709551615h", -1, 0 },
+};
+
+static void test_duration_table(void **state)
+{
+	(void)state;
+	for (size_t i = 0; i < TB_ARRAY_SIZE(dur_cases); i++) {
+		const char *why = NULL;
+		uint64_t ms = 12345;
+		int rc = tb_parse_duration_ms(dur_cases[i].in, &ms, &why);
+
+		if (rc != dur_cases[i].rc)
+			fail_msg("duration '%s': rc %d, want %d", dur_cases[i].in, rc,
+				 dur_cases[i].rc);
+		if (rc == 0)
+			assert_int_equal(ms, dur_cases[i].ms);
+	}
+}
+
+static void test_null_input(void **state)
+{
+	const char *why;
+	uint64_t v;
+
+	(void)state;
+	assert_int_equal(tb_parse_size_pages(NULL, &v, &why), -1);
+	assert_int_equal(tb_parse_duration_ms(NULL, &v, &why), -1);
+}
+
+static void test_format_bytes(void **state)
+{
+	char b[32];
+
+	(void)state;
+	tb_format_bytes(b, sizeof(b), 12);
+	assert_string_equal(b, "12 B");
+	tb_format_bytes(b, sizeof(b), 512LL << 20);
+	assert_string_equal(b, "512.0 MiB");
+	tb_format_bytes(b, sizeof(b), 3LL << 29);
+	assert_string_equal(b, "1.5 GiB");
+	tb_format_bytes(b, sizeof(b), -(4LL << 10));
+	assert_string_equal(b, "-4.0 KiB");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_size_table),
+		cmocka_unit_test(test_duration_table),
+		cmocka_unit_test(test_null_input),
+		cmocka_unit_test(test_format_bytes),
+	};
+
+	return tb_test_run("parse", tests);
+}

@@ -108,7 +108,7 @@ class Agent:
 
     def __init__(self, listener, alive):
         self.listener = listener
-        self.alive = alive          # callable: raises GuestError if QEMU died
+        self.alive = alive          # check_alive(settle=0): raises if QEMU died
         self.conn = None
         self.buf = b""
         self.seq = 0
@@ -126,8 +126,8 @@ class Agent:
                 self.alive()
                 continue
             if not chunk:
-                self.alive()
-                raise GuestError("guest agent connection closed")
+                self.alive(settle=5.0)      # QEMU closing: say why
+                raise GuestError("guest agent connection closed (QEMU still running)")
             self.buf += chunk
         line, _, self.buf = self.buf.partition(b"\n")
         return line.rstrip(b"\r").decode("ascii", "replace")
@@ -346,8 +346,16 @@ class Guest:
                                          stderr=subprocess.STDOUT,
                                          preexec_fn=_die_with_parent)
 
-    def check_alive(self):
-        """Raise GuestError if QEMU or the backend died."""
+    def check_alive(self, settle=0.0):
+        """Raise GuestError if QEMU or the backend died.
+
+        settle: seconds to give a QEMU that is probably exiting to finish.
+        """
+        if self.qemu is not None and settle:
+            try:
+                self.qemu.wait(timeout=settle)
+            except subprocess.TimeoutExpired:
+                pass
         if self.qemu is not None and self.qemu.poll() is not None:
             raise GuestError("QEMU exited with %d; qemu.log:\n%s\nconsole tail:\n%s" % (
                 self.qemu.returncode, "\n".join(tail(self.qemu_log, 10)),

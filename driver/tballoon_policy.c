@@ -108,8 +108,10 @@ EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_floor_room);
  * @reason: set to a TBALLOON_REASON_* detail for the returned state
  *
  * The first matching condition wins: target reached, deadline passed, then
- * (inflate only) the floor. A @cmd->deadline_ms of TBALLOON_NO_DEADLINE
- * never passes.
+ * (inflate only) the floor, then a surge of direct reclaim (more than
+ * TBALLOON_RECLAIM_STALLS entries since acceptance: the guest is paying
+ * for the inflation in allocation stalls). A @cmd->deadline_ms of
+ * TBALLOON_NO_DEADLINE never passes.
  *
  * Return: TBALLOON_STATE_RUNNING to go on, else the terminal state
  * (DONE, DEADLINE or PRESSURE).
@@ -131,6 +133,10 @@ u32 tballoon_policy_stop(const struct tballoon_cmd *cmd,
 	if (inflate &&
 	    tballoon_policy_floor_room(cmd->floor_pages, prog->avail_pages) < granule) {
 		*reason = TBALLOON_REASON_FLOOR;
+		return TBALLOON_STATE_PRESSURE;
+	}
+	if (inflate && prog->reclaim_stalls > TBALLOON_RECLAIM_STALLS) {
+		*reason = TBALLOON_REASON_RECLAIM;
 		return TBALLOON_STATE_PRESSURE;
 	}
 	return TBALLOON_STATE_RUNNING;

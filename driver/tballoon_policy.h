@@ -31,6 +31,8 @@
 #define TBALLOON_PACE_MARGIN_DIV	8U
 /* a paced command does not wake up for fewer pages than this */
 #define TBALLOON_PACE_CHUNK		256U
+/* inflating stops (PRESSURE/RECLAIM) after this many direct reclaims */
+#define TBALLOON_RECLAIM_STALLS		512U
 /* "no deadline": remaining time of a command without one */
 #define TBALLOON_NO_DEADLINE		U32_MAX
 
@@ -57,12 +59,14 @@ struct tballoon_cmd {
  * @done_pages: balloon size, counting buffers still in flight
  * @elapsed_ms: time since acceptance
  * @avail_pages: the guest's available memory (MemAvailable)
+ * @reclaim_stalls: direct reclaim entries in the guest since acceptance
  * @granule: balloon pages per guest page (1 with 4 KiB guest pages)
  */
 struct tballoon_progress {
 	u32 done_pages;
 	u32 elapsed_ms;
 	u64 avail_pages;
+	u64 reclaim_stalls;
 	u32 granule;
 };
 

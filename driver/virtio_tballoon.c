@@ -74,6 +74,7 @@ struct tballoon_buf {
  * @cmd: what to do; deadline_ms is TBALLOON_NO_DEADLINE in standard mode
  * @start: acceptance time, guest monotonic clock
  * @start_pages: balloon size at acceptance
+ * @start_stalls: tballoon_direct_reclaims() at acceptance
  * @prev_batch: size of the previous batch (0: none yet)
  * @state: TBALLOON_STATE_* outcome (RUNNING while it runs)
  * @reason: TBALLOON_REASON_* detail of @state
@@ -83,6 +84,7 @@ struct tballoon_run {
 	struct tballoon_cmd cmd;
 	ktime_t start;
 	u32 start_pages;
+	u64 start_stalls;
 	u32 prev_batch;
 	u32 state;
 	u32 reason;
@@ -516,6 +518,21 @@ static u64 tballoon_avail_pages(struct tballoon *tb)
 	return (u64)si_mem_available() * TBALLOON_PAGES_PER_PAGE;
 }
 
+/* Direct reclaim entries in the guest so far (all CPUs, all zones). */
+static u64 tballoon_direct_reclaims(void)
+{
+	u64 sum = 0;
+#ifdef CONFIG_VM_EVENT_COUNTERS
+	int cpu, zid;
+
+	for_each_online_cpu(cpu)
+		for (zid = 0; zid < MAX_NR_ZONES; zid++)
+			sum += per_cpu(vm_event_states, cpu).event[ALLOCSTALL_NORMAL -
+								   ZONE_NORMAL + zid];
+#endif
+	return sum;
+}
+
 static u32 tballoon_policy_check(struct tballoon *tb, u32 extra, u32 *reason)
 {
 	struct tballoon_progress prog = {
@@ -524,6 +541,11 @@ static u32 tballoon_policy_check(struct tballoon *tb, u32 extra, u32 *reason)
 		.avail_pages = tballoon_avail_pages(tb),
 		.granule = TBALLOON_PAGES_PER_PAGE,
 	};
+
+	/* Only a timed inflate stops for reclaim; the standard balloon waits. */
+	if (tb->timed && tballoon_inflating(tb))
+		prog.reclaim_stalls = tballoon_direct_reclaims() -
+				      tb->run.start_stalls;
 
 	return tballoon_policy_stop(&tb->run.cmd, &prog, reason);
 }
@@ -665,11 +687,15 @@ static int tballoon_fill_inflate(struct tballoon *tb, struct tballoon_buf *buf,
 	struct page *page;
 	u32 state;
 
-	while (buf->num_pfns < n) {
-		if (buf->num_pfns && !(buf->num_pfns % TBALLOON_CHECK_PAGES)) {
+	for (;;) {
+		if (buf->num_pfns &&
+		    (!(buf->num_pfns % TBALLOON_CHECK_PAGES) || buf->num_pfns >= n)) {
+			/* Also when full: nothing is sent after the deadline. */
 			state = tballoon_fill_check(tb, buf->num_pfns);
 			if (state == TBALLOON_STATE_DEADLINE)
 				return -ETIME;
+			if (buf->num_pfns >= n)
+				return 0;
 			if (state != TBALLOON_STATE_RUNNING)
 				return -EINTR;
 			cond_resched();
@@ -680,7 +706,6 @@ static int tballoon_fill_inflate(struct tballoon *tb, struct tballoon_buf *buf,
 		tballoon_buf_add_pfns(buf, page);
 		list_add_tail(&page->lru, &buf->pages);
 	}
-	return 0;
 }
 
 /* The count says the balloon has pages, but neither list nor migration does. */
@@ -862,6 +887,7 @@ static void tballoon_handle(struct tballoon *tb, const struct tballoon_cmd *cmd)
 					      &run->reason);
 	/* Acceptance: time starts now. */
 	run->start = ktime_get();
+	run->start_stalls = tballoon_direct_reclaims();
 	if (run->state != TBALLOON_STATE_RUNNING) {
 		tballoon_report(tb, true);
 		return;

@@ -167,6 +167,9 @@ struct stop_case {
 
 #define PROG(done, ms, avail, g) { .done_pages = (done), .elapsed_ms = (ms), \
 				   .avail_pages = (avail), .granule = (g) }
+#define STALLS(n) { .done_pages = 5, .elapsed_ms = 1, .reclaim_stalls = (n), \
+		    .granule = 1 }
+#define RS	TBALLOON_RECLAIM_STALLS
 #define NODL	TBALLOON_NO_DEADLINE
 
 static const struct stop_case stop_cases[] = {
@@ -193,6 +196,12 @@ static const struct stop_case stop_cases[] = {
 	  S(DEADLINE), R(NONE) },
 	{ "deflate ignores floor", CMD(DEF, 0, 100, 0, 50), PROG(5, 1, 0, 1), S(RUNNING), R(NONE) },
 	{ "granule 0 as 1", CMD(INF, 0, 100, 10, 50), PROG(5, 1, 51, 0), S(RUNNING), R(NONE) },
+	{ "no reclaim", CMD(INF, 0, 100, 10, 0), STALLS(0), S(RUNNING), R(NONE) },
+	{ "reclaim at limit", CMD(INF, 0, 100, 10, 0), STALLS(RS), S(RUNNING), R(NONE) },
+	{ "reclaim surge", CMD(INF, 0, 100, 10, 0), STALLS(RS + 1), S(PRESSURE), R(RECLAIM) },
+	{ "reclaim max", CMD(INF, 0, 100, 10, 0), STALLS(U64_MAX), S(PRESSURE), R(RECLAIM) },
+	{ "floor beats reclaim", CMD(INF, 0, 100, 10, 50), STALLS(U64_MAX), S(PRESSURE), R(FLOOR) },
+	{ "deflate ignores reclaim", CMD(DEF, 0, 100, 0, 0), STALLS(U64_MAX), S(RUNNING), R(NONE) },
 };
 
 DESC(stop_case)

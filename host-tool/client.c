@@ -379,6 +379,7 @@ int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m)
 	bool tty = !o->json && isatty(STDOUT_FILENO);
 	json_object *args = json_object_new_object();
 	json_object *st, *ev = NULL;
+	bool progress_shown = false;
 	struct tb_conn c;
 	uint64_t give_up;
 	int64_t id;
@@ -426,7 +427,7 @@ int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m)
 			return TB_EXIT_ERROR;
 		}
 		if (rc == 0) {
-			if (tty)
+			if (progress_shown)
 				putchar('\n');
 			fprintf(stderr, "tballoon: %s %lld: no outcome from the guest within "
 				"deadline + grace (%llu ms)\n", m->op, (long long)id,
@@ -447,11 +448,13 @@ int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m)
 		json_object_put(st);
 		st = json_object_get(data);
 		json_object_put(ev);
-		if (!o->json && !tb_state_is_terminal(tb_jstr(cmd, "state")))
+		if (!o->json && !tb_state_is_terminal(tb_jstr(cmd, "state"))) {
 			tb_print_progress(st, tty);
+			progress_shown = tty;
+		}
 	}
 	tb_conn_close(&c);
-	if (tty)
+	if (progress_shown)
 		putchar('\n');
 	if (o->json)
 		tb_print_status(st, true);

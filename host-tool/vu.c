@@ -642,7 +642,8 @@ int tb_vu_dispatch(struct tb_vu *vu, struct tb_vu_msg *m,
 
 	if (explicit_reply) {
 		*send_reply = true;
-	} else if (m->hdr.flags & TB_VU_FLAG_NEED_REPLY) {
+	} else if ((m->hdr.flags & TB_VU_FLAG_NEED_REPLY) &&
+		   tb_vu_has_pf(vu, TB_VU_PF_REPLY_ACK)) {
 		/* REPLY_ACK: 0 success, non-zero failure */
 		tb_vu_reply_u64(r, rc < 0 ? 1 : 0);
 		*send_reply = true;

@@ -1,0 +1,513 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * test_dev.c - the device model: SET_CONFIG filtering, command issue and
+ * validation, driver reports, the standard-balloon path, queue processing.
+ */
+#include "tb_test.h"
+#include "dev.h"
+
+#define MiB (1ULL << 20)
+#define RAM (64 * MiB)
+#define RAM_PAGES (RAM / 4096)
+#define OFF(f) offsetof(struct virtio_tballoon_config, f)
+
+struct fx {
+	struct tb_mem mem;
+	struct tb_dev dev;
+	unsigned int notifies;
+	unsigned int events[TB_EVENT_COUNT];
+	struct tb_cmd last;	/* command of the last event */
+	unsigned int punches;
+	uint64_t punched;
+};
+
+static void f_notify(void *o)
+{
+	((struct fx *)o)->notifies++;
+}
+
+static void f_event(void *o, enum tb_event ev, const struct tb_cmd *c)
+{
+	struct fx *f = o;
+
+	f->events[ev]++;
+	f->last = *c;
+}
+
+static int f_punch(void *o, int fd, uint64_t off, uint64_t len)
+{
+	struct fx *f = o;
+
+	(void)fd;
+	(void)off;
+	f->punches++;
+	f->punched += len;
+	return 0;
+}
+
+static const struct tb_dev_ops f_ops = { .notify_config = f_notify, .event = f_event };
+
+static int fx_setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+
+	tb_mem_init(&f->mem);
+	if (tb_mem_add(&f->mem, 0, RAM, 0x7f0000000000ULL, 0, tb_test_memfd(RAM)))
+		return -1;
+	tb_dev_init(&f->dev, &f->mem, &f_ops, f);
+	f->dev.punch = f_punch;
+	f->dev.punch_opaque = f;
+	tb_dev_session(&f->dev, true, 1000);
+	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_DEV_FEATURES);
+	f->dev.driver_ok = true;
+	*state = f;
+	return 0;
+}
+
+static int fx_teardown(void **state)
+{
+	struct fx *f = *state;
+
+	tb_mem_clear(&f->mem);
+	free(f);
+	return 0;
+}
+
+/* a guest config write as QEMU forwards it: the whole 64 bytes */
+static void guest_write(struct fx *f, size_t off, uint32_t v, uint64_t now)
+{
+	uint8_t buf[64];
+
+	tb_dev_get_config(&f->dev, buf, 0, 64);
+	tb_put_le32(buf + off, v);
+	assert_int_equal(tb_dev_set_config(&f->dev, buf, 0, 64, now), 0);
+}
+
+/* a full driver report, in the documented order, report_seq last */
+static void report(struct fx *f, uint32_t ack, uint32_t state, uint32_t reason,
+		   uint32_t actual, uint32_t elapsed, uint32_t start, uint64_t now)
+{
+	guest_write(f, OFF(actual), actual, now);
+	guest_write(f, OFF(elapsed_ms), elapsed, now);
+	guest_write(f, OFF(start_pages), start, now);
+	guest_write(f, OFF(reason), reason, now);
+	guest_write(f, OFF(state), state, now);
+	guest_write(f, OFF(ack_cmd_id), ack, now);
+	guest_write(f, OFF(report_seq), TB_CFG(&f->dev, report_seq) + 1, now);
+}
+
+static uint32_t issue(struct fx *f, uint32_t op, uint32_t target, uint32_t deadline,
+		      uint32_t floor, uint32_t flags, uint64_t now)
+{
+	char err[128] = "";
+
+	return tb_dev_issue(&f->dev, op, target, deadline, floor, flags, now, err,
+			    sizeof(err));
+}
+
+static void test_set_config_filter(void **state)
+{
+	struct fx *f = *state;
+	uint8_t buf[64], cfg[64];
+
+	assert_int_not_equal(issue(f, TBALLOON_OP_INFLATE, 100, 1000, 5, 0, 2000), 0);
+	tb_dev_get_config(&f->dev, cfg, 0, 64);
+
+	/* a hostile whole-config write: every byte 0xee */
+	memset(buf, 0xee, sizeof(buf));
+	assert_int_equal(tb_dev_set_config(&f->dev, buf, 0, 64, 2000), 0);
+	/* device-written fields untouched */
+	assert_memory_equal(f->dev.config + OFF(num_pages), cfg + OFF(num_pages), 4);
+	assert_memory_equal(f->dev.config + 8, cfg + 8, 40 - 8);
+	/* driver-written fields taken */
+	assert_int_equal(TB_CFG(&f->dev, actual), 0xeeeeeeee);
+	assert_int_equal(TB_CFG(&f->dev, report_seq), 0xeeeeeeee);
+	assert_int_equal(TB_CFG(&f->dev, ack_cmd_id), 0xeeeeeeee);
+
+	/* partial writes straddling field boundaries */
+	memset(buf, 0x11, sizeof(buf));
+	assert_int_equal(tb_dev_set_config(&f->dev, buf, 2, 4, 2000), 0);	/* num_pages hi + actual lo */
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 100);
+	assert_int_equal(TB_CFG(&f->dev, actual), 0xeeee1111);
+	assert_int_equal(tb_dev_set_config(&f->dev, buf, 38, 4, 2000), 0);	/* floor hi + ack lo */
+	assert_int_equal(TB_CFG(&f->dev, floor_pages), 5);
+	assert_int_equal(TB_CFG(&f->dev, ack_cmd_id), 0xeeee1111);
+	assert_int_equal(tb_dev_set_config(&f->dev, buf, 16, 24, 2000), 0);	/* only device fields */
+	assert_memory_equal(f->dev.config + 16, cfg + 16, 24);
+	assert_int_equal(tb_dev_set_config(&f->dev, buf, 63, 1, 2000), 0);
+	assert_int_equal(f->dev.config[63], 0x11);
+	assert_int_equal(tb_dev_set_config(&f->dev, buf, 0, 0, 2000), 0);
+
+	/* out of bounds */
+	assert_int_equal(tb_dev_set_config(&f->dev, buf, 60, 8, 2000), -EINVAL);
+	assert_int_equal(tb_dev_set_config(&f->dev, buf, 64, 1, 2000), -EINVAL);
+	assert_int_equal(tb_dev_set_config(&f->dev, buf, UINT32_MAX, 2, 2000), -EINVAL);
+}
+
+static void test_issue_writes_config(void **state)
+{
+	struct fx *f = *state;
+	uint32_t id;
+
+	id = issue(f, TBALLOON_OP_INFLATE, 1000, 2000, 300, TBALLOON_FLAG_PACED, 5000);
+	assert_int_equal(id, 1);
+	assert_int_equal(TB_CFG(&f->dev, cmd_id), 1);
+	assert_int_equal(TB_CFG(&f->dev, op), TBALLOON_OP_INFLATE);
+	assert_int_equal(TB_CFG(&f->dev, flags), TBALLOON_FLAG_PACED);
+	assert_int_equal(TB_CFG(&f->dev, deadline_ms), 2000);
+	assert_int_equal(TB_CFG(&f->dev, target_pages), 1000);
+	assert_int_equal(TB_CFG(&f->dev, floor_pages), 300);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 1000);
+	assert_int_equal(f->notifies, 1);
+	assert_true(tb_cmd_running(&f->dev.cmd));
+	assert_true(f->dev.cmd.timed);
+	assert_int_equal(f->dev.cmd.issued_ms, 5000);
+	/* little-endian on the wire */
+	assert_int_equal(f->dev.config[OFF(target_pages)], 1000 & 0xff);
+	assert_int_equal(f->dev.config[OFF(target_pages) + 1], 1000 >> 8);
+}
+
+static void test_issue_validation(void **state)
+{
+	struct fx *f = *state;
+	char err[128];
+
+	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 10, 0, 0, 0, 1), 0);
+	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 10, TBALLOON_DEADLINE_MAX_MS + 1, 0, 0, 1), 0);
+	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, RAM_PAGES + 1, 1000, 0, 0, 1), 0);
+	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 10, 1000, RAM_PAGES + 1, 0, 1), 0);
+	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 10, 1000, 0, 0x80, 1), 0);
+	assert_int_equal(issue(f, TBALLOON_OP_NONE, 10, 1000, 0, 0, 1), 0);
+	assert_int_equal(issue(f, 77, 10, 1000, 0, 0, 1), 0);
+	assert_int_equal(issue(f, TBALLOON_OP_ABORT, 0, 0, 0, 0, 1), 0);	/* nothing runs */
+	/* direction, checked while idle against actual */
+	guest_write(f, OFF(actual), 500, 1);
+	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 499, 1000, 0, 0, 1), 0);
+	assert_int_equal(issue(f, TBALLOON_OP_DEFLATE, 501, 1000, 0, 0, 1), 0);
+	assert_int_equal(f->notifies, 0);
+	assert_int_equal(f->dev.cmd.cmd_id, 0);
+	assert_int_equal(TB_CFG(&f->dev, cmd_id), 0);
+	/* the whole guest and a deadline of exactly the maximum are fine */
+	assert_int_not_equal(issue(f, TBALLOON_OP_INFLATE, RAM_PAGES, TBALLOON_DEADLINE_MAX_MS,
+				   RAM_PAGES, 0, 1), 0);
+
+	f->dev.driver_ok = false;
+	assert_int_equal(tb_dev_issue(&f->dev, TBALLOON_OP_DEFLATE, 0, 10, 0, 0, 1, err,
+				      sizeof(err)), 0);
+	assert_non_null(strstr(err, "not ready"));
+	tb_dev_session(&f->dev, false, 2);
+	assert_int_equal(tb_dev_issue(&f->dev, TBALLOON_OP_DEFLATE, 0, 10, 0, 0, 1, err,
+				      sizeof(err)), 0);
+	assert_non_null(strstr(err, "connected"));
+}
+
+static void test_reports(void **state)
+{
+	struct fx *f = *state;
+	uint32_t id = issue(f, TBALLOON_OP_INFLATE, 1000, 2000, 0, 0, 1000);
+
+	/* acceptance */
+	report(f, id, TBALLOON_STATE_RUNNING, 0, 0, 0, 0, 1010);
+	assert_int_equal(f->events[TB_EVENT_PROGRESS], 1);
+	assert_int_equal(f->dev.cmd.reports, 1);
+	/* field writes without a report_seq change are not reports */
+	guest_write(f, OFF(actual), 400, 1020);
+	guest_write(f, OFF(state), TBALLOON_STATE_DONE, 1020);
+	assert_int_equal(f->events[TB_EVENT_PROGRESS], 1);
+	assert_int_equal(f->events[TB_EVENT_DONE], 0);
+	report(f, id, TBALLOON_STATE_RUNNING, 0, 500, 50, 0, 1060);
+	assert_int_equal(f->events[TB_EVENT_PROGRESS], 2);
+	assert_int_equal(f->last.elapsed_ms, 50);
+	/* a report about another command is ignored */
+	report(f, id + 5, TBALLOON_STATE_DONE, 0, 500, 50, 0, 1070);
+	assert_int_equal(f->events[TB_EVENT_DONE], 0);
+	/* invalid values are counted and ignored */
+	report(f, id, TBALLOON_STATE_COUNT, 0, 500, 50, 0, 1070);
+	report(f, id, TBALLOON_STATE_DONE, 999, 500, 50, 0, 1070);
+	assert_int_equal(f->dev.stats.bad_reports, 2);
+	assert_true(tb_cmd_running(&f->dev.cmd));
+	/* final */
+	report(f, id, TBALLOON_STATE_DONE, TBALLOON_REASON_NONE, 1000, 120, 0, 1130);
+	assert_int_equal(f->events[TB_EVENT_DONE], 1);
+	assert_false(tb_cmd_running(&f->dev.cmd));
+	assert_int_equal(f->last.state, TBALLOON_STATE_DONE);
+	assert_int_equal(f->last.elapsed_ms, 120);
+	assert_int_equal(f->last.ended_ms, 1130);
+	assert_int_equal(f->last.reports, 3);
+	/* late reports change nothing */
+	report(f, id, TBALLOON_STATE_ABORTED, TBALLOON_REASON_HOST_ABORT, 1000, 130, 0, 1140);
+	assert_int_equal(f->events[TB_EVENT_DONE], 1);
+	assert_int_equal(f->dev.cmd.state, TBALLOON_STATE_DONE);
+}
+
+static void test_rejected_report(void **state)
+{
+	struct fx *f = *state;
+	uint32_t id = issue(f, TBALLOON_OP_INFLATE, 1000, 2000, 0, 0, 1000);
+
+	report(f, id, TBALLOON_STATE_REJECTED, TBALLOON_REASON_BAD_TARGET, 0, 0, 0, 1010);
+	assert_int_equal(f->events[TB_EVENT_DONE], 1);
+	assert_int_equal(f->last.state, TBALLOON_STATE_REJECTED);
+	assert_int_equal(f->last.reason, TBALLOON_REASON_BAD_TARGET);
+	assert_string_equal(tb_reason_name(f->last.reason), "bad-target");
+	assert_string_equal(tb_state_name(f->last.state), "rejected");
+}
+
+static void test_supersede_and_abort(void **state)
+{
+	struct fx *f = *state;
+	uint32_t a, b, c;
+
+	a = issue(f, TBALLOON_OP_INFLATE, 1000, 2000, 0, 0, 1000);
+	b = issue(f, TBALLOON_OP_INFLATE, 2000, 2000, 0, 0, 1100);
+	assert_int_equal(b, a + 1);
+	assert_int_equal(f->events[TB_EVENT_DONE], 1);
+	assert_int_equal(f->last.cmd_id, a);
+	assert_int_equal(f->last.state, TBALLOON_STATE_ABORTED);
+	assert_int_equal(f->last.reason, TBALLOON_REASON_SUPERSEDED);
+	assert_int_equal(TB_CFG(&f->dev, cmd_id), b);
+
+	c = issue(f, TBALLOON_OP_ABORT, 0, 0, 0, 0, 1200);
+	assert_int_equal(c, b + 1);
+	assert_int_equal(f->events[TB_EVENT_DONE], 2);
+	assert_int_equal(f->last.cmd_id, b);
+	assert_int_equal(f->last.reason, TBALLOON_REASON_HOST_ABORT);
+	assert_int_equal(TB_CFG(&f->dev, op), TBALLOON_OP_ABORT);
+	/* abort leaves num_pages alone */
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 2000);
+	/* the driver's report on the abort command ends it */
+	report(f, c, TBALLOON_STATE_ABORTED, TBALLOON_REASON_HOST_ABORT, 10, 5, 0, 1210);
+	assert_int_equal(f->events[TB_EVENT_DONE], 3);
+	assert_int_equal(f->last.op, TBALLOON_OP_ABORT);
+}
+
+static void test_disconnect_ends_command(void **state)
+{
+	struct fx *f = *state;
+	uint32_t id = issue(f, TBALLOON_OP_INFLATE, 1000, 2000, 0, 0, 1000);
+
+	guest_write(f, OFF(actual), 10, 1001);
+	tb_dev_session(&f->dev, false, 1500);
+	assert_int_equal(f->events[TB_EVENT_DONE], 1);
+	assert_int_equal(f->last.state, TBALLOON_STATE_ABORTED);
+	assert_int_equal(f->last.reason, TBALLOON_REASON_REMOVED);
+	/* cmd_id kept (never goes backwards), the command itself cleared */
+	assert_int_equal(TB_CFG(&f->dev, cmd_id), id);
+	assert_int_equal(TB_CFG(&f->dev, op), TBALLOON_OP_NONE);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 0);
+	assert_int_equal(TB_CFG(&f->dev, actual), 0);
+	assert_false(f->dev.connected);
+	/* the next session continues the id sequence */
+	tb_dev_session(&f->dev, true, 1600);
+	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_DEV_FEATURES);
+	f->dev.driver_ok = true;
+	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 5, 100, 0, 0, 1700), id + 1);
+}
+
+/* upstream driver: no TIMED, the command is num_pages */
+static void test_standard_balloon(void **state)
+{
+	struct fx *f = *state;
+	uint32_t id;
+
+	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_BIT(TB_BALLOON_F_MUST_TELL_HOST));
+	assert_false(tb_dev_timed(&f->dev));
+	/* timed-only options are refused */
+	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 100, 1000, 5, 0, 1), 0);
+	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 100, 1000, 0, TBALLOON_FLAG_PACED, 1), 0);
+
+	id = issue(f, TBALLOON_OP_INFLATE, 100, 1000, 0, 0, 1000);
+	assert_int_not_equal(id, 0);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 100);
+	assert_int_equal(TB_CFG(&f->dev, cmd_id), 0);	/* timed block untouched */
+	assert_int_equal(f->notifies, 1);
+	guest_write(f, OFF(actual), 40, 1100);
+	assert_int_equal(f->events[TB_EVENT_PROGRESS], 1);
+	guest_write(f, OFF(actual), 100, 1200);
+	assert_int_equal(f->events[TB_EVENT_DONE], 1);
+	assert_int_equal(f->last.state, TBALLOON_STATE_DONE);
+	assert_int_equal(f->last.elapsed_ms, 200);
+
+	/* host-side deadline: stops the balloon where it is */
+	id = issue(f, TBALLOON_OP_DEFLATE, 0, 500, 0, 0, 2000);
+	guest_write(f, OFF(actual), 60, 2100);
+	assert_int_equal(tb_dev_tick(&f->dev, 2100), 400);
+	assert_int_equal(tb_dev_tick(&f->dev, 2500), -1);
+	assert_int_equal(f->events[TB_EVENT_DONE], 2);
+	assert_int_equal(f->last.state, TBALLOON_STATE_DEADLINE);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 60);
+
+	/* already at the target: done at once */
+	id = issue(f, TBALLOON_OP_INFLATE, 60, 500, 0, 0, 3000);
+	assert_int_not_equal(id, 0);
+	assert_int_equal(f->events[TB_EVENT_DONE], 3);
+	assert_int_equal(f->last.cmd_id, id);
+
+	/* abort: num_pages = actual */
+	id = issue(f, TBALLOON_OP_INFLATE, 200, 5000, 0, 0, 4000);
+	guest_write(f, OFF(actual), 70, 4100);
+	assert_int_not_equal(issue(f, TBALLOON_OP_ABORT, 0, 0, 0, 0, 4200), 0);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 70);
+	assert_false(tb_cmd_running(&f->dev.cmd));
+}
+
+/* ---- queue processing: build a ring in guest memory ---- */
+
+#define QSZ 16
+#define RING_GPA 0x100000
+#define BUF_GPA 0x200000
+
+struct ring {
+	struct tb_vring vr;
+	struct tb_vring_desc *desc;
+	uint16_t *avail;
+	uint8_t *buf;
+};
+
+static void ring_init(struct fx *f, struct ring *r)
+{
+	uint8_t *h = tb_mem_gpa_to_host(&f->mem, RING_GPA, 0x3000);
+
+	memset(h, 0, 0x3000);
+	memset(r, 0, sizeof(*r));
+	r->desc = (struct tb_vring_desc *)h;
+	r->avail = (uint16_t *)(h + 0x1000);
+	r->buf = tb_mem_gpa_to_host(&f->mem, BUF_GPA, 0x10000);
+	assert_int_equal(tb_vring_setup(&r->vr, QSZ, h, h + 0x1000, h + 0x2000, 0), 0);
+}
+
+static void ring_add(struct ring *r, unsigned int head, uint64_t gpa, uint32_t len,
+		     uint16_t flags, uint16_t next)
+{
+	r->desc[head].addr = htole64(gpa);
+	r->desc[head].len = htole32(len);
+	r->desc[head].flags = htole16(flags);
+	r->desc[head].next = htole16(next);
+}
+
+static void ring_publish(struct ring *r, uint16_t head)
+{
+	uint16_t idx = le16toh(r->avail[1]);
+
+	r->avail[2 + idx % QSZ] = htole16(head);
+	r->avail[1] = htole16(idx + 1);
+}
+
+static void put_pfns(uint8_t *p, const uint32_t *pfns, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		tb_put_le32(p + 4 * i, pfns[i]);
+}
+
+static void test_process_inflate(void **state)
+{
+	static const uint32_t pfns[] = { 1000, 1001, 1002, 1003, 5000, 0x7fffffff };
+	struct fx *f = *state;
+	struct ring r;
+	bool notify;
+
+	ring_init(f, &r);
+	put_pfns(r.buf, pfns, TB_ARRAY_SIZE(pfns));
+	ring_add(&r, 0, BUF_GPA, sizeof(pfns), 0, 0);
+	ring_publish(&r, 0);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 0, &r.vr, &notify), 0);
+	assert_true(notify);
+	assert_int_equal(f->punches, 2);		/* 1000..1003 and 5000 */
+	assert_int_equal(f->punched, 5 * 4096);
+	assert_int_equal(f->dev.stats.inflated_pages, 5);
+	assert_int_equal(f->dev.stats.refused_pfns, 1);
+	assert_int_equal(f->dev.stats.released_bytes, 5 * 4096);
+	assert_int_equal(r.vr.used_idx, 1);
+	tb_vring_reset(&r.vr);
+}
+
+static void test_process_split_pfn(void **state)
+{
+	static const uint32_t pfns[] = { 7, 8, 9 };
+	struct fx *f = *state;
+	struct ring r;
+	bool notify;
+
+	/* 12 bytes in descriptors of 5, 2 and 5 bytes: PFNs straddle them */
+	ring_init(f, &r);
+	put_pfns(r.buf, pfns, 3);
+	ring_add(&r, 4, BUF_GPA, 5, TB_VRING_DESC_F_NEXT, 9);
+	ring_add(&r, 9, BUF_GPA + 5, 2, TB_VRING_DESC_F_NEXT, 2);
+	ring_add(&r, 2, BUF_GPA + 7, 5, 0, 0);
+	ring_publish(&r, 4);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 0, &r.vr, &notify), 0);
+	assert_int_equal(f->dev.stats.inflated_pages, 3);
+	assert_int_equal(f->punches, 1);
+	assert_int_equal(f->punched, 3 * 4096);
+	tb_vring_reset(&r.vr);
+}
+
+static void test_process_bad_buffers(void **state)
+{
+	struct fx *f = *state;
+	struct ring r;
+	bool notify;
+
+	ring_init(f, &r);
+	put_pfns(r.buf, (const uint32_t[]){ 1, 2 }, 2);
+	ring_add(&r, 0, BUF_GPA, 6, 0, 0);				/* not a multiple of 4 */
+	ring_add(&r, 1, BUF_GPA, 8, TB_VRING_DESC_F_WRITE, 0);		/* device-writable */
+	ring_add(&r, 2, BUF_GPA, 8, TB_VRING_DESC_F_NEXT, 2);		/* loop */
+	ring_add(&r, 3, RAM - 4, 8, 0, 0);				/* past guest RAM */
+	ring_add(&r, 4, BUF_GPA, 0, 0, 0);				/* empty: fine, nothing */
+	for (uint16_t i = 0; i < 5; i++)
+		ring_publish(&r, i);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 0, &r.vr, &notify), 0);
+	assert_int_equal(f->dev.stats.bad_buffers, 4);
+	assert_int_equal(f->punches, 0);
+	/* every head still goes back to the driver */
+	assert_int_equal(r.vr.used_idx, 5);
+
+	/* a broken ring is reported */
+	ring_publish(&r, QSZ + 3);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 0, &r.vr, &notify), -EIO);
+	assert_int_equal(f->dev.stats.broken_rings, 1);
+	tb_vring_reset(&r.vr);
+}
+
+static void test_process_deflate_and_stats(void **state)
+{
+	struct fx *f = *state;
+	struct ring r;
+	bool notify;
+
+	ring_init(f, &r);
+	put_pfns(r.buf, (const uint32_t[]){ 1, 2, 3 }, 3);
+	ring_add(&r, 0, BUF_GPA, 12, 0, 0);
+	ring_publish(&r, 0);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 1, &r.vr, &notify), 0);
+	assert_int_equal(f->dev.stats.deflated_pages, 3);
+	assert_int_equal(f->punches, 0);
+	/* no stats queue offered: its buffers are returned and counted */
+	ring_publish(&r, 0);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 2, &r.vr, &notify), 0);
+	assert_int_equal(f->dev.stats.bad_buffers, 1);
+	tb_vring_reset(&r.vr);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		T(test_set_config_filter),
+		T(test_issue_writes_config),
+		T(test_issue_validation),
+		T(test_reports),
+		T(test_rejected_report),
+		T(test_supersede_and_abort),
+		T(test_disconnect_ends_command),
+		T(test_standard_balloon),
+		T(test_process_inflate),
+		T(test_process_split_pfn),
+		T(test_process_bad_buffers),
+		T(test_process_deflate_and_stats),
+	};
+
+	return tb_test_run("dev", tests);
+}

@@ -255,6 +255,10 @@ def main():
     except KeyboardInterrupt:
         out("Bail out! interrupted")
         return 130
+    except BrokenPipeError:
+        # stdout reader went away (| head); guests are already cleaned up.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except SystemExit as stop:
         if stop.code and stop.code > 128:
             out("Bail out! killed by signal %d" % (stop.code - 128))

@@ -244,10 +244,16 @@ class Guest:
         return False
 
     def _mkrundir(self):
-        self.env.out.mkdir(parents=True, exist_ok=True)
+        out = self.env.out
+        # Socket paths must fit sun_path (108 bytes): deep checkouts use /tmp.
+        if len(str(out)) > 60:
+            out = Path(tempfile.gettempdir()) / "tballoon-qemu-tests"
+            self.log("%s is too deep for socket paths, run directories go to %s"
+                     % (self.env.out, out))
+        out.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.rundir = Path(tempfile.mkdtemp(prefix="%s-%s-" % (stamp, self.name),
-                                            dir=str(self.env.out)))
+                                            dir=str(out)))
         os.chmod(str(self.rundir), 0o755)
 
     def start(self):

@@ -1,0 +1,407 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
+"""Fake vhost-user front-end: plays QEMU and the guest driver against a real
+`tballoon serve`, over the real sockets (memfd guest RAM, eventfds, backend
+channel), and drives the real CLI. Prints TAP.
+
+Usage: frontend.py PATH/TO/tballoon
+"""
+import json
+import mmap
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+TB = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "./tballoon")
+
+# vhost-user
+GET_FEATURES, SET_FEATURES, SET_OWNER = 1, 2, 3
+SET_MEM_TABLE = 5
+SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE, GET_VRING_BASE = 8, 9, 10, 11
+SET_VRING_KICK, SET_VRING_CALL = 12, 13
+GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES, GET_QUEUE_NUM = 15, 16, 17
+SET_VRING_ENABLE, SET_BACKEND_REQ_FD = 18, 21
+GET_CONFIG, SET_CONFIG = 24, 25
+VERSION, REPLY, NEED_REPLY = 1, 4, 8
+PF = (1 << 0) | (1 << 3) | (1 << 5) | (1 << 9)
+F_VERSION_1, F_PROTOCOL, F_TIMED, F_MUST_TELL = 1 << 32, 1 << 30, 1 << 12, 1 << 0
+
+MiB = 1 << 20
+RAM = 16 * MiB
+UVA = 0x7F0000000000
+QSZ = 64
+# guest layout: region A gpa [0, 8M) = memfd [0, 8M); region B gpa [16M, 24M)
+# = memfd [8M, 16M). Rings live in region A at 7M, buffers at 7.5M.
+RING_GPA = {0: 7 * MiB, 1: 7 * MiB + 0x10000}
+BUF_GPA = 7 * MiB + 0x80000
+
+# config offsets
+O_NUM, O_ACTUAL = 0, 4
+O_CMD, O_OP, O_FLAGS, O_DEADLINE, O_TARGET, O_FLOOR = 16, 20, 24, 28, 32, 36
+O_ACK, O_STATE, O_REASON, O_ELAPSED, O_START, O_SEQ = 40, 44, 48, 52, 56, 60
+ST_RUNNING, ST_DONE, ST_DEADLINE, ST_PRESSURE, ST_ABORTED, ST_REJECTED = 1, 2, 3, 4, 5, 6
+
+n = 0
+failed = 0
+
+
+def tap(ok, name):
+    global n, failed
+    n += 1
+    print(("ok %d - %s" if ok else "not ok %d - %s") % (n, name), flush=True)
+    if not ok:
+        failed += 1
+
+
+class Guest:
+    """QEMU + guest memory + a scripted driver."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.sock.settimeout(5)
+        fd = os.memfd_create("guest-ram")
+        os.ftruncate(fd, RAM)
+        self.memfd = fd
+        self.mem = mmap.mmap(fd, RAM)
+        self.mem.write(b"\x01" * RAM)          # every page resident
+        self.be_ours, self.be_theirs = socket.socketpair()
+        self.kick = {q: os.eventfd(0, os.EFD_NONBLOCK) for q in (0, 1)}
+        self.call = {q: os.eventfd(0, os.EFD_NONBLOCK) for q in (0, 1)}
+        self.avail_idx = {0: 0, 1: 0}
+        self.seq = 0
+
+    # --- memory -------------------------------------------------------
+    @staticmethod
+    def off(gpa):
+        if gpa < 8 * MiB:
+            return gpa
+        assert 16 * MiB <= gpa < 24 * MiB
+        return gpa - 8 * MiB
+
+    def w(self, gpa, fmt, *v):
+        struct.pack_into(fmt, self.mem, self.off(gpa), *v)
+
+    def r(self, gpa, fmt):
+        return struct.unpack_from(fmt, self.mem, self.off(gpa))
+
+    # --- messages -----------------------------------------------------
+    def send(self, req, payload=b"", fds=(), flags=VERSION):
+        hdr = struct.pack("<III", req, flags, len(payload))
+        if fds:
+            socket.send_fds(self.sock, [hdr + payload], list(fds))
+        else:
+            self.sock.sendall(hdr + payload)
+
+    def recv(self):
+        hdr = self.recvn(12)
+        req, flags, size = struct.unpack("<III", hdr)
+        return req, flags, self.recvn(size)
+
+    def recvn(self, k):
+        b = b""
+        while len(b) < k:
+            c = self.sock.recv(k - len(b))
+            if not c:
+                raise EOFError
+            b += c
+        return b
+
+    def call_u64(self, req, payload=b"", fds=(), need_reply=False):
+        self.send(req, payload, fds, VERSION | (NEED_REPLY if need_reply else 0))
+        r, flags, p = self.recv()
+        assert r == req and flags == VERSION | REPLY, (r, flags)
+        return struct.unpack("<Q", p)[0] if len(p) == 8 else p
+
+    def get_config(self):
+        self.send(GET_CONFIG, struct.pack("<III", 0, 64, 0) + bytes(64))
+        r, _, p = self.recv()
+        assert r == GET_CONFIG and len(p) == 12 + 64
+        return bytearray(p[12:])
+
+    def guest_write(self, off, val):
+        """A guest config write: QEMU does GET_CONFIG then a whole SET_CONFIG."""
+        cfg = self.get_config()
+        struct.pack_into("<I", cfg, off, val)
+        return self.call_u64(SET_CONFIG, struct.pack("<III", 0, 64, 0) + bytes(cfg),
+                             need_reply=True)
+
+    def cfg(self, off):
+        return struct.unpack_from("<I", self.get_config(), off)[0]
+
+    def report(self, ack, state, actual, elapsed=10, start=0, reason=0):
+        self.guest_write(O_ACTUAL, actual)
+        self.guest_write(O_ELAPSED, elapsed)
+        self.guest_write(O_START, start)
+        self.guest_write(O_REASON, reason)
+        self.guest_write(O_STATE, state)
+        self.guest_write(O_ACK, ack)
+        self.seq += 1
+        self.guest_write(O_SEQ, self.seq)
+
+    def wait_config_change(self, timeout=5):
+        self.be_ours.settimeout(timeout)
+        h = self.be_ours.recv(12)
+        return struct.unpack("<III", h)
+
+    # --- session ------------------------------------------------------
+    def negotiate(self, features=F_VERSION_1 | F_PROTOCOL | F_TIMED | F_MUST_TELL):
+        offered = self.call_u64(GET_FEATURES)
+        pf = self.call_u64(GET_PROTOCOL_FEATURES)
+        self.send(SET_PROTOCOL_FEATURES, struct.pack("<Q", pf & PF))
+        nq = self.call_u64(GET_QUEUE_NUM)
+        ack = self.call_u64(SET_BACKEND_REQ_FD, fds=[self.be_theirs.fileno()], need_reply=True)
+        self.send(SET_OWNER)
+        self.send(SET_FEATURES, struct.pack("<Q", features & offered))
+        regions = struct.pack("<QQQQ", 0, 8 * MiB, UVA, 0) + \
+            struct.pack("<QQQQ", 16 * MiB, 8 * MiB, UVA + 16 * MiB, 8 * MiB)
+        ack2 = self.call_u64(SET_MEM_TABLE, struct.pack("<II", 2, 0) + regions,
+                             fds=[self.memfd, self.memfd], need_reply=True)
+        for q in (0, 1):
+            base = RING_GPA[q]
+            # the driver zeroes its rings before handing them over
+            self.mem[self.off(base):self.off(base) + 0x4000] = bytes(0x4000)
+            self.avail_idx[q] = 0
+            self.send(SET_VRING_NUM, struct.pack("<II", q, QSZ))
+            self.send(SET_VRING_BASE, struct.pack("<II", q, 0))
+            self.send(SET_VRING_ADDR, struct.pack("<IIQQQQ", q, 0, UVA + base,
+                                                  UVA + base + 0x2000, UVA + base + 0x1000, 0))
+            self.send(SET_VRING_KICK, struct.pack("<Q", q), fds=[self.kick[q]])
+            self.send(SET_VRING_CALL, struct.pack("<Q", q), fds=[self.call[q]])
+            self.call_u64(SET_VRING_ENABLE, struct.pack("<II", q, 1), need_reply=True)
+        return offered, pf, nq, ack, ack2
+
+    # --- rings --------------------------------------------------------
+    def add_buf(self, q, descs):
+        """descs: list of (gpa, len, flags, next); head is descs[0]'s slot 0.."""
+        base = RING_GPA[q]
+        for i, (addr, ln, fl, nx) in enumerate(descs):
+            self.w(base + 16 * i, "<QIHH", addr, ln, fl, nx)
+        a = self.avail_idx[q]
+        self.w(base + 0x1000 + 4 + 2 * (a % QSZ), "<H", 0)
+        self.avail_idx[q] = a + 1
+        self.w(base + 0x1000 + 2, "<H", (a + 1) & 0xFFFF)
+        os.eventfd_write(self.kick[q], 1)
+
+    def used_idx(self, q):
+        return self.r(RING_GPA[q] + 0x2000 + 2, "<H")[0]
+
+    def wait_call(self, q, timeout=5):
+        r, _, _ = select.select([self.call[q]], [], [], timeout)
+        if not r:
+            return False
+        os.eventfd_read(self.call[q])
+        return True
+
+    def pfn_buffer(self, q, pfns, gpa=BUF_GPA):
+        data = struct.pack("<%dI" % len(pfns), *pfns)
+        self.mem[self.off(gpa):self.off(gpa) + len(data)] = data
+        self.add_buf(q, [(gpa, len(data), 0, 0)])
+
+    def close(self):
+        self.sock.close()
+
+
+def ctl(path, *args, env=None):
+    return subprocess.run([TB, "-c", path] + list(args), capture_output=True, text=True,
+                          timeout=30, env=env)
+
+
+def status(path):
+    p = ctl(path, "status", "-j")
+    return json.loads(p.stdout)
+
+
+def wait_for(pred, timeout=5):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def main():
+    tmp = tempfile.mkdtemp()
+    vu, cp = os.path.join(tmp, "vu.sock"), os.path.join(tmp, "ctl.sock")
+    log = open(os.path.join(tmp, "serve.log"), "w")
+    srv = subprocess.Popen([TB, "serve", "--socket-path", vu, "--control", cp, "-v", "-v"],
+                           stderr=log)
+    try:
+        wait_for(lambda: os.path.exists(cp) and os.path.exists(vu))
+        run(vu, cp)
+    except Exception as e:  # a hang or protocol error is a failure, not a crash
+        tap(False, "exception: %r" % (e,))
+    finally:
+        srv.terminate()
+        rc = srv.wait(10)
+        tap(rc == 0, "serve: clean exit on SIGTERM after the session tests")
+        log.close()
+        if failed:
+            sys.stderr.write(open(os.path.join(tmp, "serve.log")).read()[-6000:])
+    print("1..%d" % n)
+    sys.exit(1 if failed else 0)
+
+
+def run(vu, cp):
+    g = Guest(vu)
+    offered, pf, nq, ack, ack2 = g.negotiate()
+    tap(offered & F_VERSION_1 and offered & F_PROTOCOL and offered & F_TIMED and
+        offered & F_MUST_TELL, "vu: features offer VERSION_1, PROTOCOL_FEATURES, TIMED, MUST_TELL_HOST")
+    tap(pf & PF == PF, "vu: protocol features offer MQ, REPLY_ACK, BACKEND_REQ, CONFIG")
+    tap(nq == 3, "vu: GET_QUEUE_NUM is 3")
+    tap(ack == 0 and ack2 == 0, "vu: REPLY_ACK acks backend channel and memory table")
+    s = status(cp)
+    tap(s["connected"] and s["driver_ok"] and s["timed"], "status: connected, driver_ok, timed")
+    tap(s["guest_ram_bytes"] == RAM, "status: guest RAM is the sum of the regions")
+    tap(s["resident_bytes"] == RAM, "status: resident counts the shared memfd once")
+
+    # --- inflate, --wait --json, released memory measured ------------
+    cl = subprocess.Popen([TB, "-c", cp, "inflate", "--to", "4M", "--deadline", "5s",
+                           "--wait", "--json"], stdout=subprocess.PIPE, text=True)
+    req, flags, size = g.wait_config_change()
+    tap(req == 2 and flags == VERSION and size == 0,
+        "vu: CONFIG_CHANGE_MSG on the backend channel, without NEED_REPLY")
+    c = g.get_config()
+    cmd = struct.unpack_from("<I", c, O_CMD)[0]
+    tap(cmd == 1 and struct.unpack_from("<IIIII", c, O_OP) == (1, 0, 5000, 1024, 0) and
+        struct.unpack_from("<I", c, O_NUM)[0] == 1024,
+        "config: the command is in the timed block, num_pages mirrors the target")
+    g.report(cmd, ST_RUNNING, 0)
+    # PFNs 0..511 (region A) and 4096..4607 (region B: gpa 16M), unordered
+    g.pfn_buffer(0, list(range(0, 256)) + list(range(4096, 4608)) + list(range(256, 512)))
+    tap(g.wait_call(0), "ring: inflate buffer used and the call eventfd signalled")
+    tap(g.used_idx(0) == 1, "ring: used index advanced")
+    g.report(cmd, ST_DONE, 1024, elapsed=42)
+    out, _ = cl.communicate(timeout=10)
+    tap(cl.returncode == 0, "cli: inflate --wait exits 0 on done")
+    try:
+        res = json.loads(out)
+        lines = out.strip().count("\n") + 1
+    except ValueError:
+        res, lines = {}, 0
+    cmdj = res.get("command", {})
+    tap(lines == 1 and cmdj.get("state") == "done" and cmdj.get("elapsed_ms") == 42 and
+        cmdj.get("reports") == 2, "cli: --wait --json prints one status object at the end")
+    tap(res.get("released_bytes") == 4 * MiB and cmdj.get("host_released_bytes") == 4 * MiB,
+        "host: 4 MiB punched and resident dropped by 4 MiB")
+    tap(os.fstat(g.memfd).st_blocks * 512 == RAM - 4 * MiB, "host: memfd blocks really freed")
+    tap(g.mem[0] == 0 and g.mem[511 * 4096] == 0 and g.mem[512 * 4096] == 1 and
+        g.mem[8 * MiB] == 0 and g.mem[8 * MiB + 512 * 4096] == 1,
+        "host: exactly the inflated pages read back as zero")
+
+    # --- hostile buffers ------------------------------------------------
+    g.pfn_buffer(0, [0xFFFFF, 3 * MiB // 4096, 0x10000000])   # outside, 2 outside
+    g.wait_call(0)
+    g.add_buf(0, [(BUF_GPA, 4, 1, 0)])                           # self loop
+    g.wait_call(0)
+    g.add_buf(0, [(BUF_GPA, 6, 0, 0)])                           # length % 4
+    g.wait_call(0)
+    s = status(cp)
+    tap(s["stats"]["refused_pfns"] == 2 and s["stats"]["bad_buffers"] == 2 and
+        s["released_bytes"] == 4 * MiB + 4096,
+        "ring: PFNs outside RAM refused, loops and odd lengths counted, daemon alive")
+    tap(g.guest_write(O_ACTUAL, 1024) == 0, "vu: session still healthy after hostile buffers")
+    bad = g.call_u64(SET_CONFIG, struct.pack("<III", 60, 8, 0) + bytes(8), need_reply=True)
+    tap(bad == 1, "vu: out-of-bounds SET_CONFIG fails with REPLY_ACK 1")
+    unk = g.call_u64(77, need_reply=True)
+    tap(unk == 1, "vu: unknown request with NEED_REPLY fails, session survives")
+
+    # --- pressure, plain-text progress ---------------------------------
+    cl = subprocess.Popen([TB, "-c", cp, "inflate", "--to", "2048p", "--deadline", "5s",
+                           "--floor", "1M", "--wait"], stdout=subprocess.PIPE, text=True)
+    g.wait_config_change()
+    cmd = g.cfg(O_CMD)
+    g.report(cmd, ST_RUNNING, 1024, start=1024)
+    g.report(cmd, ST_RUNNING, 1500, start=1024)
+    g.report(cmd, ST_PRESSURE, 1600, start=1024, reason=10)
+    out, _ = cl.communicate(timeout=10)
+    lines = out.strip().split("\n")
+    tap(cl.returncode == 4, "cli: pressure exits 4")
+    tap(len(lines) == 3 and "476/1024" in lines[1] and "pressure (floor)" in lines[-1] and
+        "576 pages moved" in lines[-1], "cli: plain progress lines, then the outcome line")
+
+    # --- rejected --------------------------------------------------------
+    cl = subprocess.Popen([TB, "-c", cp, "deflate", "--to", "0", "--deadline", "1s", "--wait"],
+                          stdout=subprocess.PIPE, text=True)
+    g.wait_config_change()
+    g.report(g.cfg(O_CMD), ST_REJECTED, 1600, reason=6)
+    cl.communicate(timeout=10)
+    tap(cl.returncode == 6, "cli: rejected exits 6")
+
+    # --- deadline reported by the guest -----------------------------------
+    cl = subprocess.Popen([TB, "-c", cp, "deflate", "--to", "0", "--deadline", "1s", "--wait"],
+                          stdout=subprocess.PIPE, text=True)
+    g.wait_config_change()
+    g.report(g.cfg(O_CMD), ST_DEADLINE, 800)
+    cl.communicate(timeout=10)
+    tap(cl.returncode == 3, "cli: deadline exits 3")
+
+    # --- abort from another client while waiting; two watchers ------------
+    w1 = subprocess.Popen([TB, "-c", cp, "deflate", "--to", "0", "--deadline", "30s", "--wait"],
+                          stdout=subprocess.PIPE, text=True)
+    g.wait_config_change()
+    first = g.cfg(O_CMD)
+    g.report(first, ST_RUNNING, 800)
+    p = ctl(cp, "abort", "-j")
+    g.wait_config_change()
+    w1.communicate(timeout=10)
+    tap(p.returncode == 0 and w1.returncode == 5, "cli: abort exits 0, the waiter exits 5")
+    tap(g.cfg(O_OP) == 3 and g.cfg(O_CMD) == first + 1, "config: abort is a new cmd_id with op abort")
+    g.report(first + 1, ST_ABORTED, 780, reason=8)
+
+    # --- no outcome: exit 7 after deadline + grace --------------------------
+    t0 = time.time()
+    p = ctl(cp, "inflate", "--to", "1000p", "--deadline", "200ms", "--grace", "300ms", "--wait")
+    dt = time.time() - t0
+    tap(p.returncode == 7 and 0.4 < dt < 3, "cli: no outcome within deadline + grace exits 7")
+    g.wait_config_change()
+
+    # --- direction and range checks before the guest sees anything ---------
+    g.report(g.cfg(O_CMD), ST_DONE, 780)
+    before = g.cfg(O_CMD)
+    p1 = ctl(cp, "inflate", "--to", "100p", "--deadline", "1s")
+    p2 = ctl(cp, "deflate", "--to", "900p", "--deadline", "1s")
+    p3 = ctl(cp, "inflate", "--to", "1G", "--deadline", "1s")
+    tap(p1.returncode == 1 and p2.returncode == 1 and p3.returncode == 1 and
+        g.cfg(O_CMD) == before, "host: direction and beyond-RAM targets refused, guest untouched")
+
+    # --- QEMU goes away mid-command ------------------------------------------
+    w = subprocess.Popen([TB, "-c", cp, "inflate", "--to", "2000p", "--deadline", "30s",
+                          "--wait", "-j"], stdout=subprocess.PIPE, text=True)
+    g.wait_config_change()
+    g.report(g.cfg(O_CMD), ST_RUNNING, 780)
+    g.close()
+    out, _ = w.communicate(timeout=10)
+    res = json.loads(out) if out.strip() else {}
+    tap(w.returncode == 5 and res.get("command", {}).get("reason") == "removed",
+        "disconnect: the running command ends aborted (removed)")
+    tap(wait_for(lambda: not status(cp)["connected"]), "disconnect: status shows not connected")
+
+    # --- QEMU reconnects -------------------------------------------------------
+    g2 = Guest(vu)
+    g2.negotiate(features=F_VERSION_1 | F_PROTOCOL | F_MUST_TELL)   # upstream driver
+    s = status(cp)
+    tap(s["connected"] and s["driver_ok"] and not s["timed"], "reconnect: new session, TIMED not negotiated")
+    cl = subprocess.Popen([TB, "-c", cp, "inflate", "--to", "512p", "--deadline", "5s", "--wait"],
+                          stdout=subprocess.PIPE, text=True)
+    g2.wait_config_change()
+    tap(g2.cfg(O_NUM) == 512 and g2.cfg(O_OP) == 0, "standard balloon: command is num_pages only")
+    g2.pfn_buffer(0, list(range(1000, 1512)))
+    g2.wait_call(0)
+    g2.guest_write(O_ACTUAL, 256)
+    g2.guest_write(O_ACTUAL, 512)
+    out, _ = cl.communicate(timeout=10)
+    tap(cl.returncode == 0 and "done" in out, "standard balloon: done when actual == num_pages")
+    p = ctl(cp, "inflate", "--to", "600p", "--deadline", "1s", "--paced")
+    tap(p.returncode == 1 and "timed" in p.stderr, "standard balloon: --paced refused without TIMED")
+    g2.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -84,6 +84,25 @@ u32 tballoon_policy_superseded_reason(const struct tballoon_cmd *next)
 EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_superseded_reason);
 
 /**
+ * tballoon_policy_reserve() - available memory the driver never inflates into
+ * @ram_pages: guest RAM
+ *
+ * The balloon's own allocations never invoke the OOM killer, but left alone
+ * they take free memory down to the watermarks and the guest's next
+ * allocations do. Inflation therefore always stops this far above zero
+ * MemAvailable; a command's floor_pages can only raise the limit.
+ *
+ * Return: max(TBALLOON_RESERVE_MIN_PAGES, @ram_pages / TBALLOON_RESERVE_RAM_DIV).
+ */
+u32 tballoon_policy_reserve(u64 ram_pages)
+{
+	u64 share = div_u64(ram_pages, TBALLOON_RESERVE_RAM_DIV);
+
+	return max_t(u64, TBALLOON_RESERVE_MIN_PAGES, min_t(u64, share, U32_MAX));
+}
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_reserve);
+
+/**
  * tballoon_policy_floor_room() - pages that may be inflated above the floor
  * @floor_pages: available memory to keep (0: no floor)
  * @avail_pages: available memory now

@@ -31,6 +31,10 @@
 #define TBALLOON_PACE_MARGIN_DIV	8U
 /* a paced command does not wake up for fewer pages than this */
 #define TBALLOON_PACE_CHUNK		256U
+/* MemAvailable the driver always keeps, whatever the floor: 32 MiB ... */
+#define TBALLOON_RESERVE_MIN_PAGES	8192U
+/* ... or 1/TBALLOON_RESERVE_RAM_DIV of guest RAM if that is more */
+#define TBALLOON_RESERVE_RAM_DIV	64U
 /* inflating stops (PRESSURE/RECLAIM) after this many direct reclaims */
 #define TBALLOON_RECLAIM_STALLS		512U
 /* "no deadline": remaining time of a command without one */
@@ -92,6 +96,7 @@ struct tballoon_batch_in {
 u32 tballoon_policy_validate(const struct tballoon_cmd *cmd, u32 actual_pages,
 			     u64 ram_pages, u32 *reason);
 u32 tballoon_policy_superseded_reason(const struct tballoon_cmd *next);
+u32 tballoon_policy_reserve(u64 ram_pages);
 u32 tballoon_policy_floor_room(u32 floor_pages, u64 avail_pages);
 u32 tballoon_policy_stop(const struct tballoon_cmd *cmd,
 			 const struct tballoon_progress *prog, u32 *reason);

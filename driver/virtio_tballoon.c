@@ -71,7 +71,8 @@ struct tballoon_buf {
 
 /**
  * struct tballoon_run - one walk of the balloon towards a target
- * @cmd: what to do; deadline_ms is TBALLOON_NO_DEADLINE in standard mode
+ * @cmd: what to do; deadline_ms is TBALLOON_NO_DEADLINE in standard mode,
+ *	floor_pages at least the driver's reserve
  * @start: acceptance time, guest monotonic clock
  * @start_pages: balloon size at acceptance
  * @start_stalls: tballoon_direct_reclaims() at acceptance
@@ -98,6 +99,7 @@ struct tballoon_run {
  * @deflate_vq: deflateq; used under @lock
  * @timed: VIRTIO_BALLOON_F_TIMED negotiated; fixed at probe
  * @ram_pages: guest RAM at probe, 4 KiB pages: the bound of target and floor
+ * @reserve_pages: MemAvailable inflation never takes (tballoon_policy_reserve())
  * @work: the one worker, on system_freezable_wq
  * @stop_lock: protects @removing and @changed; taken from the config
  *	change callback, which runs with interrupts off
@@ -132,6 +134,7 @@ struct tballoon {
 	struct virtqueue *deflate_vq;
 	bool timed;
 	u64 ram_pages;
+	u32 reserve_pages;
 
 	struct work_struct work;
 
@@ -895,6 +898,7 @@ static void tballoon_handle(struct tballoon *tb, const struct tballoon_cmd *cmd)
 
 	/* Whole guest pages only, like the standard balloon. */
 	run->cmd.target_pages = ALIGN(cmd->target_pages, ppp);
+	run->cmd.floor_pages = max(cmd->floor_pages, tb->reserve_pages);
 	tballoon_report(tb, true);
 	tballoon_run(tb);
 	tballoon_report(tb, true);
@@ -919,6 +923,7 @@ static void tballoon_work_standard(struct tballoon *tb)
 						       TBALLOON_OP_DEFLATE;
 		run->cmd.target_pages = target;
 		run->cmd.deadline_ms = TBALLOON_NO_DEADLINE;
+		run->cmd.floor_pages = tb->reserve_pages;
 		run->start_pages = tb->num_pages;
 		run->start = ktime_get();
 		tballoon_run(tb);
@@ -926,9 +931,9 @@ static void tballoon_work_standard(struct tballoon *tb)
 
 		if (run->reason == TBALLOON_REASON_DEVICE_ERROR)
 			break;
-		if (run->reason == TBALLOON_REASON_ALLOC_FAIL) {
+		if (run->state == TBALLOON_STATE_PRESSURE) {
 			dev_info_ratelimited(&tb->vdev->dev,
-					     "out of memory at %u of %u pages\n",
+					     "memory pressure at %u of %u pages\n",
 					     tb->num_pages, target);
 			wait_event_timeout(tb->wake, tballoon_interrupted(tb),
 					   msecs_to_jiffies(TBALLOON_RETRY_MS));
@@ -1193,6 +1198,7 @@ static int tballoon_probe(struct virtio_device *vdev)
 		goto err_free_bufs;
 
 	tb->ram_pages = (u64)totalram_pages() * TBALLOON_PAGES_PER_PAGE;
+	tb->reserve_pages = tballoon_policy_reserve(tb->ram_pages);
 	tballoon_start(tb);
 	dev_info(&vdev->dev, "%s balloon, %llu MiB of guest RAM\n",
 		 tb->timed ? "timed" : "standard",

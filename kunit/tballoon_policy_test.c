@@ -217,9 +217,36 @@ static void tballoon_stop_test(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, reason, c->reason);
 }
 
+struct reserve_case {
+	const char *desc;
+	u64 ram;
+	u32 reserve;
+};
+
+static const struct reserve_case reserve_cases[] = {
+	{ "no ram", 0, TBALLOON_RESERVE_MIN_PAGES },
+	{ "1 GiB", RAM, TBALLOON_RESERVE_MIN_PAGES },
+	{ "share equals minimum", 64ULL * TBALLOON_RESERVE_MIN_PAGES, TBALLOON_RESERVE_MIN_PAGES },
+	{ "share above minimum", 64ULL * TBALLOON_RESERVE_MIN_PAGES + 64,
+	  TBALLOON_RESERVE_MIN_PAGES + 1 },
+	{ "64 GiB", 64ULL * RAM, RAM },
+	{ "huge clamps", U64_MAX, U32_MAX },
+};
+
+DESC(reserve_case)
+KUNIT_ARRAY_PARAM(reserve, reserve_cases, reserve_case_desc);
+
+static void tballoon_reserve_test(struct kunit *test)
+{
+	const struct reserve_case *c = test->param_value;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_reserve(c->ram), c->reserve);
+}
+
 static struct kunit_case tballoon_stop_test_cases[] = {
 	KUNIT_CASE_PARAM(tballoon_stop_test, stop_gen_params),
 	KUNIT_CASE_PARAM(tballoon_floor_test, floor_gen_params),
+	KUNIT_CASE_PARAM(tballoon_reserve_test, reserve_gen_params),
 	{}
 };
 

@@ -291,6 +291,9 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 		tb_refuse("no front-end (QEMU) is connected");
 	if (!dev->driver_ok)
 		tb_refuse("the guest driver is not ready");
+	if (!dev->notify_ok)
+		tb_refuse("the front-end gave no backend channel: "
+			  "config changes cannot be announced");
 	switch (op) {
 	case TBALLOON_OP_INFLATE:
 	case TBALLOON_OP_DEFLATE:

@@ -95,6 +95,7 @@ struct tb_dev_ops {
  * @mem: guest memory (owned by the vhost-user layer)
  * @connected: a front-end session is up
  * @driver_ok: the driver's inflate and deflate queues are running
+ * @notify_ok: config change notifications can be sent (backend channel)
  * @features: acked features, valid if @features_set
  * @last_cmd_id: last id issued (survives reconnects)
  * @last_report_seq: report_seq last seen from the driver
@@ -106,6 +107,7 @@ struct tb_dev {
 	const struct tb_mem *mem;
 	bool connected;
 	bool driver_ok;
+	bool notify_ok;
 	uint64_t features;
 	bool features_set;
 	uint32_t last_cmd_id;

@@ -3,7 +3,9 @@
  * main.c - tballoon: subcommand table, option parsing, help.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <getopt.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +31,7 @@ static int tb_cmd_status(int argc, char **argv, struct tb_client_opts *o);
 static int tb_cmd_abort(int argc, char **argv, struct tb_client_opts *o);
 
 static const struct tb_subcmd tb_subcmds[] = {
-	{ "serve", tb_cmd_serve, "--socket-path PATH --control CTRL [-v]",
+	{ "serve", tb_cmd_serve, "--socket-path PATH|--fd FD --control CTRL [-v]",
 	  "run the vhost-user balloon device backend" },
 	{ "inflate", tb_cmd_inflate,
 	  "--to SIZE --deadline DUR [--floor SIZE] [--paced] [--wait] [-j]",
@@ -91,19 +93,36 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 {
 	static const struct option opts[] = {
 		{ "socket-path", required_argument, NULL, 's' },
+		{ "fd", required_argument, NULL, 'F' },
+		{ "print-capabilities", no_argument, NULL, 'P' },
 		{ "control", required_argument, NULL, 'c' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *sock = NULL, *ctrl = o->control;
-	int c;
+	struct stat st;
+	int c, fd = -1;
+	char *end;
 
 	while ((c = getopt_long(argc, argv, "s:c:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			sock = optarg;
 			break;
+		case 'F':
+			errno = 0;
+			fd = (int)strtol(optarg, &end, 10);
+			if (errno || *end || fd < 0 || fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode))
+				return tb_usage_error("serve: --fd %s is not an open socket", optarg);
+			break;
+		case 'P':
+			/*
+			 * docs/interop/vhost-user.json has no balloon type yet;
+			 * report what we are in the same shape.
+			 */
+			printf("{\"type\": \"balloon\", \"features\": [\"timed\"]}\n");
+			return TB_EXIT_OK;
 		case 'c':
 			ctrl = optarg;
 			break;
@@ -112,10 +131,13 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 				tb_log_level++;
 			break;
 		case 'h':
-			printf("Usage: %s serve --socket-path PATH --control CTRL [-v]\n\n"
+			printf("Usage: %s serve --socket-path PATH|--fd FD --control CTRL [-v]\n\n"
 			       "Run the vhost-user balloon device backend for QEMU's\n"
 			       "vhost-user-test-device-pci (virtio-id=5, num_vqs=3, config_size=64).\n\n"
 			       "  -s, --socket-path PATH  vhost-user socket to listen on\n"
+			       "      --fd FD             serve this connected vhost-user socket\n"
+			       "                          instead, exit when its session ends\n"
+			       "      --print-capabilities  print the backend capabilities (JSON)\n"
 			       "  -c, --control CTRL      control socket to listen on (mode 0600)\n"
 			       "  -v, --verbose           log protocol details (twice: debug)\n"
 			       "  -h, --help              show this help and exit\n", tb_prog);
@@ -126,11 +148,12 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 	}
 	if (optind < argc)
 		return tb_usage_error("serve: unexpected argument '%s'", argv[optind]);
-	if (!sock)
-		return tb_usage_error("serve: --socket-path is required%s", "");
+	if (!sock == (fd < 0))
+		return tb_usage_error("serve: exactly one of --socket-path and --fd "
+				      "is required%s", "");
 	if (!ctrl)
 		return tb_usage_error("serve: --control is required%s", "");
-	return tb_serve_run(sock, ctrl);
+	return tb_serve_run(sock, fd, ctrl);
 }
 
 /* ------------------------------------------------------------------------
@@ -292,6 +315,16 @@ static int tb_cmd_abort(int argc, char **argv, struct tb_client_opts *o)
  * ------------------------------------------------------------------------
  */
 
+/* stdout write errors are errors: report them, exit 1 */
+static int tb_flush_stdout(int rc)
+{
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		fprintf(stderr, "%s: write error on stdout: %s\n", tb_prog, strerror(errno));
+		return TB_EXIT_ERROR;
+	}
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -312,10 +345,10 @@ int main(int argc, char **argv)
 			break;
 		case 'h':
 			tb_usage(stdout);
-			return TB_EXIT_OK;
+			return tb_flush_stdout(TB_EXIT_OK);
 		case 'V':
 			printf("tballoon %s (protocol v1)\n", TB_VERSION);
-			return TB_EXIT_OK;
+			return tb_flush_stdout(TB_EXIT_OK);
 		default:
 			fprintf(stderr, "Try '%s --help' for more information.\n", tb_prog);
 			return TB_EXIT_USAGE;
@@ -333,11 +366,5 @@ int main(int argc, char **argv)
 	argv += optind;
 	optind = 0;	/* full getopt reset for the subcommand's argv */
 	rc = cmd->fn(argc, argv, &o);
-
-	/* stdout write errors are errors */
-	if (fflush(stdout) != 0 || ferror(stdout)) {
-		fprintf(stderr, "%s: write error on stdout\n", tb_prog);
-		return TB_EXIT_ERROR;
-	}
-	return rc;
+	return tb_flush_stdout(rc);
 }

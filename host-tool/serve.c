@@ -282,6 +282,7 @@ static void tb_serve_queue(struct tb_serve *s, unsigned int idx)
 
 static void tb_serve_update_driver_ok(struct tb_serve *s)
 {
+	s->dev.notify_ok = tb_vu_can_notify(&s->vu);
 	s->dev.driver_ok = s->vu.sock_fd >= 0 && s->vu.features_set &&
 			   tb_vu_queue_ready(&s->vu, VIRTIO_TBALLOON_VQ_INFLATE) &&
 			   tb_vu_queue_ready(&s->vu, VIRTIO_TBALLOON_VQ_DEFLATE);
@@ -446,7 +447,7 @@ static void tb_serve_kick(struct tb_serve *s, unsigned int idx, int fd)
 	tb_serve_queue(s, idx);
 }
 
-int tb_serve_run(const char *socket_path, const char *control_path)
+int tb_serve_run(const char *socket_path, int vu_fd, const char *control_path)
 {
 	static struct tb_serve s;
 	struct pollfd pfd[8 + TB_VU_MAX_QUEUES + TB_MAX_CLIENTS];
@@ -462,19 +463,29 @@ int tb_serve_run(const char *socket_path, const char *control_path)
 		tb_err("signals: %s", strerror(errno));
 		return 1;
 	}
-	s.vu_listen_fd = tb_listen_unix(socket_path);
-	if (s.vu_listen_fd < 0) {
-		tb_err("%s: %s", socket_path, strerror(-s.vu_listen_fd));
-		return 1;
+	if (vu_fd < 0) {
+		s.vu_listen_fd = tb_listen_unix(socket_path);
+		if (s.vu_listen_fd < 0) {
+			tb_err("%s: %s", socket_path, strerror(-s.vu_listen_fd));
+			return 1;
+		}
 	}
 	s.ctl_listen_fd = tb_listen_unix(control_path);
 	if (s.ctl_listen_fd < 0) {
 		tb_err("%s: %s", control_path, strerror(-s.ctl_listen_fd));
-		close(s.vu_listen_fd);
-		unlink(socket_path);
+		if (vu_fd < 0) {
+			close(s.vu_listen_fd);
+			unlink(socket_path);
+		}
 		return 1;
 	}
-	tb_info("serving vhost-user on %s, control on %s", socket_path, control_path);
+	if (vu_fd >= 0) {
+		tb_info("serving vhost-user on fd %d, control on %s", vu_fd, control_path);
+		tb_vu_attach(&s.vu, vu_fd);
+	} else {
+		tb_info("serving vhost-user on %s, control on %s", socket_path,
+			control_path);
+	}
 
 	for (;;) {
 		unsigned int n = 0;
@@ -490,6 +501,11 @@ int tb_serve_run(const char *socket_path, const char *control_path)
 
 		TB_ADD(s.sig_fd, POLLIN, TB_PFD_SIG, 0);
 		if (s.vu.sock_fd < 0) {
+			/* with --fd there is nothing to come back to */
+			if (s.vu_listen_fd < 0) {
+				tb_info("vhost-user session on fd %d ended, exiting", vu_fd);
+				break;
+			}
 			TB_ADD(s.vu_listen_fd, POLLIN, TB_PFD_VU_LISTEN, 0);
 		} else {
 			TB_ADD(s.vu.sock_fd, POLLIN, TB_PFD_VU, 0);
@@ -543,7 +559,6 @@ int tb_serve_run(const char *socket_path, const char *control_path)
 							strerror(-rc));
 					tb_vu_detach(&s.vu);
 				}
-				tb_serve_update_driver_ok(&s);
 				break;
 			case TB_PFD_BACKEND:
 				if (pfd[i].fd == s.vu.backend_fd)
@@ -570,6 +585,7 @@ int tb_serve_run(const char *socket_path, const char *control_path)
 				break;
 			}
 		}
+		tb_serve_update_driver_ok(&s);
 		tb_serve_reap_clients(&s);
 	}
 
@@ -579,9 +595,11 @@ int tb_serve_run(const char *socket_path, const char *control_path)
 	tb_vu_detach(&s.vu);
 	json_object_put(s.deferred);
 	close(s.ctl_listen_fd);
-	close(s.vu_listen_fd);
 	close(s.sig_fd);
 	unlink(control_path);
-	unlink(socket_path);
+	if (s.vu_listen_fd >= 0) {
+		close(s.vu_listen_fd);
+		unlink(socket_path);
+	}
 	return exit_code;
 }

@@ -6,8 +6,12 @@
 #ifndef TB_SERVE_H
 #define TB_SERVE_H
 
-/* Run until SIGTERM/SIGINT. Returns a process exit code. */
-int tb_serve_run(const char *socket_path, const char *control_path);
+/*
+ * Run until SIGTERM/SIGINT. Listens for the front-end on @socket_path, or,
+ * if @vu_fd >= 0, serves the already connected socket @vu_fd and returns
+ * when that session ends. Returns a process exit code.
+ */
+int tb_serve_run(const char *socket_path, int vu_fd, const char *control_path);
 
 /* listen on a fresh UNIX socket at @path with mode 0600; fd or -errno */
 int tb_listen_unix(const char *path);

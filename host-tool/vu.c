@@ -366,8 +366,11 @@ static int tb_vu_set_vring_addr(struct tb_vu *vu, struct tb_vu_msg *m)
 		return -EINVAL;
 	q->addr = m->p.addr;
 	q->addr_set = true;
-	/* a new ring address restarts from the SET_VRING_BASE value */
-	tb_vring_reset(&q->vr);
+	/*
+	 * A running ring keeps its position (the front-end re-sends the
+	 * addresses e.g. to toggle logging); a stopped one starts from the
+	 * SET_VRING_BASE value.
+	 */
 	tb_vu_queue_map(vu, q);
 	if (!q->vr.num)
 		return -EINVAL;
@@ -848,12 +851,17 @@ void tb_vu_detach(struct tb_vu *vu)
 		vu->ops->session(vu->opaque, false);
 }
 
+bool tb_vu_can_notify(const struct tb_vu *vu)
+{
+	return vu->backend_fd >= 0 && tb_vu_has_pf(vu, TB_VU_PF_CONFIG) &&
+	       tb_vu_has_pf(vu, TB_VU_PF_BACKEND_REQ);
+}
+
 int tb_vu_notify_config(struct tb_vu *vu)
 {
 	struct tb_vu_msg m;
 
-	if (vu->backend_fd < 0 || !tb_vu_has_pf(vu, TB_VU_PF_CONFIG) ||
-	    !tb_vu_has_pf(vu, TB_VU_PF_BACKEND_REQ))
+	if (!tb_vu_can_notify(vu))
 		return -ENOTCONN;
 	memset(&m.hdr, 0, sizeof(m.hdr));
 	m.hdr.request = TB_VU_BACKEND_CONFIG_CHANGE_MSG;

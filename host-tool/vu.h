@@ -279,6 +279,9 @@ void tb_vu_queue_error(struct tb_vu *vu, unsigned int idx);
  */
 int tb_vu_notify_config(struct tb_vu *vu);
 
+/* a config change notification can be sent */
+bool tb_vu_can_notify(const struct tb_vu *vu);
+
 /* drain whatever the front-end sent on the backend channel; -errno on EOF */
 int tb_vu_backend_readable(struct tb_vu *vu);
 

@@ -33,6 +33,12 @@ $TB inflate --to 1G --deadline 2h >/dev/null 2>&1; rc=$?
 check "cli: deadline above 1h exits 2" '[ $rc -eq 2 ]'
 $TB inflate --to 1G --deadline 0 >/dev/null 2>&1; rc=$?
 check "cli: zero deadline exits 2" '[ $rc -eq 2 ]'
+$TB --help >/dev/full 2>/dev/null; rc=$?
+check "cli: a stdout write error exits 1" '[ $rc -eq 1 ]'
+out=$($TB serve --print-capabilities); rc=$?
+check "cli: serve --print-capabilities prints JSON" '[ $rc -eq 0 ] && echo "$out" | python3 -c "import json,sys; assert json.load(sys.stdin)[\"type\"]"'
+$TB serve --fd 250 --control "$tmp/c" >/dev/null 2>&1; rc=$?
+check "cli: serve --fd with a closed fd exits 2" '[ $rc -eq 2 ]'
 out=$($TB inflate --help); rc=$?
 check "cli: inflate --help exits 0 on stdout" '[ $rc -eq 0 ] && echo "$out" | grep -q -- "--deadline"'
 $TB -c "$tmp/none.sock" status >/dev/null 2>&1; rc=$?

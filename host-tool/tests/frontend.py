@@ -61,9 +61,11 @@ def tap(ok, name):
 class Guest:
     """QEMU + guest memory + a scripted driver."""
 
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
+    def __init__(self, path, sock=None):
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)
+        self.sock = sock
         self.sock.settimeout(5)
         fd = os.memfd_create("guest-ram")
         os.ftruncate(fd, RAM)
@@ -401,6 +403,28 @@ def run(vu, cp):
     p = ctl(cp, "inflate", "--to", "600p", "--deadline", "1s", "--paced")
     tap(p.returncode == 1 and "timed" in p.stderr, "standard balloon: --paced refused without TIMED")
     g2.close()
+    run_fd_mode(os.path.dirname(cp))
+
+
+def run_fd_mode(tmp):
+    """serve --fd: a connected socket handed over, exit when it closes."""
+    ours, theirs = socket.socketpair()
+    cp = os.path.join(tmp, "ctl-fd.sock")
+    srv = subprocess.Popen([TB, "serve", "--fd", str(theirs.fileno()), "--control", cp],
+                           pass_fds=[theirs.fileno()], stderr=subprocess.DEVNULL)
+    theirs.close()
+    wait_for(lambda: os.path.exists(cp))
+    g = Guest(None, sock=ours)
+    g.negotiate()
+    s = status(cp)
+    tap(s["connected"] and s["driver_ok"], "serve --fd: session on the handed-over socket")
+    g.close()
+    try:
+        rc = srv.wait(5)
+    except subprocess.TimeoutExpired:
+        srv.kill()
+        rc = None
+    tap(rc == 0 and not os.path.exists(cp), "serve --fd: exits 0 when the session ends")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ static void ready(struct fx *f)
 	tb_dev_session(&f->dev, true, 1);
 	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_DEV_FEATURES);
 	f->dev.driver_ok = true;
+	f->dev.notify_ok = true;
 }
 
 static json_object *handle(struct fx *f, const char *line)

@@ -60,6 +60,7 @@ static int fx_setup(void **state)
 	tb_dev_session(&f->dev, true, 1000);
 	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_DEV_FEATURES);
 	f->dev.driver_ok = true;
+	f->dev.notify_ok = true;
 	*state = f;
 	return 0;
 }
@@ -191,6 +192,10 @@ static void test_issue_validation(void **state)
 	assert_int_not_equal(issue(f, TBALLOON_OP_INFLATE, RAM_PAGES, TBALLOON_DEADLINE_MAX_MS,
 				   RAM_PAGES, 0, 1), 0);
 
+	f->dev.notify_ok = false;
+	assert_int_equal(tb_dev_issue(&f->dev, TBALLOON_OP_DEFLATE, 0, 10, 0, 0, 1, err,
+				      sizeof(err)), 0);
+	assert_non_null(strstr(err, "backend channel"));
 	f->dev.driver_ok = false;
 	assert_int_equal(tb_dev_issue(&f->dev, TBALLOON_OP_DEFLATE, 0, 10, 0, 0, 1, err,
 				      sizeof(err)), 0);
@@ -301,6 +306,7 @@ static void test_disconnect_ends_command(void **state)
 	tb_dev_session(&f->dev, true, 1600);
 	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_DEV_FEATURES);
 	f->dev.driver_ok = true;
+	f->dev.notify_ok = true;
 	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 5, 100, 0, 0, 1700), id + 1);
 }
 

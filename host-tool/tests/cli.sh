@@ -41,6 +41,10 @@ $TB serve --fd 250 --control "$tmp/c" >/dev/null 2>&1; rc=$?
 check "cli: serve --fd with a closed fd exits 2" '[ $rc -eq 2 ]'
 out=$($TB inflate --help); rc=$?
 check "cli: inflate --help exits 0 on stdout" '[ $rc -eq 0 ] && echo "$out" | grep -q -- "--deadline"'
+if command -v man >/dev/null 2>&1 && [ -f "$(dirname "$0")/../tballoon.1" ]; then
+	w=$(MANWIDTH=80 man --warnings -l "$(dirname "$0")/../tballoon.1" 2>&1 >/dev/null)
+	check "doc: the man page renders without warnings" '[ -z "$w" ]'
+fi
 $TB -c "$tmp/none.sock" status >/dev/null 2>&1; rc=$?
 check "cli: status without a server exits 1" '[ $rc -eq 1 ]'
 $TB serve --control "$tmp/c" >/dev/null 2>&1; rc=$?

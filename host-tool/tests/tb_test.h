@@ -36,6 +36,11 @@ static inline int tb_test_fd_closed(int fd)
 	return fcntl(fd, F_GETFD) < 0;
 }
 
+/* a case named "suite: function" so TAP lines say where they come from */
+#define TB_TEST_FX(suite, fn, setup, teardown) \
+	{ suite ": " #fn, fn, setup, teardown, NULL }
+#define TB_TEST(suite, fn) TB_TEST_FX(suite, fn, NULL, NULL)
+
 /* run a group quietly (warnings about hostile input are expected) */
 #define tb_test_run(name, tests) \
 	(tb_log_level = getenv("TB_TEST_VERBOSE") ? TB_LOG_DEBUG : -1, \

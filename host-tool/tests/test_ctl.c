@@ -264,7 +264,7 @@ static void test_event(void **state)
 	assert_string_equal(tb_ctl_event_name(TB_EVENT_PROGRESS), "BALLOON_PROGRESS");
 }
 
-#define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
+#define T(fn) TB_TEST_FX("ctl", fn, fx_setup, fx_teardown)
 
 int main(void)
 {
@@ -273,7 +273,7 @@ int main(void)
 		T(test_embedded_nul),
 		T(test_too_long),
 		T(test_id_echoed),
-		cmocka_unit_test(test_greeting),
+		TB_TEST("ctl", test_greeting),
 		T(test_status_contract),
 		T(test_inflate_roundtrip),
 		T(test_event),

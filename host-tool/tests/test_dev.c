@@ -496,7 +496,7 @@ static void test_process_deflate_and_stats(void **state)
 	tb_vring_reset(&r.vr);
 }
 
-#define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
+#define T(fn) TB_TEST_FX("dev", fn, fx_setup, fx_teardown)
 
 int main(void)
 {

@@ -262,15 +262,15 @@ static void test_real_punch_resident(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_add_translate),
-		cmocka_unit_test(test_add_rejects),
-		cmocka_unit_test(test_table_full),
-		cmocka_unit_test(test_coalesce),
-		cmocka_unit_test(test_coalesce_region_boundary),
-		cmocka_unit_test(test_refuse_outside),
-		cmocka_unit_test(test_punch_errors_counted),
-		cmocka_unit_test(test_account_only),
-		cmocka_unit_test(test_real_punch_resident),
+		TB_TEST("mem", test_add_translate),
+		TB_TEST("mem", test_add_rejects),
+		TB_TEST("mem", test_table_full),
+		TB_TEST("mem", test_coalesce),
+		TB_TEST("mem", test_coalesce_region_boundary),
+		TB_TEST("mem", test_refuse_outside),
+		TB_TEST("mem", test_punch_errors_counted),
+		TB_TEST("mem", test_account_only),
+		TB_TEST("mem", test_real_punch_resident),
 	};
 
 	return tb_test_run("mem", tests);

@@ -124,10 +124,10 @@ static void test_format_bytes(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_size_table),
-		cmocka_unit_test(test_duration_table),
-		cmocka_unit_test(test_null_input),
-		cmocka_unit_test(test_format_bytes),
+		TB_TEST("parse", test_size_table),
+		TB_TEST("parse", test_duration_table),
+		TB_TEST("parse", test_null_input),
+		TB_TEST("parse", test_format_bytes),
 	};
 
 	return tb_test_run("parse", tests);

@@ -320,7 +320,7 @@ static void test_setup_rejects(void **state)
 	tb_vring_reset(&vr);
 }
 
-#define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
+#define T(fn) TB_TEST_FX("vring", fn, fx_setup, fx_teardown)
 
 int main(void)
 {

@@ -610,7 +610,7 @@ static void test_detach_closes_everything(void **state)
 	close(sv[0]);
 }
 
-#define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
+#define T(fn) TB_TEST_FX("vu", fn, fx_setup, fx_teardown)
 
 int main(void)
 {
@@ -624,7 +624,7 @@ int main(void)
 		T(test_config_bounds),
 		T(test_ring_bringup),
 		T(test_bad_vring_num),
-		cmocka_unit_test(test_recv_send),
+		TB_TEST("vu", test_recv_send),
 		T(test_config_change_msg),
 		T(test_detach_closes_everything),
 	};

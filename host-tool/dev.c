@@ -150,14 +150,13 @@ void tb_dev_session(struct tb_dev *dev, bool up, uint64_t now_ms)
 	if (tb_cmd_running(&dev->cmd))
 		tb_dev_finish(dev, TBALLOON_STATE_ABORTED, TBALLOON_REASON_REMOVED, now_ms);
 	/*
-	 * Forget the guest's view; keep cmd_id so that a guest which survived
-	 * (reconnect) never sees an id go backwards, with op NONE so that no
-	 * stale command can be (re)started from it.
+	 * The session is gone: a device reset (Documentation/protocol.rst).
+	 * cmd_id 0 means "no command ever", so a guest probing on the next
+	 * session does not pick up a stale command; the id sequence itself
+	 * (last_cmd_id) continues, so the next command is still new to a guest
+	 * that survived a reconnect.
 	 */
-	uint32_t id = TB_CFG(dev, cmd_id);
-
 	memset(dev->config, 0, sizeof(dev->config));
-	tb_dev_cfg_put(dev, TB_OFF(cmd_id), id);
 	dev->last_report_seq = 0;
 }
 

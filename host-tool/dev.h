@@ -97,7 +97,7 @@ struct tb_dev_ops {
  * @driver_ok: the driver's inflate and deflate queues are running
  * @notify_ok: config change notifications can be sent (backend channel)
  * @features: acked features, valid if @features_set
- * @last_cmd_id: last id issued (survives reconnects)
+ * @last_cmd_id: last id issued (survives reconnects; the config is reset)
  * @last_report_seq: report_seq last seen from the driver
  * @cmd: the current (or last) command
  * @punch, @punch_opaque: page release function (tests replace it)

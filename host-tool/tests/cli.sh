@@ -92,6 +92,17 @@ s.close()
 "
 $TB -c "$tmp/ctl.sock" status >/dev/null 2>&1; rc=$?
 check "serve: survives a client leaving mid-line" '[ $rc -eq 0 ]'
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null 2>&1; then
+	# bypass the 0600 mode to reach the SO_PEERCRED check itself
+	chmod 755 "$tmp"; chmod 666 "$tmp/ctl.sock"
+	out=$(setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 -c "
+import socket
+s = socket.socket(socket.AF_UNIX); s.connect('$tmp/ctl.sock'); s.settimeout(5)
+print(repr(s.recv(100)))
+" 2>&1)
+	chmod 600 "$tmp/ctl.sock"
+	check "serve: SO_PEERCRED turns away other users without a greeting" '[ "$out" = "b'"''"'" ]'
+fi
 kill -TERM $spid; wait $spid; rc=$?
 check "serve: SIGTERM exits 0" '[ $rc -eq 0 ]'
 check "serve: sockets removed on exit" '[ ! -e "$tmp/ctl.sock" ] && [ ! -e "$tmp/vu.sock" ]'

@@ -250,6 +250,76 @@ def main():
     sys.exit(1 if failed else 0)
 
 
+def run_fuzz(vu, cp, iterations=4000, seed=1234):
+    """Seeded garbage over the vhost-user socket: the daemon must survive."""
+    import random
+    rnd = random.Random(seed)
+    sock, reconnects, sent = None, 0, 0
+    g = None
+    for i in range(iterations):
+        if sock is None:
+            g = Guest(vu)
+            sock = g.sock
+            sock.setblocking(False)
+            if rnd.random() < 0.5:          # sometimes start from a sane session
+                sock.setblocking(True)
+                sock.settimeout(5)
+                try:
+                    g.negotiate()
+                except (OSError, EOFError, AssertionError):
+                    pass
+                sock.setblocking(False)
+        req = rnd.choice([rnd.randrange(0, 50), rnd.randrange(1, 26), 0xFFFFFFFF])
+        flags = rnd.choice([VERSION, VERSION | NEED_REPLY, rnd.getrandbits(32)])
+        size = rnd.choice([0, 4, 8, 12, 40, 76, rnd.randrange(0, 300)])
+        if req in (SET_MEM_TABLE,) and rnd.random() < 0.5:
+            nreg = rnd.randrange(0, 10)
+            payload = struct.pack("<II", nreg, 0) + b"".join(
+                struct.pack("<QQQQ", rnd.choice([0, rnd.getrandbits(64), 4096 * rnd.randrange(0, 4096)]),
+                            rnd.choice([0, 4096, MiB, rnd.getrandbits(64)]),
+                            rnd.getrandbits(64), rnd.choice([0, 4096, rnd.getrandbits(64)]))
+                for _ in range(min(nreg, 8)))
+        else:
+            payload = bytes(rnd.getrandbits(8) for _ in range(size))
+        fds = []
+        if rnd.random() < 0.3:
+            fds = [rnd.choice([g.memfd, g.kick[0], g.call[1], g.be_theirs.fileno()])
+                   for _ in range(rnd.randrange(1, 4))]
+        hdr = struct.pack("<III", req, flags, len(payload) if rnd.random() < 0.9 else rnd.getrandbits(32))
+        try:
+            sock.setblocking(True)
+            sock.settimeout(2)
+            if fds:
+                socket.send_fds(sock, [hdr + payload], fds)
+            else:
+                sock.sendall(hdr + payload)
+            sent += 1
+            sock.setblocking(False)
+            while True:                     # drain replies
+                if not sock.recv(65536):
+                    raise EOFError
+        except (BlockingIOError, InterruptedError):
+            pass
+        except (OSError, EOFError):
+            sock.close()
+            sock = None
+            reconnects += 1
+        if rnd.random() < 0.05:             # and poke the rings
+            for q in (0, 1):
+                os.eventfd_write(g.kick[q], 1)
+    if sock:
+        sock.close()
+    ok = wait_for(lambda: not status(cp)["connected"])
+    g = Guest(vu)
+    g.negotiate()
+    s = status(cp)
+    tap(ok and s["connected"] and s["driver_ok"],
+        "fuzz: %d hostile messages (%d sessions dropped), daemon alive and serving" %
+        (sent, reconnects))
+    g.close()
+    wait_for(lambda: not status(cp)["connected"])
+
+
 def run(vu, cp):
     g = Guest(vu)
     offered, pf, nq, ack, ack2 = g.negotiate()
@@ -403,6 +473,7 @@ def run(vu, cp):
     p = ctl(cp, "inflate", "--to", "600p", "--deadline", "1s", "--paced")
     tap(p.returncode == 1 and "timed" in p.stderr, "standard balloon: --paced refused without TIMED")
     g2.close()
+    run_fuzz(vu, cp)
     run_fd_mode(os.path.dirname(cp))
 
 

@@ -559,6 +559,8 @@ int tb_serve_run(const char *socket_path, int vu_fd, const char *control_path)
 							strerror(-rc));
 					tb_vu_detach(&s.vu);
 				}
+				/* before any client request of this round */
+				tb_serve_update_driver_ok(&s);
 				break;
 			case TB_PFD_BACKEND:
 				if (pfd[i].fd == s.vu.backend_fd)

@@ -715,19 +715,18 @@ int tb_vu_recv(int fd, struct tb_vu_msg *m)
 
 	for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
 		size_t cnt;
-		int fds[TB_VU_MAX_FDS * 2];
 
 		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
 			continue;
 		cnt = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		if (cnt > TB_ARRAY_SIZE(fds))
-			cnt = TB_ARRAY_SIZE(fds);
-		memcpy(fds, CMSG_DATA(cm), cnt * sizeof(int));
 		for (size_t i = 0; i < cnt; i++) {
+			int fd;
+
+			memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(fd));
 			if (m->nfds < TB_VU_MAX_FDS)
-				m->fds[m->nfds++] = fds[i];
+				m->fds[m->nfds++] = fd;
 			else
-				close(fds[i]);
+				close(fd);	/* never leak one we cannot hold */
 		}
 	}
 	if (mh.msg_flags & MSG_CTRUNC) {

@@ -30,6 +30,7 @@
 #include <linux/mutex.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
+#include <linux/suspend.h>
 #include <linux/spinlock.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
@@ -101,11 +102,15 @@ struct tballoon_run {
  * @ram_pages: guest RAM at probe, 4 KiB pages: the bound of target and floor
  * @reserve_pages: MemAvailable inflation never takes (tballoon_policy_reserve())
  * @work: the one worker, on system_freezable_wq
- * @stop_lock: protects @removing and @changed; taken from the config
- *	change callback, which runs with interrupts off
+ * @stop_lock: protects @removing, @suspending and @changed; taken from the
+ *	config change callback, which runs with interrupts off
  * @removing: remove() runs: nothing may queue @work any more
+ * @suspending: the guest prepares to suspend or hibernate: the worker ends
+ *	a running command (ABORTED/REMOVED) and starts none until it resumes
  * @changed: the config changed since the worker last read it
- * @wake: woken when @changed or @removing is set; cuts pauses short
+ * @wake: woken when @changed, @removing or @suspending is set; cuts pauses
+ *	short
+ * @pm_nb: suspend/hibernate notifier that sets and clears @suspending
  * @acked: woken by the virtqueue callbacks when the device used a buffer
  * @lock: protects @inflate_vq, @deflate_vq (add, kick, get_buf), @bufs,
  *	@mig_buf, @mig_pfns, @num_pages, @inflight_pages and @broken. The
@@ -138,10 +143,12 @@ struct tballoon {
 
 	struct work_struct work;
 
-	spinlock_t stop_lock;		/* protects removing, changed */
+	spinlock_t stop_lock;		/* protects removing, suspending, changed */
 	bool removing;
+	bool suspending;
 	bool changed;
 	wait_queue_head_t wake;
+	struct notifier_block pm_nb;
 
 	wait_queue_head_t acked;
 
@@ -174,23 +181,24 @@ static const struct virtio_device_id tballoon_id_table[] = {
  * ------------------------------------------------------------------------
  */
 
-/* Has remove() started, or did the config change? Any context that sleeps. */
+/* Must the worker stop or look at the config? Any context that sleeps. */
 static bool tballoon_interrupted(struct tballoon *tb)
 {
 	bool ret;
 
 	spin_lock_irq(&tb->stop_lock);
-	ret = tb->removing || tb->changed;
+	ret = tb->removing || tb->suspending || tb->changed;
 	spin_unlock_irq(&tb->stop_lock);
 	return ret;
 }
 
+/* Must the worker stop: removal, or suspend? */
 static bool tballoon_removing(struct tballoon *tb)
 {
 	bool ret;
 
 	spin_lock_irq(&tb->stop_lock);
-	ret = tb->removing;
+	ret = tb->removing || tb->suspending;
 	spin_unlock_irq(&tb->stop_lock);
 	return ret;
 }
@@ -1046,6 +1054,40 @@ static int tballoon_migratepage(struct balloon_dev_info *bdi,
  * ------------------------------------------------------------------------
  */
 
+/*
+ * Suspend and hibernation freeze the workqueue, which waits for a running
+ * command to end: end it now (ABORTED/REMOVED, as the protocol says for a
+ * suspend) instead of holding the freezer up until its deadline.
+ */
+static int tballoon_pm_notify(struct notifier_block *nb, unsigned long action,
+			      void *data)
+{
+	struct tballoon *tb = container_of(nb, struct tballoon, pm_nb);
+	bool suspending;
+
+	switch (action) {
+	case PM_SUSPEND_PREPARE:
+	case PM_HIBERNATION_PREPARE:
+		suspending = true;
+		break;
+	case PM_POST_SUSPEND:
+	case PM_POST_HIBERNATION:
+		suspending = false;
+		break;
+	default:
+		return NOTIFY_DONE;
+	}
+
+	spin_lock_irq(&tb->stop_lock);
+	tb->suspending = suspending;
+	spin_unlock_irq(&tb->stop_lock);
+	if (suspending)
+		wake_up(&tb->wake);
+	else
+		tballoon_kick(tb);	/* pick up what came meanwhile */
+	return NOTIFY_OK;
+}
+
 static void tballoon_ack(struct virtqueue *vq)
 {
 	struct tballoon *tb = vq->vdev->priv;
@@ -1197,6 +1239,11 @@ static int tballoon_probe(struct virtio_device *vdev)
 	if (err)
 		goto err_free_bufs;
 
+	tb->pm_nb.notifier_call = tballoon_pm_notify;
+	err = register_pm_notifier(&tb->pm_nb);
+	if (err)
+		goto err_del_vqs;
+
 	tb->ram_pages = (u64)totalram_pages() * TBALLOON_PAGES_PER_PAGE;
 	tb->reserve_pages = tballoon_policy_reserve(tb->ram_pages);
 	tballoon_start(tb);
@@ -1205,6 +1252,8 @@ static int tballoon_probe(struct virtio_device *vdev)
 		 tb->ram_pages >> (20 - VIRTIO_TBALLOON_PFN_SHIFT));
 	return 0;
 
+err_del_vqs:
+	vdev->config->del_vqs(vdev);
 err_free_bufs:
 	tballoon_free_bufs(tb);
 	kfree(tb);
@@ -1216,6 +1265,7 @@ static void tballoon_remove(struct virtio_device *vdev)
 {
 	struct tballoon *tb = vdev->priv;
 
+	unregister_pm_notifier(&tb->pm_nb);
 	/* The worker reports a running command ABORTED/REMOVED as it stops. */
 	tballoon_stop_worker(tb);
 	tballoon_empty(tb);

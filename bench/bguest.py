@@ -1,0 +1,155 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Benchmark guests: the qemu-tests Guest with bench tweaks.
+
+BenchGuest boots the qemu-tests guest (same kernel, initramfs, agent, QEMU
+root, cleanup) with:
+- bench/guest/*.c built statically and appended to the harness initramfs as
+  a second cpio archive (the kernel unpacks concatenated archives), cached in
+  $TB_CACHE/qemu-tests/bench-initramfs-<hash>.cpio.gz;
+- kind "virtio-mem": base RAM plus a virtio-mem-pci device on its own shared
+  memfd (the rest of the guest's RAM).
+It also measures the guest's memory on the host: st_blocks of the memfds the
+QEMU process holds (/proc/PID/fd), and RssShmem of QEMU (/proc/PID/status).
+"""
+
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO / "qemu-tests"))
+
+from tbtest import machine  # noqa: E402
+from tbtest import initramfs as tbinitramfs  # noqa: E402
+
+GUEST_SRC = BENCH / "guest"
+KEEP_OVERLAYS = 3
+MIB = 1 << 20
+
+
+def parse_size(text):
+    units = {"K": 10, "M": 20, "G": 30}
+    text = str(text)
+    if text[-1:].upper() in units:
+        return int(text[:-1]) << units[text[-1].upper()]
+    return int(text)
+
+
+def _overlay(cachedir, log):
+    """cpio.gz with bench/guest/*.c built into /bin; returns its path."""
+    sources = sorted(GUEST_SRC.glob("*.c"))
+    h = hashlib.sha256()
+    gcc = subprocess.run(["gcc", "--version"], stdout=subprocess.PIPE,
+                         universal_newlines=True, check=True).stdout.splitlines()[0]
+    h.update(gcc.encode() + b"\0")
+    for src in sources:
+        h.update(src.name.encode() + b"\0" + src.read_bytes())
+    path = cachedir / ("bench-overlay-%s.cpio.gz" % h.hexdigest()[:16])
+    if path.exists():
+        return path
+    log("building bench guest programs: %s" % ", ".join(s.name for s in sources))
+    with tempfile.TemporaryDirectory(prefix="tb-bench.", dir=str(cachedir)) as tmp:
+        root = Path(tmp) / "root"
+        (root / "bin").mkdir(parents=True)
+        for src in sources:
+            subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror",
+                            "-o", str(root / "bin" / src.stem), str(src)], check=True)
+        names = ["bin"] + ["bin/" + s.stem for s in sources]
+        cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet", "-R", "0:0"],
+                              cwd=str(root), input="\n".join(names).encode(),
+                              stdout=subprocess.PIPE, check=True).stdout
+        tmp_path = Path(tmp) / "overlay.cpio.gz"
+        tmp_path.write_bytes(gzip.compress(cpio, 6, mtime=0))
+        os.replace(str(tmp_path), str(path))
+    return path
+
+
+def bench_initramfs(base, log):
+    """The harness archive BASE followed by the bench overlay (same directory)."""
+    cachedir = base.parent
+    overlay = _overlay(cachedir, log)
+    digest = hashlib.sha256(base.name.encode() + overlay.name.encode()).hexdigest()[:16]
+    path = cachedir / ("bench-initramfs-%s.cpio.gz" % digest)
+    if not path.exists():
+        tmp = cachedir / ("bench-initramfs-%s.tmp%d" % (digest, os.getpid()))
+        with open(str(tmp), "wb") as out:
+            for part in (base, overlay):
+                with open(str(part), "rb") as f:
+                    shutil.copyfileobj(f, out)
+        os.replace(str(tmp), str(path))
+    old = sorted(cachedir.glob("bench-initramfs-*.cpio.gz"), key=lambda p: p.stat().st_mtime)
+    for stale in old[:-KEEP_OVERLAYS]:
+        if stale != path:
+            stale.unlink()
+    return path
+
+
+class BenchGuest(machine.Guest):
+    """A qemu-tests Guest with the bench programs and optional virtio-mem.
+
+    kind: "plain" (RAM = mem, one memfd) or "virtio-mem" (RAM = mem of base
+    memory plus a virtio-mem device of vmem_size, requested fully plugged).
+    """
+
+    def __init__(self, kind="plain", vmem_size="1G", vmem_block="2M", **kw):
+        super().__init__(**kw)
+        self.kind = kind
+        self.vmem_size = vmem_size
+        self.vmem_block = vmem_block
+        self.bench_initrd = None
+
+    def qemu_argv(self):
+        argv = super().qemu_argv()
+        self.bench_initrd = bench_initramfs(self.initramfs.path, self.log)
+        i = argv.index("-initrd")
+        argv[i + 1] = "%s/%s" % (machine.CHROOT_CACHE, self.bench_initrd.name)
+        if self.kind == "virtio-mem":
+            i = argv.index("-m")
+            total = parse_size(self.mem) + parse_size(self.vmem_size)
+            argv[i + 1] = "%s,maxmem=%dM" % (self.mem, total // MIB)
+            argv += ["-object", "memory-backend-memfd,id=vmem0,size=%s,share=on"
+                     % self.vmem_size,
+                     "-device", "virtio-mem-pci,id=vm0,memdev=vmem0,requested-size=%s,"
+                     "block-size=%s,prealloc=on" % (self.vmem_size, self.vmem_block)]
+        return argv
+
+    # ---- host view of guest memory ----------------------------------------
+
+    @property
+    def qemu_pid(self):
+        return self.qemu.pid if self.qemu is not None else None
+
+    def memfds(self):
+        """{name: {size, allocated}} of the memfds QEMU holds (distinct inodes)."""
+        pid = self.qemu_pid
+        seen = {}
+        fddir = "/proc/%d/fd" % pid
+        for fd in os.listdir(fddir):
+            try:
+                target = os.readlink("%s/%s" % (fddir, fd))
+                if not target.startswith("/memfd:"):
+                    continue
+                st = os.stat("%s/%s" % (fddir, fd))
+            except OSError:
+                continue
+            seen[st.st_ino] = {"name": target, "size": st.st_size,
+                               "allocated": st.st_blocks * 512}
+        return sorted(seen.values(), key=lambda m: -m["size"])
+
+    def host_memory(self):
+        """Allocated bytes of all guest memfds and QEMU's RssShmem."""
+        fds = self.memfds()
+        rss_shmem = None
+        with open("/proc/%d/status" % self.qemu_pid) as f:
+            for line in f:
+                if line.startswith("RssShmem:"):
+                    rss_shmem = int(line.split()[1]) * 1024
+        return {"memfd_allocated": sum(m["allocated"] for m in fds),
+                "memfd_size": sum(m["size"] for m in fds),
+                "memfds": fds, "rss_shmem": rss_shmem}

@@ -1,0 +1,563 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: GPL-2.0
+"""tballoon benchmark: four ways to take 1 GiB from a 1.5 GiB guest, side by side.
+
+    bench/run.py [--reps N] [--only a,b,c,d] [--out DIR] [--sample-ms MS] [--keep]
+
+Same machine, same accelerator (TCG), same guest kernel, same guest size,
+one run (see bench/README.md):
+  (a) virtio_tballoon + tballoon serve       tballoon inflate/deflate --wait --json
+  (b) Linux virtio_balloon + virtio-balloon-pci   QMP balloon, query-balloon polled
+  (c) Linux virtio_mem + virtio-mem-pci      qom-set requested-size, qom-get size polled
+  (d) the limit: tbmem in the guest          populate 1 GiB of 4 KiB pages, unmap it
+Prints a table with min/median/max and ratios; writes out/bench/results.json
+(raw figures) and out/bench/balloon.png (size over time, gnuplot).
+"""
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+DEFAULT_OUT = REPO / "out" / "bench"
+# Run directories of the guests (socket paths must stay short).
+os.environ.setdefault("TB_OUT", str(DEFAULT_OUT / "runs"))
+sys.path.insert(0, str(BENCH))
+
+import bguest  # noqa: E402
+import report  # noqa: E402
+from tbtest import env as tbenv  # noqa: E402
+from tbtest import machine  # noqa: E402
+
+MIB = 1 << 20
+GIB = 1 << 30
+PAGE = 4096
+GUEST_RAM = "1536M"         # every guest: 1.5 GiB of RAM ...
+MOVE = GIB                  # ... of which 1 GiB is taken and given back
+OVERSHOOT_DEADLINE = "100ms"
+
+MECHANISMS = {
+    "a": "tballoon",
+    "b": "virtio-balloon",
+    "c": "virtio-mem",
+    "d": "limit",
+}
+LABELS = {
+    "tballoon": "(a) virtio_tballoon + tballoon serve",
+    "virtio-balloon": "(b) virtio_balloon + QEMU virtio-balloon-pci",
+    "virtio-mem": "(c) virtio_mem + QEMU virtio-mem-pci",
+    "limit": "(d) limit: guest alloc/free, no host",
+}
+
+
+def say(msg):
+    print("[bench] " + msg, file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+def poll_until(read, want, interval, timeout):
+    """Call READ() every INTERVAL s until it returns WANT.
+
+    Returns (seconds to the first sample equal to WANT or None, trace) where
+    trace is [(seconds, value)], seconds counted from the call.
+    """
+    t0 = time.monotonic()
+    trace = []
+    k = 0
+    while True:
+        v = read()
+        t = time.monotonic() - t0
+        trace.append((t, v))
+        if v == want:
+            return t, trace
+        if t > timeout:
+            return None, trace
+        k += 1
+        nxt = t0 + k * interval
+        delay = nxt - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            k = int((time.monotonic() - t0) / interval)
+
+
+def refill(g, log):
+    """Make the guest touch (then free) 1 GiB, so every page is host-resident.
+
+    A balloon deflate gives the guest holes: without this, the next run would
+    start from a smaller host footprint and pay host page faults inside the
+    timed section. Returns the host memory view afterwards.
+    """
+    t = time.monotonic()
+    res = g.sh("tbmem -m touch %dM | tail -n 2" % (MOVE // MIB), timeout=300)
+    if res.rc != 0:
+        raise BenchError("refill: tbmem failed (%d): %s %s" % (res.rc, res.out, res.err))
+    log("refill (guest touched 1 GiB) %.1f s" % (time.monotonic() - t))
+    return g.host_memory()
+
+
+def meminfo_total(g):
+    return g.meminfo().get("MemTotal", 0) * 1024
+
+
+def load_average():
+    try:
+        return [float(x) for x in open("/proc/loadavg").read().split()[:3]]
+    except OSError:
+        return None
+
+
+class ControlListener:
+    """A second client of tballoon serve's control socket: records its events."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.file = self.sock.makefile("rb")
+        greeting = self.file.readline()
+        if b"QMP" not in greeting:
+            raise BenchError("control socket: no greeting (%r)" % greeting[:80])
+        self.events = []        # (receive time.time(), event dict)
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._reader, daemon=True)
+        self.thread.start()
+
+    def _reader(self):
+        try:
+            for line in self.file:
+                try:
+                    obj = json.loads(line.decode())
+                except ValueError:
+                    continue
+                if "event" in obj:
+                    with self.lock:
+                        self.events.append((time.time(), obj))
+        except (OSError, ValueError):
+            pass
+
+    def take(self):
+        with self.lock:
+            evs, self.events = self.events, []
+        return evs
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def event_time(ev, fallback):
+    ts = ev.get("timestamp") or {}
+    if "seconds" in ts:
+        return ts["seconds"] + ts.get("microseconds", 0) / 1e6
+    return fallback
+
+
+# ---------------------------------------------------------------------------
+# (a) tballoon
+# ---------------------------------------------------------------------------
+
+def tballoon_cmd(g, listener, op, to, deadline):
+    """Run `tballoon OP --to TO --deadline D --wait --json`; a measured run."""
+    listener.take()
+    hm0 = g.host_memory()
+    st0 = g.status()
+    t_real = time.time()
+    t0 = time.monotonic()
+    res = g.tool(op, "--to", to, "--deadline", deadline, "--wait", "--json", timeout=600)
+    wall = time.monotonic() - t0
+    time.sleep(0.05)            # let the last events arrive
+    events = listener.take()
+    st = None
+    for line in reversed(res.stdout.splitlines()):
+        if line.strip().startswith("{"):
+            st = json.loads(line)
+            break
+    if st is None:
+        raise BenchError("tballoon %s printed no JSON (exit %d): %s"
+                         % (op, res.returncode, res.stderr.strip()))
+    cmd = st["command"]
+    hm1 = g.host_memory()
+    trace = [(0.0, st0["actual_pages"] * PAGE)]
+    progress = 0
+    for recv, ev in events:
+        data = ev.get("data") or {}
+        if (data.get("command") or {}).get("cmd_id") != cmd["cmd_id"]:
+            continue
+        if ev["event"] == "BALLOON_PROGRESS":
+            progress += 1
+        trace.append((event_time(ev, recv) - t_real, data.get("actual_pages", 0) * PAGE))
+    trace.append((wall, st["actual_pages"] * PAGE))
+    host_s = (cmd.get("host_elapsed_ms") or 0) / 1000.0
+    return {
+        "op": op, "to": to, "deadline": deadline, "exit": res.returncode,
+        "state": cmd.get("state"), "reason": cmd.get("reason"),
+        "seconds": wall,
+        "wall_s": wall,
+        "guest_elapsed_ms": cmd.get("elapsed_ms"),
+        "host_elapsed_ms": cmd.get("host_elapsed_ms"),
+        "deadline_ms": cmd.get("deadline_ms"),
+        "start_pages": cmd.get("start_pages"),
+        "actual_pages": st.get("actual_pages"),
+        "pages_moved": abs(st.get("actual_pages", 0) - (cmd.get("start_pages") or 0)),
+        "reports": cmd.get("reports"),
+        "progress_events": progress,
+        "reports_per_s": (cmd.get("reports") or 0) / host_s if host_s else None,
+        "progress_events_per_s": progress / host_s if host_s else None,
+        "backend_resident_before": st0.get("resident_bytes"),
+        "backend_resident_after": st.get("resident_bytes"),
+        "host_before": hm0["memfd_allocated"], "host_after": hm1["memfd_allocated"],
+        "rss_shmem_before": hm0["rss_shmem"], "rss_shmem_after": hm1["rss_shmem"],
+        "released": hm0["memfd_allocated"] - hm1["memfd_allocated"],
+        "trace": trace,
+    }
+
+
+def bench_tballoon(args, res):
+    with bguest.BenchGuest(driver="tballoon", device="tballoon", mem=GUEST_RAM,
+                           smp=args.smp, keep=args.keep, name="bench-a",
+                           log=say) as g:
+        res["boot_s"] = g.boot_s
+        if g.driver_status != "loaded":
+            raise BenchError("virtio_tballoon did not load (%s)" % g.driver_status)
+        st = g.status()
+        if not (st.get("connected") and st.get("driver_ok") and st.get("timed")):
+            raise BenchError("backend not ready: %s" % st)
+        res["guest_ram_bytes"] = st.get("guest_ram_bytes")
+        listener = ControlListener(g.control)
+        try:
+            for r in range(args.reps):
+                refill(g, say)
+                mt0 = meminfo_total(g)
+                inf = tballoon_cmd(g, listener, "inflate", "%dp" % (MOVE // PAGE), "60s")
+                inf["memtotal_drop"] = mt0 - meminfo_total(g)
+                dfl = tballoon_cmd(g, listener, "deflate", "0", "60s")
+                say("(a) rep %d: inflate %.2f s (guest %s ms, %s reports, released %d MiB), "
+                    "deflate %.2f s (guest %s ms)" % (
+                        r + 1, inf["seconds"], inf["guest_elapsed_ms"], inf["reports"],
+                        inf["released"] // MIB, dfl["seconds"], dfl["guest_elapsed_ms"]))
+                for x in (inf, dfl):
+                    if x["exit"] != 0 or x["state"] != "done":
+                        raise BenchError("tballoon %s: exit %d state %s" % (
+                            x["op"], x["exit"], x["state"]))
+                res["inflate"].append(inf)
+                res["deflate"].append(dfl)
+            # Deadline that cannot be met: how late is the final report?
+            for r in range(args.reps):
+                ov = tballoon_cmd(g, listener, "inflate", "%dp" % (MOVE // PAGE),
+                                  OVERSHOOT_DEADLINE)
+                ov["overshoot_ms"] = (ov["guest_elapsed_ms"] - ov["deadline_ms"]
+                                      if ov["guest_elapsed_ms"] is not None else None)
+                ov["host_overshoot_ms"] = (ov["host_elapsed_ms"] - ov["deadline_ms"]
+                                           if ov["host_elapsed_ms"] is not None else None)
+                say("(a) overshoot %d: exit %d state %s, elapsed %s ms for deadline %s ms "
+                    "(%d pages moved)" % (r + 1, ov["exit"], ov["state"],
+                                          ov["guest_elapsed_ms"], ov["deadline_ms"],
+                                          ov["pages_moved"]))
+                ov.pop("trace")
+                res["overshoot"].append(ov)
+                back = tballoon_cmd(g, listener, "deflate", "0", "60s")
+                if back["exit"] != 0:
+                    raise BenchError("deflate after the overshoot run: exit %d" % back["exit"])
+            res["backend_stats"] = g.status().get("stats")
+        finally:
+            listener.close()
+
+
+# ---------------------------------------------------------------------------
+# (b) upstream virtio_balloon on QEMU's virtio-balloon-pci
+# ---------------------------------------------------------------------------
+
+def bench_virtio_balloon(args, res):
+    with bguest.BenchGuest(driver="upstream", device="stock", mem=GUEST_RAM,
+                           smp=args.smp, keep=args.keep, name="bench-b",
+                           log=say) as g:
+        res["boot_s"] = g.boot_s
+        if g.driver_status != "loaded":
+            raise BenchError("virtio_balloon did not load (%s)" % g.driver_status)
+        qmp = machine.Qmp(g.path("qmp.sock"))
+        try:
+            ram = qmp.command("query-balloon")["actual"]
+            res["guest_ram_bytes"] = ram
+
+            def actual():
+                return qmp.command("query-balloon")["actual"]
+
+            def move(op, value):
+                hm0 = g.host_memory()
+                start = actual()
+                qmp.command("balloon", value=value)
+                secs, trace = poll_until(actual, value, args.sample_ms / 1000.0,
+                                         args.timeout)
+                hm1 = g.host_memory()
+                if secs is None:
+                    raise BenchError("QMP balloon %s: stuck at %d MiB (want %d MiB)" % (
+                        op, trace[-1][1] // MIB, value // MIB))
+                return {"op": op, "seconds": secs, "samples": len(trace),
+                        "start_bytes": start, "target_bytes": value,
+                        "host_before": hm0["memfd_allocated"],
+                        "host_after": hm1["memfd_allocated"],
+                        "rss_shmem_before": hm0["rss_shmem"],
+                        "rss_shmem_after": hm1["rss_shmem"],
+                        "released": hm0["memfd_allocated"] - hm1["memfd_allocated"],
+                        "trace": [(t, ram - v) for t, v in trace]}
+
+            for r in range(args.reps):
+                refill(g, say)
+                mt0 = meminfo_total(g)
+                inf = move("inflate", ram - MOVE)
+                inf["memtotal_drop"] = mt0 - meminfo_total(g)
+                dfl = move("deflate", ram)
+                say("(b) rep %d: inflate %.2f s (released %d MiB), deflate %.2f s" % (
+                    r + 1, inf["seconds"], inf["released"] // MIB, dfl["seconds"]))
+                res["inflate"].append(inf)
+                res["deflate"].append(dfl)
+        finally:
+            qmp.close()
+
+
+# ---------------------------------------------------------------------------
+# (c) virtio-mem
+# ---------------------------------------------------------------------------
+
+def bench_virtio_mem(args, res):
+    base = parse_mib(GUEST_RAM) - MOVE
+    with bguest.BenchGuest(kind="virtio-mem", vmem_size="%dM" % (MOVE // MIB),
+                           vmem_block="2M", driver="none", device="none",
+                           mem="%dM" % (base // MIB), smp=args.smp, keep=args.keep,
+                           name="bench-c", extra_append="memhp_default_state=online_movable",
+                           log=say) as g:
+        res["boot_s"] = g.boot_s
+        qmp = machine.Qmp(g.path("qmp.sock"))
+        try:
+            def size():
+                return qmp.command("qom-get", path="vm0", property="size")
+
+            r = g.sh("insmod /lib/modules/virtio_mem.ko", timeout=60)
+            if r.rc != 0:
+                raise BenchError("insmod virtio_mem: %s" % r.err.strip())
+            secs, trace = poll_until(size, MOVE, 0.1, args.timeout)
+            if secs is None:
+                raise BenchError("virtio-mem: initial plug stuck at %d MiB" % (size() // MIB))
+            # The last memory block is onlined after the device says plugged.
+            for _ in range(100):
+                total = meminfo_total(g)
+                if total >= MOVE:
+                    break
+                time.sleep(0.1)
+            res["initial_plug_s"] = secs
+            res["guest_ram_bytes"] = base + MOVE
+            zones = g.sh("grep -E '^Node|present|managed' /proc/zoneinfo | "
+                         "grep -B1 -A1 Movable | head -n 6").out
+            res["guest_memtotal_after_plug"] = total
+            res["zones"] = zones.strip()
+
+            def move(op, value):
+                hm0 = g.host_memory()
+                qmp.command("qom-set", path="vm0", property="requested-size", value=value)
+                secs, trace = poll_until(size, value, args.sample_ms / 1000.0, args.timeout)
+                hm1 = g.host_memory()
+                if secs is None:
+                    raise BenchError("virtio-mem %s: size stuck at %d MiB (want %d MiB)" % (
+                        op, trace[-1][1] // MIB, value // MIB))
+                return {"op": op, "seconds": secs, "samples": len(trace),
+                        "target_bytes": value,
+                        "host_before": hm0["memfd_allocated"],
+                        "host_after": hm1["memfd_allocated"],
+                        "rss_shmem_before": hm0["rss_shmem"],
+                        "rss_shmem_after": hm1["rss_shmem"],
+                        "released": hm0["memfd_allocated"] - hm1["memfd_allocated"],
+                        "trace": [(t, MOVE - v) for t, v in trace]}
+
+            for r in range(args.reps):
+                refill(g, say)
+                mt0 = meminfo_total(g)
+                inf = move("inflate", 0)
+                inf["memtotal_drop"] = mt0 - meminfo_total(g)
+                dfl = move("deflate", MOVE)
+                say("(c) rep %d: unplug %.2f s (released %d MiB), plug %.2f s" % (
+                    r + 1, inf["seconds"], inf["released"] // MIB, dfl["seconds"]))
+                res["inflate"].append(inf)
+                res["deflate"].append(dfl)
+        finally:
+            qmp.close()
+
+
+def parse_mib(text):
+    return bguest.parse_size(text)
+
+
+# ---------------------------------------------------------------------------
+# (d) the limit
+# ---------------------------------------------------------------------------
+
+def parse_tbmem(out):
+    alloc, free, vals = [], [], {}
+    for line in out.splitlines():
+        w = line.split()
+        if len(w) == 4 and w[0] == "sample":
+            (alloc if w[1] == "alloc" else free).append((int(w[2]) / 1e6, int(w[3])))
+        elif len(w) == 2 and w[0] in ("alloc_us", "free_us"):
+            vals[w[0]] = int(w[1])
+    if "alloc_us" not in vals or "free_us" not in vals:
+        raise BenchError("tbmem printed no times: %r" % out[-300:])
+    return vals["alloc_us"] / 1e6, vals["free_us"] / 1e6, alloc, free
+
+
+def bench_limit(args, res):
+    with bguest.BenchGuest(driver="none", device="none", mem=GUEST_RAM, smp=args.smp,
+                           keep=args.keep, name="bench-d", log=say) as g:
+        res["boot_s"] = g.boot_s
+        res["guest_ram_bytes"] = parse_mib(GUEST_RAM)
+        for mode in ("populate", "touch"):
+            for r in range(args.reps):
+                hm0 = g.host_memory()
+                out = g.sh("tbmem -m %s -i %d %dM" % (mode, args.sample_ms, MOVE // MIB),
+                           timeout=600)
+                if out.rc != 0:
+                    raise BenchError("tbmem failed (%d): %s" % (out.rc, out.out[-300:]))
+                hm1 = g.host_memory()
+                a_s, f_s, a_tr, f_tr = parse_tbmem(out.out)
+                common = {"mode": mode, "host_before": hm0["memfd_allocated"],
+                          "host_after": hm1["memfd_allocated"],
+                          "rss_shmem_before": hm0["rss_shmem"],
+                          "rss_shmem_after": hm1["rss_shmem"],
+                          "released": hm0["memfd_allocated"] - hm1["memfd_allocated"]}
+                inf = dict(common, op="inflate", seconds=a_s, trace=a_tr)
+                dfl = dict(common, op="deflate", seconds=f_s,
+                           trace=[(t, v) for t, v in f_tr])
+                say("(d) %s rep %d: alloc %.2f s, free %.2f s" % (mode, r + 1, a_s, f_s))
+                key = "" if mode == "populate" else "touch_"
+                res[key + "inflate"].append(inf)
+                res[key + "deflate"].append(dfl)
+
+
+RUNNERS = {"tballoon": bench_tballoon, "virtio-balloon": bench_virtio_balloon,
+           "virtio-mem": bench_virtio_mem, "limit": bench_limit}
+
+
+# ---------------------------------------------------------------------------
+
+def meta(args, e):
+    def cmd_out(argv):
+        try:
+            return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  universal_newlines=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    qemu = cmd_out(["chroot", str(e.qroot), "qemu-system-x86_64", "--version"])
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(),
+        "host_kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                           if ln.startswith("model name")), None),
+        "accel": "tcg",
+        "guest_kernel": e.kver,
+        "guest_smp": args.smp,
+        "guest_ram_bytes": parse_mib(GUEST_RAM),
+        "moved_bytes": MOVE,
+        "qemu": qemu.splitlines()[0] if qemu else None,
+        "git_commit": cmd_out(["git", "-C", str(REPO), "rev-parse", "HEAD"]),
+        "git_dirty": bool(cmd_out(["git", "-C", str(REPO), "status", "--porcelain",
+                                   "--untracked-files=no"])),
+        "reps": args.reps,
+        "sample_ms": args.sample_ms,
+        "host_memory": "allocated bytes (st_blocks*512) of the guest-RAM memfds, "
+                       "found through /proc/<qemu pid>/fd, summed over distinct inodes; "
+                       "(a) also reports tballoon serve's resident_bytes",
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3, help="repetitions per mechanism (3)")
+    ap.add_argument("--only", default="a,b,c,d", help="mechanisms to run (a,b,c,d)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output directory (out/bench)")
+    ap.add_argument("--sample-ms", type=int, default=25,
+                    help="polling / sampling interval for the traces (25 ms)")
+    ap.add_argument("--timeout", type=float, default=180.0,
+                    help="give up on one QMP-driven move after this many s (180)")
+    ap.add_argument("--smp", type=int, default=2, help="guest vCPUs (2)")
+    ap.add_argument("--keep", action="store_true", help="keep guest run directories")
+    ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    ap.add_argument("--replot", metavar="JSON",
+                    help="only redo table and plot from an existing results.json")
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        data = json.loads(Path(args.replot).read_text())
+        print(report.table(data))
+        if not args.no_plot:
+            report.plot(data, out / "balloon.png", out)
+        return 0
+
+    if os.geteuid() != 0:
+        print("bench/run.py: must run as root (chroot, mount namespace)", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(SystemExit(143)))
+    e = tbenv.load()
+    gone = e.missing()
+    if gone:
+        print("bench/run.py: cannot run: " + "; ".join(gone), file=sys.stderr)
+        return 1
+    wanted = [MECHANISMS[k.strip()] for k in args.only.split(",") if k.strip()]
+
+    data = {"meta": meta(args, e), "mechanisms": {}}
+    data["meta"]["load_before"] = load_average()
+    t_start = time.monotonic()
+    failed = False
+    for name in wanted:
+        res = {"label": LABELS[name], "inflate": [], "deflate": [], "overshoot": [],
+               "touch_inflate": [], "touch_deflate": [], "error": None}
+        data["mechanisms"][name] = res
+        say("%s ..." % LABELS[name])
+        t = time.monotonic()
+        try:
+            RUNNERS[name](args, res)
+        except (BenchError, machine.GuestError, OSError, subprocess.SubprocessError) as err:
+            res["error"] = str(err).splitlines()[0]
+            say("%s FAILED: %s" % (name, err))
+            traceback.print_exc(file=sys.stderr)
+            failed = True
+        res["total_s"] = time.monotonic() - t
+        say("%s took %.0f s" % (name, res["total_s"]))
+    data["meta"]["load_after"] = load_average()
+    data["meta"]["total_s"] = time.monotonic() - t_start
+    report.summarize(data)
+    (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(report.table(data))
+    print("raw figures: %s" % (out / "results.json"))
+    if not args.no_plot:
+        png = report.plot(data, out / "balloon.png", out)
+        if png:
+            print("plot: %s" % png)
+    say("total %.0f s" % data["meta"]["total_s"])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -817,15 +817,14 @@ static void tballoon_run(struct tballoon *tb)
 		if (!n) {
 			if (tb->inflight_pages) {
 				wait_event(tb->acked, tballoon_any_returned(tb));
-			} else if (run->wait_ms) {
-				tballoon_pause(tb, run->wait_ms);
-				run->wait_ms = 0;
 			} else {
-				/* The policy allows nothing and nothing moves. */
-				WARN_ON_ONCE(1);
-				run->state = TBALLOON_STATE_PRESSURE;
-				run->reason = TBALLOON_REASON_NONE;
-				break;
+				/*
+				 * Paced and ahead of schedule, or MemAvailable
+				 * fell to the floor since tballoon_check(): look
+				 * again shortly.
+				 */
+				tballoon_pause(tb, max(run->wait_ms, 1U));
+				run->wait_ms = 0;
 			}
 			continue;
 		}

@@ -40,6 +40,7 @@
 #include <uapi/linux/virtio_balloon.h>
 
 #include "virtio_tballoon.h"
+#include "tballoon_compat.h"
 #include "tballoon_policy.h"
 
 /* 4 KiB balloon pages per guest page */
@@ -1097,18 +1098,14 @@ static void tballoon_ack(struct virtqueue *vq)
 static int tballoon_init_vqs(struct tballoon *tb)
 {
 	struct virtqueue *vqs[VIRTIO_TBALLOON_VQ_DEFLATE + 1];
-	vq_callback_t *callbacks[] = {
-		[VIRTIO_TBALLOON_VQ_INFLATE] = tballoon_ack,
-		[VIRTIO_TBALLOON_VQ_DEFLATE] = tballoon_ack,
-	};
-	static const char * const names[] = {
-		[VIRTIO_TBALLOON_VQ_INFLATE] = "inflate",
-		[VIRTIO_TBALLOON_VQ_DEFLATE] = "deflate",
+	static const struct tballoon_vq_info info[] = {
+		[VIRTIO_TBALLOON_VQ_INFLATE] = { "inflate", tballoon_ack },
+		[VIRTIO_TBALLOON_VQ_DEFLATE] = { "deflate", tballoon_ack },
 	};
 	int err;
 
-	err = virtio_find_vqs(tb->vdev, ARRAY_SIZE(vqs), vqs, callbacks, names,
-			      NULL);
+	BUILD_BUG_ON(ARRAY_SIZE(info) != ARRAY_SIZE(vqs));
+	err = tballoon_find_vqs(tb->vdev, ARRAY_SIZE(vqs), vqs, info);
 	if (err)
 		return err;
 	tb->inflate_vq = vqs[VIRTIO_TBALLOON_VQ_INFLATE];

@@ -202,11 +202,26 @@ u32 tballoon_policy_batch(const struct tballoon_batch_in *in)
 }
 EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_batch);
 
-/* the paced schedule ends 1/TBALLOON_PACE_MARGIN_DIV before the deadline */
-static u32 tballoon_pace_horizon(u32 deadline_ms)
+/**
+ * tballoon_policy_pace_horizon() - when a paced schedule ends
+ * @deadline_ms: the command's deadline
+ *
+ * The schedule is a straight line from acceptance to the horizon, which is
+ * the deadline less a margin for the last batch to reach the device:
+ * TBALLOON_PACE_MARGIN_MS, or 1/TBALLOON_PACE_MARGIN_DIV of the deadline if
+ * that is less. The host sees the balloon follow the line from acceptance
+ * to the deadline within that margin.
+ *
+ * Return: the horizon in ms since acceptance, at least 1.
+ */
+u32 tballoon_policy_pace_horizon(u32 deadline_ms)
 {
-	return max(deadline_ms - deadline_ms / TBALLOON_PACE_MARGIN_DIV, 1U);
+	u32 margin = min(deadline_ms / TBALLOON_PACE_MARGIN_DIV,
+			 TBALLOON_PACE_MARGIN_MS);
+
+	return max(deadline_ms - margin, 1U);
 }
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_pace_horizon);
 
 /**
  * tballoon_policy_paced_due() - pages a paced command should have moved
@@ -215,14 +230,14 @@ static u32 tballoon_pace_horizon(u32 deadline_ms)
  * @deadline_ms: the command's deadline
  *
  * The schedule is linear from 0 at acceptance to @distance at the pacing
- * horizon, deadline_ms less 1/TBALLOON_PACE_MARGIN_DIV of it, which leaves
- * the last batch time to finish before the deadline.
+ * horizon (tballoon_policy_pace_horizon()), which leaves the last batch time
+ * to finish before the deadline.
  *
  * Return: pages due by @elapsed_ms, at most @distance.
  */
 u32 tballoon_policy_paced_due(u32 distance, u32 elapsed_ms, u32 deadline_ms)
 {
-	u32 horizon = tballoon_pace_horizon(deadline_ms);
+	u32 horizon = tballoon_policy_pace_horizon(deadline_ms);
 
 	if (elapsed_ms >= horizon)
 		return distance;
@@ -242,7 +257,7 @@ EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_paced_due);
  */
 u32 tballoon_policy_paced_time(u32 distance, u32 pages, u32 deadline_ms)
 {
-	u32 horizon = tballoon_pace_horizon(deadline_ms);
+	u32 horizon = tballoon_policy_pace_horizon(deadline_ms);
 
 	if (!distance || !pages)
 		return 0;

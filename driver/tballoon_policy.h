@@ -27,7 +27,12 @@
 #define TBALLOON_CHECK_PAGES		256U
 /* a batch may use at most 1/TBALLOON_BATCH_TIME_DIV of the time left */
 #define TBALLOON_BATCH_TIME_DIV		4U
-/* a paced command aims to finish 1/TBALLOON_PACE_MARGIN_DIV early */
+/*
+ * a paced command's schedule ends TBALLOON_PACE_MARGIN_MS before the
+ * deadline, or 1/TBALLOON_PACE_MARGIN_DIV of it for deadlines under 800 ms:
+ * time for the last batch to reach the device before the deadline
+ */
+#define TBALLOON_PACE_MARGIN_MS		100U
 #define TBALLOON_PACE_MARGIN_DIV	8U
 /* a paced command does not wake up for fewer pages than this */
 #define TBALLOON_PACE_CHUNK		256U
@@ -101,6 +106,7 @@ u32 tballoon_policy_floor_room(u32 floor_pages, u64 avail_pages);
 u32 tballoon_policy_stop(const struct tballoon_cmd *cmd,
 			 const struct tballoon_progress *prog, u32 *reason);
 u32 tballoon_policy_batch(const struct tballoon_batch_in *in);
+u32 tballoon_policy_pace_horizon(u32 deadline_ms);
 u32 tballoon_policy_paced_due(u32 distance, u32 elapsed_ms, u32 deadline_ms);
 u32 tballoon_policy_paced_time(u32 distance, u32 pages, u32 deadline_ms);
 

@@ -326,7 +326,7 @@ struct paced_case {
 	u32 expect;
 };
 
-/* deadline 800 ms: the schedule ends at 700 ms */
+/* deadline 800 ms: the schedule ends at 700 ms; 4 s: at 3.9 s */
 static const struct paced_case paced_due_cases[] = {
 	{ "start", 1000, 0, 800, 0 },
 	{ "half way", 1000, 350, 800, 500 },
@@ -336,8 +336,11 @@ static const struct paced_case paced_due_cases[] = {
 	{ "rounds down", 3, 233, 800, 0 },
 	{ "deadline 1", 10, 1, 1, 10 },
 	{ "deadline 0", 10, 0, 0, 0 },
-	{ "no overflow", U32_MAX, MAXDL - MAXDL / 8 - 1, MAXDL, U32_MAX - 1364 },
+	{ "no overflow", U32_MAX, MAXDL - 101, MAXDL, U32_MAX - 1194 },
 	{ "nothing to do", 0, 100, 800, 0 },
+	{ "4 s half way", 65536, 1950, 4000, 32768 },
+	{ "4 s horizon", 65536, 3900, 4000, 65536 },
+	{ "4 s before horizon", 65536, 3899, 4000, 65519 },
 };
 
 static const struct paced_case paced_time_cases[] = {
@@ -347,12 +350,37 @@ static const struct paced_case paced_time_cases[] = {
 	{ "more than all", 1000, U32_MAX, 800, 700 },
 	{ "rounds up", 3, 1, 800, 234 },
 	{ "zero distance", 0, 5, 800, 0 },
-	{ "no overflow", U32_MAX, U32_MAX - 1, MAXDL, MAXDL - MAXDL / 8 },
+	{ "no overflow", U32_MAX, U32_MAX - 1, MAXDL, MAXDL - 100 },
+	{ "4 s all", 65536, 65536, 4000, 3900 },
+	{ "4 s quarter", 65536, 16384, 4000, 975 },
+};
+
+/* tballoon_policy_pace_horizon: arg unused, distance unused */
+static const struct paced_case pace_horizon_cases[] = {
+	{ "deadline 0", 0, 0, 0, 1 },
+	{ "deadline 1", 0, 0, 1, 1 },
+	{ "deadline 7", 0, 0, 7, 7 },
+	{ "deadline 8", 0, 0, 8, 7 },
+	{ "799 ms: 1/8", 0, 0, 799, 700 },
+	{ "800 ms: both", 0, 0, 800, 700 },
+	{ "801 ms: 100 ms", 0, 0, 801, 701 },
+	{ "4 s", 0, 0, 4000, 3900 },
+	{ "max", 0, 0, MAXDL, MAXDL - 100 },
+	{ "u32 max", 0, 0, U32_MAX, U32_MAX - 100 },
 };
 
 DESC(paced_case)
 KUNIT_ARRAY_PARAM(paced_due, paced_due_cases, paced_case_desc);
 KUNIT_ARRAY_PARAM(paced_time, paced_time_cases, paced_case_desc);
+KUNIT_ARRAY_PARAM(pace_horizon, pace_horizon_cases, paced_case_desc);
+
+static void tballoon_pace_horizon_test(struct kunit *test)
+{
+	const struct paced_case *c = test->param_value;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_pace_horizon(c->deadline_ms),
+			c->expect);
+}
 
 static void tballoon_paced_due_test(struct kunit *test)
 {
@@ -397,6 +425,7 @@ static void tballoon_paced_inverse_test(struct kunit *test)
 static struct kunit_case tballoon_paced_test_cases[] = {
 	KUNIT_CASE_PARAM(tballoon_paced_due_test, paced_due_gen_params),
 	KUNIT_CASE_PARAM(tballoon_paced_time_test, paced_time_gen_params),
+	KUNIT_CASE_PARAM(tballoon_pace_horizon_test, pace_horizon_gen_params),
 	KUNIT_CASE(tballoon_paced_inverse_test),
 	{}
 };

@@ -28,6 +28,7 @@
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
+#include <linux/oom.h>
 #include <linux/scatterlist.h>
 #include <linux/slab.h>
 #include <linux/suspend.h>
@@ -54,6 +55,8 @@
 #define TBALLOON_RETRY_MS		200
 /* deflate: pause while every balloon page is isolated for migration */
 #define TBALLOON_ISOLATED_MS		20
+/* DEFLATE_ON_OOM: 4 KiB pages given back per OOM notification (4 MiB) */
+#define TBALLOON_OOM_PAGES		1024U
 
 /**
  * struct tballoon_buf - one buffer of PFNs for the inflate or deflate queue
@@ -99,7 +102,12 @@ struct tballoon_run {
  * @vdev: the virtio device
  * @inflate_vq: inflateq; used under @lock
  * @deflate_vq: deflateq; used under @lock
+ * @stats_vq: statsq (VIRTIO_BALLOON_F_STATS_VQ) or NULL; used only by
+ *	@stats_work once the first buffer is queued at start
  * @timed: VIRTIO_BALLOON_F_TIMED negotiated; fixed at probe
+ * @adjust_managed: the balloon's pages leave the guest's managed memory
+ *	(MemTotal drops); false with VIRTIO_BALLOON_F_DEFLATE_ON_OOM, like the
+ *	standard driver, since the guest may take them back at any time
  * @ram_pages: guest RAM at probe, 4 KiB pages: the bound of target and floor
  * @reserve_pages: MemAvailable inflation never takes (tballoon_policy_reserve())
  * @work: the one worker, on system_freezable_wq
@@ -112,14 +120,19 @@ struct tballoon_run {
  * @wake: woken when @changed, @removing or @suspending is set; cuts pauses
  *	short
  * @pm_nb: suspend/hibernate notifier that sets and clears @suspending
+ * @oom_nb: OOM notifier, registered with VIRTIO_BALLOON_F_DEFLATE_ON_OOM
+ * @stats_work: refills @stats and returns the buffer on @stats_vq; queued
+ *	from the statsq callback unless @removing
+ * @stats: the statistics buffer (standard tags, virtio endian)
  * @acked: woken by the virtqueue callbacks when the device used a buffer
  * @lock: protects @inflate_vq, @deflate_vq (add, kick, get_buf), @bufs,
- *	@mig_buf, @mig_pfns, @num_pages, @inflight_pages and @broken. The
+ *	@mig_buf, @mig_pfns, @oom_buf, @num_pages, @inflight_pages, @broken. The
  *	worker holds it as long as it has buffers in flight; migration only
  *	tries it. Nests outside @bdi.pages_lock.
  * @bufs: the worker's PFN buffers
  * @mig_buf: the buffer of a page migration (one guest page)
  * @mig_pfns: storage of @mig_buf
+ * @oom_buf: the buffer of a deflate on OOM (TBALLOON_OOM_PAGES)
  * @num_pages: balloon size in 4 KiB pages: pages whose inflate buffer the
  *	device used and whose deflate buffer it did not use yet
  * @inflight_pages: 4 KiB pages in @bufs in flight, all in one direction
@@ -138,7 +151,9 @@ struct tballoon {
 	struct virtio_device *vdev;
 	struct virtqueue *inflate_vq;
 	struct virtqueue *deflate_vq;
+	struct virtqueue *stats_vq;
 	bool timed;
+	bool adjust_managed;
 	u64 ram_pages;
 	u32 reserve_pages;
 
@@ -150,6 +165,10 @@ struct tballoon {
 	bool changed;
 	wait_queue_head_t wake;
 	struct notifier_block pm_nb;
+	struct notifier_block oom_nb;
+
+	struct work_struct stats_work;
+	struct virtio_balloon_stat stats[VIRTIO_BALLOON_S_NR];
 
 	wait_queue_head_t acked;
 
@@ -157,6 +176,7 @@ struct tballoon {
 	struct tballoon_buf bufs[TBALLOON_NR_BUFS];
 	struct tballoon_buf mig_buf;
 	__le32 mig_pfns[TBALLOON_PAGES_PER_PAGE];
+	struct tballoon_buf oom_buf;
 	u32 num_pages;
 	u32 inflight_pages;
 	bool broken;
@@ -405,6 +425,7 @@ static void tballoon_reap(struct tballoon *tb)
 	for (i = 0; i < TBALLOON_NR_BUFS; i++)
 		tb->bufs[i].in_flight = false;
 	tb->mig_buf.in_flight = false;
+	tb->oom_buf.in_flight = false;
 }
 
 static bool tballoon_buf_returned(struct tballoon *tb, struct tballoon_buf *buf)
@@ -450,14 +471,16 @@ static void tballoon_complete(struct tballoon *tb, struct tballoon_buf *buf)
 	struct page *page, *next;
 
 	if (buf->vq == tb->inflate_vq) {
-		list_for_each_entry(page, &buf->pages, lru)
-			adjust_managed_page_count(page, -1);
+		if (tb->adjust_managed)
+			list_for_each_entry(page, &buf->pages, lru)
+				adjust_managed_page_count(page, -1);
 		balloon_page_list_enqueue(&tb->bdi, &buf->pages);
 		tb->num_pages += buf->num_pfns;
 	} else {
 		list_for_each_entry_safe(page, next, &buf->pages, lru) {
 			list_del(&page->lru);
-			adjust_managed_page_count(page, 1);
+			if (tb->adjust_managed)
+				adjust_managed_page_count(page, 1);
 			put_page(page);
 		}
 		tb->num_pages -= buf->num_pfns;
@@ -1024,7 +1047,7 @@ static int tballoon_migratepage(struct balloon_dev_info *bdi,
 	}
 
 	get_page(newpage);	/* the balloon's reference */
-	if (page_zone(page) != page_zone(newpage)) {
+	if (tb->adjust_managed && page_zone(page) != page_zone(newpage)) {
 		adjust_managed_page_count(page, 1);
 		adjust_managed_page_count(newpage, -1);
 	}
@@ -1095,21 +1118,109 @@ static void tballoon_ack(struct virtqueue *vq)
 	wake_up(&tb->acked);
 }
 
+/* ------------------------------------------------------------------------
+ * Statistics (VIRTIO_BALLOON_F_STATS_VQ)
+ * ------------------------------------------------------------------------
+ */
+
+static void tballoon_stat(struct tballoon *tb, unsigned int i, u16 tag,
+			  u64 val)
+{
+	tb->stats[i].tag = cpu_to_virtio16(tb->vdev, tag);
+	tb->stats[i].val = cpu_to_virtio64(tb->vdev, val);
+}
+
+/* Fill @tb->stats with the standard tags, values in bytes or events. */
+static unsigned int tballoon_stats_fill(struct tballoon *tb)
+{
+	unsigned long ev[NR_VM_EVENT_ITEMS] = { 0 };
+	unsigned int i = 0;
+	struct sysinfo si;
+
+#ifdef CONFIG_VM_EVENT_COUNTERS
+	all_vm_events(ev);
+#endif
+	si_meminfo(&si);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_SWAP_IN,
+		      (u64)ev[PSWPIN] << PAGE_SHIFT);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_SWAP_OUT,
+		      (u64)ev[PSWPOUT] << PAGE_SHIFT);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_MAJFLT, ev[PGMAJFAULT]);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_MINFLT, ev[PGFAULT]);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_MEMFREE,
+		      (u64)si.freeram << PAGE_SHIFT);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_MEMTOT,
+		      (u64)si.totalram << PAGE_SHIFT);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_AVAIL,
+		      (u64)si_mem_available() << PAGE_SHIFT);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_CACHES,
+		      (u64)global_node_page_state(NR_FILE_PAGES) << PAGE_SHIFT);
+#ifdef CONFIG_HUGETLB_PAGE
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_HTLB_PGALLOC,
+		      ev[HTLB_BUDDY_PGALLOC]);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_HTLB_PGFAIL,
+		      ev[HTLB_BUDDY_PGALLOC_FAIL]);
+#endif
+	return i;
+}
+
+/* Hand the device fresh statistics. Only @stats_work and start call this. */
+static void tballoon_stats_send(struct tballoon *tb)
+{
+	struct scatterlist sg;
+	unsigned int n = tballoon_stats_fill(tb);
+
+	sg_init_one(&sg, tb->stats, n * sizeof(tb->stats[0]));
+	if (virtqueue_add_outbuf(tb->stats_vq, &sg, 1, tb, GFP_KERNEL)) {
+		dev_warn_ratelimited(&tb->vdev->dev, "cannot queue statistics\n");
+		return;
+	}
+	virtqueue_kick(tb->stats_vq);
+}
+
+static void tballoon_stats_work(struct work_struct *work)
+{
+	struct tballoon *tb = container_of(work, struct tballoon, stats_work);
+	unsigned int len;
+
+	/* The device returns the buffer to ask for fresh statistics. */
+	if (virtqueue_get_buf(tb->stats_vq, &len))
+		tballoon_stats_send(tb);
+}
+
+/* statsq callback (interrupt context): the device wants statistics. */
+static void tballoon_stats_request(struct virtqueue *vq)
+{
+	struct tballoon *tb = vq->vdev->priv;
+	unsigned long flags;
+
+	spin_lock_irqsave(&tb->stop_lock, flags);
+	if (!tb->removing)
+		queue_work(system_freezable_wq, &tb->stats_work);
+	spin_unlock_irqrestore(&tb->stop_lock, flags);
+}
+
 static int tballoon_init_vqs(struct tballoon *tb)
 {
-	struct virtqueue *vqs[VIRTIO_TBALLOON_VQ_DEFLATE + 1];
+	struct virtqueue *vqs[VIRTIO_TBALLOON_VQ_MAX];
 	static const struct tballoon_vq_info info[] = {
 		[VIRTIO_TBALLOON_VQ_INFLATE] = { "inflate", tballoon_ack },
 		[VIRTIO_TBALLOON_VQ_DEFLATE] = { "deflate", tballoon_ack },
+		[VIRTIO_TBALLOON_VQ_STATS] = { "stats", tballoon_stats_request },
 	};
+	bool stats = virtio_has_feature(tb->vdev, VIRTIO_BALLOON_F_STATS_VQ);
 	int err;
 
-	BUILD_BUG_ON(ARRAY_SIZE(info) != ARRAY_SIZE(vqs));
-	err = tballoon_find_vqs(tb->vdev, ARRAY_SIZE(vqs), vqs, info);
+	BUILD_BUG_ON(ARRAY_SIZE(info) != VIRTIO_TBALLOON_VQ_MAX);
+	BUILD_BUG_ON(ARRAY_SIZE(info) > TBALLOON_COMPAT_MAX_VQS);
+	err = tballoon_find_vqs(tb->vdev, stats ? VIRTIO_TBALLOON_VQ_MAX :
+					 VIRTIO_TBALLOON_VQ_STATS,
+				vqs, info);
 	if (err)
 		return err;
 	tb->inflate_vq = vqs[VIRTIO_TBALLOON_VQ_INFLATE];
 	tb->deflate_vq = vqs[VIRTIO_TBALLOON_VQ_DEFLATE];
+	tb->stats_vq = stats ? vqs[VIRTIO_TBALLOON_VQ_STATS] : NULL;
 	tb->broken = false;
 	return 0;
 }
@@ -1125,7 +1236,42 @@ static void tballoon_start(struct tballoon *tb)
 				report_seq, &tb->report_seq);
 	}
 	virtio_device_ready(tb->vdev);
+	/* The device holds one statistics buffer and returns it to ask. */
+	if (tb->stats_vq)
+		tballoon_stats_send(tb);
 	tballoon_kick(tb);
+}
+
+/**
+ * tballoon_deflate_sync() - give up to @n pages back and wait for the device
+ * @tb: the balloon; @tb->lock held and nothing in flight
+ * @buf: a free buffer with room for @n PFNs
+ * @n: pages wanted
+ *
+ * With a broken device the pages come back untold (the device is reset or
+ * already unusable).
+ *
+ * Return: pages given back, or the error of tballoon_fill_deflate().
+ */
+static int tballoon_deflate_sync(struct tballoon *tb, struct tballoon_buf *buf,
+				 u32 n)
+{
+	u32 pages;
+	int err;
+
+	if (!n)
+		return 0;
+	err = tballoon_fill_deflate(tb, buf, n);
+	if (err)
+		return err;
+	pages = buf->num_pfns;
+	tb->inflight_pages += pages;
+	if (!tballoon_send(tb, tb->deflate_vq, buf))
+		wait_event(tb->acked, tballoon_buf_returned(tb, buf));
+	buf->vq = tb->deflate_vq;
+	buf->in_flight = false;
+	tballoon_complete(tb, buf);
+	return pages;
 }
 
 /*
@@ -1135,31 +1281,46 @@ static void tballoon_start(struct tballoon *tb)
  */
 static void tballoon_empty(struct tballoon *tb)
 {
-	struct tballoon_buf *buf = &tb->bufs[0];
 	int err;
 
 	mutex_lock(&tb->lock);
 	while (tb->num_pages) {
-		err = tballoon_fill_deflate(tb, buf, min(tb->num_pages,
-							 TBALLOON_BUF_PFNS));
+		err = tballoon_deflate_sync(tb, &tb->bufs[0],
+					    min(tb->num_pages, TBALLOON_BUF_PFNS));
 		if (err == -ENOENT)
 			break;
-		if (err) {
+		if (err < 0) {
 			mutex_unlock(&tb->lock);
 			msleep(TBALLOON_ISOLATED_MS);
 			mutex_lock(&tb->lock);
-			continue;
 		}
-		tb->inflight_pages += buf->num_pfns;
-		err = tballoon_send(tb, tb->deflate_vq, buf);
-		if (!err)
-			wait_event(tb->acked, tballoon_buf_returned(tb, buf));
-		buf->vq = tb->deflate_vq;
-		buf->in_flight = false;
-		tballoon_complete(tb, buf);
 	}
 	tballoon_write_actual(tb);
 	mutex_unlock(&tb->lock);
+}
+
+/*
+ * VIRTIO_BALLOON_F_DEFLATE_ON_OOM: the guest ran out of memory; give it
+ * TBALLOON_OOM_PAGES back instead of letting the OOM killer pick a victim.
+ * Waits for the worker to let go of @tb->lock (its allocations never enter
+ * the OOM path, so it cannot be waiting for us).
+ */
+static int tballoon_oom_notify(struct notifier_block *nb, unsigned long dummy,
+			       void *parm)
+{
+	struct tballoon *tb = container_of(nb, struct tballoon, oom_nb);
+	unsigned long *freed = parm;
+	int pages;
+
+	mutex_lock(&tb->lock);
+	pages = tballoon_deflate_sync(tb, &tb->oom_buf,
+				      min(tb->num_pages, TBALLOON_OOM_PAGES));
+	if (pages > 0) {
+		tballoon_write_actual(tb);
+		*freed += pages / TBALLOON_PAGES_PER_PAGE;
+	}
+	mutex_unlock(&tb->lock);
+	return NOTIFY_OK;
 }
 
 /* Stop the worker for good (remove). */
@@ -1170,6 +1331,7 @@ static void tballoon_stop_worker(struct tballoon *tb)
 	spin_unlock_irq(&tb->stop_lock);
 	wake_up(&tb->wake);
 	cancel_work_sync(&tb->work);
+	cancel_work_sync(&tb->stats_work);
 }
 
 static void tballoon_free_bufs(struct tballoon *tb)
@@ -1178,6 +1340,7 @@ static void tballoon_free_bufs(struct tballoon *tb)
 
 	for (i = 0; i < TBALLOON_NR_BUFS; i++)
 		kfree(tb->bufs[i].pfns);
+	kfree(tb->oom_buf.pfns);
 }
 
 static int tballoon_validate(struct virtio_device *vdev)
@@ -1209,7 +1372,10 @@ static int tballoon_probe(struct virtio_device *vdev)
 	vdev->priv = tb;
 	tb->vdev = vdev;
 	tb->timed = virtio_has_feature(vdev, VIRTIO_BALLOON_F_TIMED);
+	tb->adjust_managed = !virtio_has_feature(vdev,
+						 VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
 	INIT_WORK(&tb->work, tballoon_work);
+	INIT_WORK(&tb->stats_work, tballoon_stats_work);
 	spin_lock_init(&tb->stop_lock);
 	init_waitqueue_head(&tb->wake);
 	init_waitqueue_head(&tb->acked);
@@ -1230,6 +1396,13 @@ static int tballoon_probe(struct virtio_device *vdev)
 	}
 	INIT_LIST_HEAD(&tb->mig_buf.pages);
 	tb->mig_buf.pfns = tb->mig_pfns;
+	INIT_LIST_HEAD(&tb->oom_buf.pages);
+	tb->oom_buf.pfns = kmalloc_array(TBALLOON_OOM_PAGES, sizeof(__le32),
+					 GFP_KERNEL);
+	if (!tb->oom_buf.pfns) {
+		err = -ENOMEM;
+		goto err_free_bufs;
+	}
 
 	err = tballoon_init_vqs(tb);
 	if (err)
@@ -1239,6 +1412,12 @@ static int tballoon_probe(struct virtio_device *vdev)
 	err = register_pm_notifier(&tb->pm_nb);
 	if (err)
 		goto err_del_vqs;
+	if (!tb->adjust_managed) {
+		tb->oom_nb.notifier_call = tballoon_oom_notify;
+		err = register_oom_notifier(&tb->oom_nb);
+		if (err)
+			goto err_pm;
+	}
 
 	tb->ram_pages = (u64)totalram_pages() * TBALLOON_PAGES_PER_PAGE;
 	tb->reserve_pages = tballoon_policy_reserve(tb->ram_pages);
@@ -1248,6 +1427,8 @@ static int tballoon_probe(struct virtio_device *vdev)
 		 tb->ram_pages >> (20 - VIRTIO_TBALLOON_PFN_SHIFT));
 	return 0;
 
+err_pm:
+	unregister_pm_notifier(&tb->pm_nb);
 err_del_vqs:
 	vdev->config->del_vqs(vdev);
 err_free_bufs:
@@ -1261,6 +1442,8 @@ static void tballoon_remove(struct virtio_device *vdev)
 {
 	struct tballoon *tb = vdev->priv;
 
+	if (!tb->adjust_managed)
+		unregister_oom_notifier(&tb->oom_nb);
 	unregister_pm_notifier(&tb->pm_nb);
 	/* The worker reports a running command ABORTED/REMOVED as it stops. */
 	tballoon_stop_worker(tb);
@@ -1277,6 +1460,7 @@ static int tballoon_freeze(struct virtio_device *vdev)
 	struct tballoon *tb = vdev->priv;
 
 	/* The freezable workqueue is frozen: the worker does not run. */
+	cancel_work_sync(&tb->stats_work);
 	tballoon_empty(tb);
 	virtio_reset_device(vdev);
 	vdev->config->del_vqs(vdev);
@@ -1298,6 +1482,8 @@ static int tballoon_restore(struct virtio_device *vdev)
 
 static unsigned int tballoon_features[] = {
 	VIRTIO_BALLOON_F_MUST_TELL_HOST,
+	VIRTIO_BALLOON_F_STATS_VQ,
+	VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
 	VIRTIO_BALLOON_F_TIMED,
 };
 

@@ -329,6 +329,7 @@ int tb_exit_for_state(const char *state)
 		{ "pressure", TB_EXIT_PRESSURE },
 		{ "aborted", TB_EXIT_ABORTED },
 		{ "rejected", TB_EXIT_REJECTED },
+		{ "guest-unresponsive", TB_EXIT_TIMEOUT },
 	};
 
 	for (size_t i = 0; i < TB_ARRAY_SIZE(map); i++)
@@ -374,68 +375,41 @@ static bool tb_state_is_terminal(const char *state)
 	return strcmp(state, "running") && strcmp(state, "idle");
 }
 
-int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m)
+/*
+ * Follow command @id from the status @st (taken) on @c (closed here) until it
+ * ends or @give_up (0: never): live progress, then the outcome (text) or the
+ * final status object (JSON). Returns the exit code of the outcome.
+ */
+static int tb_client_follow(const struct tb_client_opts *o, struct tb_conn *c,
+			    json_object *st, int64_t id, uint64_t give_up,
+			    uint64_t budget_ms)
 {
 	bool tty = !o->json && isatty(STDOUT_FILENO);
-	json_object *args = json_object_new_object();
-	json_object *st, *ev = NULL;
 	bool progress_shown = false;
-	struct tb_conn c;
-	uint64_t give_up;
-	int64_t id;
+	json_object *ev = NULL;
 	int rc;
 
-	json_object_object_add(args, "target-pages", json_object_new_uint64(m->target_pages));
-	json_object_object_add(args, "deadline-ms", json_object_new_uint64(m->deadline_ms));
-	json_object_object_add(args, "floor-pages", json_object_new_uint64(m->floor_pages));
-	json_object_object_add(args, "paced", json_object_new_boolean(m->paced));
-
-	if (tb_conn_open(&c, o->control) < 0) {
-		json_object_put(args);
-		return TB_EXIT_ERROR;
-	}
-	st = tb_conn_execute(&c, m->op, args, m->op);
-	if (!st) {
-		tb_conn_close(&c);
-		return TB_EXIT_ERROR;
-	}
-	id = tb_jint(tb_jobj(st, "command"), "cmd_id");
-	if (!m->wait) {
-		if (o->json) {
-			tb_print_status(st, true);
-		} else {
-			char a[64];
-
-			printf("%s %lld: issued, target %s, deadline %llu ms\n", m->op,
-			       (long long)id, tb_pages_str(a, sizeof(a), m->target_pages),
-			       (unsigned long long)m->deadline_ms);
-		}
-		json_object_put(st);
-		tb_conn_close(&c);
-		return TB_EXIT_OK;
-	}
-
-	give_up = tb_now_ms() + m->deadline_ms + m->grace_ms;
 	/* already over (standard balloon at target)? */
 	while (!tb_state_is_terminal(tb_jstr(tb_jobj(st, "command"), "state"))) {
 		json_object *data, *cmd;
 
-		rc = tb_conn_read(&c, &ev, give_up);
+		rc = tb_conn_read(c, &ev, give_up);
 		if (rc < 0) {
 			json_object_put(st);
-			tb_conn_close(&c);
+			tb_conn_close(c);
 			return TB_EXIT_ERROR;
 		}
 		if (rc == 0) {
 			if (progress_shown)
 				putchar('\n');
 			fprintf(stderr, "tballoon: %s %lld: no outcome from the guest within "
-				"deadline + grace (%llu ms)\n", m->op, (long long)id,
-				(unsigned long long)(m->deadline_ms + m->grace_ms));
+				"deadline + grace (%llu ms)\n",
+				tb_jstr(tb_jobj(st, "command"), "op"), (long long)id,
+				(unsigned long long)budget_ms);
 			if (o->json)
 				tb_print_status(st, true);
 			json_object_put(st);
-			tb_conn_close(&c);
+			tb_conn_close(c);
 			return TB_EXIT_TIMEOUT;
 		}
 		data = tb_jobj(ev, "data");
@@ -453,7 +427,7 @@ int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m)
 			progress_shown = tty;
 		}
 	}
-	tb_conn_close(&c);
+	tb_conn_close(c);
 	if (progress_shown)
 		putchar('\n');
 	if (o->json)
@@ -464,3 +438,158 @@ int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m)
 	json_object_put(st);
 	return rc;
 }
+
+int tb_client_watch(const struct tb_client_opts *o)
+{
+	struct tb_conn c;
+	json_object *st, *cmd;
+	uint64_t give_up = 0, budget = 0;
+	int64_t id;
+
+	if (tb_conn_open(&c, o->control) < 0)
+		return TB_EXIT_ERROR;
+	st = tb_conn_execute(&c, "query-balloon", NULL, "watch");
+	if (!st) {
+		tb_conn_close(&c);
+		return TB_EXIT_ERROR;
+	}
+	cmd = tb_jobj(st, "command");
+	id = tb_jint(cmd, "cmd_id");
+	if (!id || !strcmp(tb_jstr(cmd, "state"), "idle")) {
+		if (o->json)
+			tb_print_status(st, true);
+		else
+			printf("no command has run yet\n");
+		json_object_put(st);
+		tb_conn_close(&c);
+		return TB_EXIT_OK;
+	}
+	if (!tb_state_is_terminal(tb_jstr(cmd, "state"))) {
+		/* the daemon's watchdog ends it; ours is a backstop */
+		budget = (uint64_t)tb_jint(cmd, "deadline_ms") + 60000;
+		give_up = tb_now_ms() + budget;
+	}
+	return tb_client_follow(o, &c, st, id, give_up, budget);
+}
+
+/* guest RAM in pages from query-balloon, 0 on error (printed) */
+static uint64_t tb_client_ram_pages(struct tb_conn *c)
+{
+	json_object *st = tb_conn_execute(c, "query-balloon", NULL, "query-balloon");
+	uint64_t pages;
+
+	if (!st)
+		return 0;
+	pages = (uint64_t)tb_jint(st, "guest_ram_bytes") / 4096;
+	json_object_put(st);
+	if (!pages)
+		fprintf(stderr, "tballoon: guest RAM unknown (no front-end): "
+			"a percentage cannot be resolved\n");
+	return pages;
+}
+
+static void tb_print_guest_stats(json_object *gs, bool json)
+{
+	json_object *g = tb_jobj(gs, "guest");
+	char a[32], b[32], c[32];
+	int64_t age = tb_jint(gs, "age_ms");
+
+	if (json) {
+		puts(json_object_to_json_string_ext(gs, JSON_C_TO_STRING_PLAIN |
+						    JSON_C_TO_STRING_NOSLASHESCAPE));
+		return;
+	}
+	tb_format_bytes(a, sizeof(a), tb_jint(gs, "guest_ram_bytes"));
+	tb_format_bytes(b, sizeof(b), tb_jint(gs, "resident_bytes"));
+	tb_format_bytes(c, sizeof(c), tb_jint(gs, "released_bytes"));
+	printf("guest RAM:  %s, host resident %s, released since start %s\n", a, b, c);
+	printf("balloon:    %lld pages (driver), %lld pages (device count)\n",
+	       (long long)tb_jint(gs, "actual_pages"), (long long)tb_jint(gs, "device_pages"));
+	if (!tb_jbool(gs, "stats_vq")) {
+		printf("guest:      no statistics (the driver did not negotiate STATS_VQ)\n");
+		return;
+	}
+	if (age < 0) {
+		printf("guest:      no statistics received yet\n");
+		return;
+	}
+	printf("guest:      statistics %.1f s old (%lld updates)\n", (double)age / 1000.0,
+	       (long long)tb_jint(gs, "updates"));
+	json_object_object_foreach(g, key, val)
+		printf("  %-18s %lld\n", key, (long long)json_object_get_int64(val));
+}
+
+int tb_client_stats(const struct tb_client_opts *o)
+{
+	struct tb_conn c;
+	json_object *gs;
+
+	if (tb_conn_open(&c, o->control) < 0)
+		return TB_EXIT_ERROR;
+	gs = tb_conn_execute(&c, "query-stats", NULL, "stats");
+	tb_conn_close(&c);
+	if (!gs)
+		return TB_EXIT_ERROR;
+	tb_print_guest_stats(gs, o->json);
+	json_object_put(gs);
+	return TB_EXIT_OK;
+}
+
+int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m)
+{
+	json_object *args = json_object_new_object();
+	json_object *st;
+	struct tb_conn c;
+	uint64_t give_up;
+	int64_t id;
+
+	json_object_object_add(args, "target-pages", json_object_new_uint64(m->target_pages));
+	json_object_object_add(args, "deadline-ms", json_object_new_uint64(m->deadline_ms));
+	json_object_object_add(args, "floor-pages", json_object_new_uint64(m->floor_pages));
+	json_object_object_add(args, "paced", json_object_new_boolean(m->paced));
+
+	if (tb_conn_open(&c, o->control) < 0) {
+		json_object_put(args);
+		return TB_EXIT_ERROR;
+	}
+	if (m->target_pct >= 0 || m->floor_pct >= 0) {
+		uint64_t ram = tb_client_ram_pages(&c);
+
+		if (!ram) {
+			json_object_put(args);
+			tb_conn_close(&c);
+			return TB_EXIT_ERROR;
+		}
+		if (m->target_pct >= 0)
+			json_object_object_add(args, "target-pages", json_object_new_uint64(
+				ram * (uint64_t)m->target_pct / 100));
+		if (m->floor_pct >= 0)
+			json_object_object_add(args, "floor-pages", json_object_new_uint64(
+				ram * (uint64_t)m->floor_pct / 100));
+	}
+	st = tb_conn_execute(&c, m->op, args, m->op);
+	if (!st) {
+		tb_conn_close(&c);
+		return TB_EXIT_ERROR;
+	}
+	id = tb_jint(tb_jobj(st, "command"), "cmd_id");
+	if (!m->wait) {
+		if (o->json) {
+			tb_print_status(st, true);
+		} else {
+			char a[64];
+
+			printf("%s %lld: issued, target %s, deadline %llu ms\n", m->op,
+			       (long long)id, tb_pages_str(a, sizeof(a), tb_jint(tb_jobj(st,
+					"command"), "target_pages")),
+			       (unsigned long long)m->deadline_ms);
+		}
+		json_object_put(st);
+		tb_conn_close(&c);
+		return TB_EXIT_OK;
+	}
+
+	give_up = tb_now_ms() + m->deadline_ms + m->grace_ms;
+	return tb_client_follow(o, &c, st, id, give_up, m->deadline_ms + m->grace_ms);
+}
+

@@ -39,11 +39,15 @@ struct tb_move_opts {
 	bool paced;
 	bool wait;
 	uint64_t grace_ms;
+	int target_pct;		/* 0..100: --to N% of guest RAM, else -1 */
+	int floor_pct;		/* same for --floor */
 };
 
 int tb_client_status(const struct tb_client_opts *o);
 int tb_client_abort(const struct tb_client_opts *o);
 int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m);
+int tb_client_watch(const struct tb_client_opts *o);
+int tb_client_stats(const struct tb_client_opts *o);
 
 /* exit code for a terminal state name ("done", "deadline", ...) */
 int tb_exit_for_state(const char *state);

@@ -93,6 +93,7 @@ static json_object *tb_ctl_command(const struct tb_dev *dev, uint64_t now_ms)
 	tb_json_add_u64(o, "reports", c->reports);
 	/* extensions beyond the brief's object */
 	json_object_object_add(o, "timed", json_object_new_boolean(c->timed));
+	json_object_object_add(o, "recovered", json_object_new_boolean(c->recovered));
 	tb_json_add_u64(o, "resident_before_bytes", c->resident_before);
 	tb_json_add_i64(o, "host_released_bytes",
 			c->cmd_id ? (int64_t)c->resident_before - (int64_t)after : 0);
@@ -112,6 +113,11 @@ json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms)
 	tb_json_add_u64(o, "released_bytes", dev->stats.released_bytes);
 	tb_json_add_u64(o, "actual_pages", TB_CFG(dev, actual));
 	tb_json_add_u64(o, "num_pages", TB_CFG(dev, num_pages));
+	/* extensions beyond the brief's object */
+	tb_json_add_u64(o, "device_pages", dev->device_pages);
+	json_object_object_add(o, "broken", json_object_new_boolean(dev->broken));
+	json_object_object_add(o, "broken_reason", json_object_new_string(dev->broken_why));
+	json_object_object_add(o, "restored", json_object_new_boolean(dev->restored));
 	json_object_object_add(o, "command", tb_ctl_command(dev, now_ms));
 
 	tb_json_add_u64(s, "inflated_pages", dev->stats.inflated_pages);
@@ -121,7 +127,35 @@ json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms)
 	tb_json_add_u64(s, "punch_errors", dev->stats.punch_errors);
 	tb_json_add_u64(s, "bad_reports", dev->stats.bad_reports);
 	tb_json_add_u64(s, "broken_rings", dev->stats.broken_rings);
+	tb_json_add_u64(s, "resets", dev->stats.resets);
+	tb_json_add_u64(s, "unresponsive", dev->stats.unresponsive);
 	json_object_object_add(o, "stats", s);
+	return o;
+}
+
+json_object *tb_ctl_guest_stats(struct tb_dev *dev, uint64_t now_ms)
+{
+	const struct tb_guest_stats *g = &dev->gstats;
+	json_object *o = json_object_new_object();
+	json_object *v = json_object_new_object();
+	bool on = dev->features_set && (dev->features & TB_BIT(TB_BALLOON_F_STATS_VQ));
+
+	json_object_object_add(o, "stats_vq", json_object_new_boolean(on));
+	tb_json_add_u64(o, "guest_ram_bytes", tb_mem_ram_bytes(dev->mem));
+	tb_json_add_u64(o, "resident_bytes", tb_mem_resident_bytes(dev->mem));
+	tb_json_add_u64(o, "released_bytes", dev->stats.released_bytes);
+	tb_json_add_u64(o, "actual_pages", TB_CFG(dev, actual));
+	tb_json_add_u64(o, "device_pages", dev->device_pages);
+	tb_json_add_u64(o, "updates", g->updates);
+	tb_json_add_i64(o, "age_ms", g->updates && now_ms >= g->updated_ms ?
+			(int64_t)(now_ms - g->updated_ms) : -1);
+	tb_json_add_u64(o, "interval_ms", dev->stats_interval_ms);
+	for (unsigned int i = 0; i < TB_GSTAT_COUNT; i++)
+		if (g->have & (1U << i))
+			tb_json_add_u64(v, tb_gstat_name(i), g->val[i]);
+	json_object_object_add(o, "guest", v);
+	/* the next statistics request goes out now: the next query is fresh */
+	dev->stats_wanted = on;
 	return o;
 }
 
@@ -292,9 +326,11 @@ json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len
 	} else if (!strcmp(name, "deflate")) {
 		resp = tb_ctl_move(dev, TBALLOON_OP_DEFLATE, args, id, now_ms);
 	} else if (!strcmp(name, "abort") || !strcmp(name, "query-balloon") ||
-		   !strcmp(name, "qmp_capabilities")) {
+		   !strcmp(name, "qmp_capabilities") || !strcmp(name, "query-stats")) {
 		if (tb_ctl_args_known(args, no_args, err, sizeof(err))) {
 			resp = tb_ctl_error(id, err);
+		} else if (!strcmp(name, "query-stats")) {
+			resp = tb_ctl_return(id, tb_ctl_guest_stats(dev, now_ms));
 		} else if (!strcmp(name, "qmp_capabilities")) {
 			resp = tb_ctl_return(id, json_object_new_object());
 		} else if (!strcmp(name, "query-balloon")) {

@@ -9,7 +9,8 @@
  *   events:   {"event":"BALLOON_PROGRESS"|"BALLOON_DONE","data":STATUS,
  *              "timestamp":{"seconds":N,"microseconds":N}}
  *
- * Commands: qmp_capabilities, query-balloon, inflate, deflate, abort.
+ * Commands: qmp_capabilities, query-balloon, query-stats, inflate, deflate,
+ * abort.
  * inflate/deflate arguments: target-pages (required), deadline-ms (required),
  * floor-pages (default 0), paced (default false).
  * Every command that succeeds returns the status object (see
@@ -43,6 +44,12 @@ json_object *tb_ctl_error(json_object *id, const char *desc);
 
 /* the status object (query-balloon, status --json, event data) */
 json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms);
+
+/*
+ * query-stats: accounting and the last guest statistics with their age;
+ * also asks the device for fresh statistics (dev->stats_wanted)
+ */
+json_object *tb_ctl_guest_stats(struct tb_dev *dev, uint64_t now_ms);
 
 /* an event object; takes ownership of @data */
 json_object *tb_ctl_event(enum tb_event ev, json_object *data);

@@ -29,7 +29,7 @@ static const char *const tb_op_names[TBALLOON_OP_COUNT] = {
 	[TBALLOON_OP_ABORT] = "abort",
 };
 
-static const char *const tb_state_names[TBALLOON_STATE_COUNT] = {
+static const char *const tb_state_names[TB_STATE_NAMES] = {
 	[TBALLOON_STATE_IDLE] = "idle",
 	[TBALLOON_STATE_RUNNING] = "running",
 	[TBALLOON_STATE_DONE] = "done",
@@ -37,7 +37,32 @@ static const char *const tb_state_names[TBALLOON_STATE_COUNT] = {
 	[TBALLOON_STATE_PRESSURE] = "pressure",
 	[TBALLOON_STATE_ABORTED] = "aborted",
 	[TBALLOON_STATE_REJECTED] = "rejected",
+	[TB_STATE_UNRESPONSIVE] = "guest-unresponsive",
 };
+
+static const char *const tb_gstat_names[TB_GSTAT_COUNT] = {
+	[TB_GSTAT_SWAP_IN] = "swap-in",
+	[TB_GSTAT_SWAP_OUT] = "swap-out",
+	[TB_GSTAT_MAJFLT] = "major-faults",
+	[TB_GSTAT_MINFLT] = "minor-faults",
+	[TB_GSTAT_MEMFREE] = "free-memory",
+	[TB_GSTAT_MEMTOT] = "total-memory",
+	[TB_GSTAT_AVAIL] = "available-memory",
+	[TB_GSTAT_CACHES] = "disk-caches",
+	[TB_GSTAT_HTLB_PGALLOC] = "htlb-pgalloc",
+	[TB_GSTAT_HTLB_PGFAIL] = "htlb-pgfail",
+	[TB_GSTAT_OOM_KILL] = "oom-kills",
+	[TB_GSTAT_ALLOC_STALL] = "alloc-stalls",
+	[TB_GSTAT_ASYNC_SCAN] = "async-scans",
+	[TB_GSTAT_DIRECT_SCAN] = "direct-scans",
+	[TB_GSTAT_ASYNC_RECLAIM] = "async-reclaims",
+	[TB_GSTAT_DIRECT_RECLAIM] = "direct-reclaims",
+};
+
+const char *tb_gstat_name(unsigned int tag)
+{
+	return tag < TB_GSTAT_COUNT ? tb_gstat_names[tag] : NULL;
+}
 
 static const char *const tb_reason_names[TBALLOON_REASON_COUNT] = {
 	[TBALLOON_REASON_NONE] = "none",
@@ -63,7 +88,7 @@ const char *tb_op_name(uint32_t op)
 
 const char *tb_state_name(uint32_t state)
 {
-	return state < TBALLOON_STATE_COUNT ? tb_state_names[state] : "unknown";
+	return state < TB_STATE_NAMES ? tb_state_names[state] : "unknown";
 }
 
 const char *tb_reason_name(uint32_t reason)
@@ -89,6 +114,8 @@ void tb_dev_init(struct tb_dev *dev, const struct tb_mem *mem,
 	dev->ops = ops;
 	dev->opaque = opaque;
 	dev->punch = tb_mem_punch_fallocate;
+	dev->grace_ms = TB_DEV_GRACE_MS;
+	dev->stats_interval_ms = TB_DEV_STATS_INTERVAL_MS;
 }
 
 bool tb_dev_timed(const struct tb_dev *dev)
@@ -125,6 +152,7 @@ static void tb_dev_finish(struct tb_dev *dev, uint32_t state, uint32_t reason,
 	c->resident_after = tb_mem_resident_bytes(dev->mem);
 	if (!c->timed)
 		c->elapsed_ms = (uint32_t)(now_ms - c->issued_ms);
+	dev->gen++;
 	tb_info("command %u (%s) ended: %s (%s), actual %u pages, %u reports",
 		c->cmd_id, tb_op_name(c->op), tb_state_name(state),
 		tb_reason_name(reason), TB_CFG(dev, actual), c->reports);
@@ -158,6 +186,42 @@ void tb_dev_session(struct tb_dev *dev, bool up, uint64_t now_ms)
 	 */
 	memset(dev->config, 0, sizeof(dev->config));
 	dev->last_report_seq = 0;
+	dev->device_pages = 0;
+	dev->broken = false;
+	dev->broken_why[0] = 0;
+	memset(&dev->gstats, 0, sizeof(dev->gstats));
+	dev->gen++;
+}
+
+void tb_dev_reset(struct tb_dev *dev, uint64_t now_ms)
+{
+	dev->stats.resets++;
+	tb_info("balloon: device reset (guest reboot or driver reload): "
+		"driver block, actual and balloon count cleared");
+	if (tb_cmd_running(&dev->cmd))
+		tb_dev_finish(dev, TBALLOON_STATE_ABORTED, TBALLOON_REASON_REMOVED, now_ms);
+	/* as on a new session; cmd_id 0 = no command for the new driver */
+	memset(dev->config, 0, sizeof(dev->config));
+	dev->last_report_seq = 0;
+	dev->device_pages = 0;
+	dev->broken = false;
+	dev->broken_why[0] = 0;
+	dev->gstats.held = false;
+	dev->gen++;
+}
+
+void tb_dev_set_broken(struct tb_dev *dev, const char *why, uint64_t now_ms)
+{
+	if (dev->broken)
+		return;
+	dev->broken = true;
+	snprintf(dev->broken_why, sizeof(dev->broken_why), "%s", why);
+	tb_err("balloon: device marked broken, rings no longer processed until "
+	       "reset: %s", why);
+	if (tb_cmd_running(&dev->cmd))
+		tb_dev_finish(dev, TBALLOON_STATE_ABORTED, TBALLOON_REASON_DEVICE_ERROR,
+			      now_ms);
+	dev->gen++;
 }
 
 void tb_dev_get_config(const struct tb_dev *dev, uint8_t *buf, uint32_t off,
@@ -203,9 +267,15 @@ static void tb_dev_report(struct tb_dev *dev, uint64_t now_ms)
 		       tb_state_name(state), c->cmd_id);
 		return;
 	}
-	if (!tb_cmd_running(c)) {
+	if (!tb_cmd_running(c) && c->state != TB_STATE_UNRESPONSIVE) {
 		tb_dbg("balloon: late report for ended command %u", ack);
 		return;
+	}
+	if (c->state == TB_STATE_UNRESPONSIVE) {
+		/* the guest's report is authoritative for the outcome */
+		tb_info("balloon: command %u: the guest reported after all", ack);
+		c->state = TBALLOON_STATE_RUNNING;
+		c->ended_ms = 0;
 	}
 	c->elapsed_ms = TB_CFG(dev, elapsed_ms);
 	c->start_pages = TB_CFG(dev, start_pages);
@@ -220,6 +290,7 @@ static void tb_dev_report(struct tb_dev *dev, uint64_t now_ms)
 	}
 	c->state = state == TBALLOON_STATE_IDLE ? TBALLOON_STATE_RUNNING : state;
 	c->reason = reason;
+	dev->gen++;
 	tb_dev_event(dev, TB_EVENT_PROGRESS);
 }
 
@@ -257,6 +328,7 @@ int tb_dev_set_config(struct tb_dev *dev, const uint8_t *buf, uint32_t off,
 			tb_dev_report(dev, now_ms);
 		}
 	} else if (TB_CFG(dev, actual) != old_actual) {
+		dev->gen++;
 		tb_dev_std_progress(dev, now_ms);
 	}
 	return 0;
@@ -293,6 +365,9 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 	if (!dev->notify_ok)
 		tb_refuse("the front-end gave no backend channel: "
 			  "config changes cannot be announced");
+	if (dev->broken)
+		tb_refuse("the device is broken until the guest resets it: %s",
+			  dev->broken_why);
 	switch (op) {
 	case TBALLOON_OP_INFLATE:
 	case TBALLOON_OP_DEFLATE:
@@ -364,6 +439,7 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 		tb_dev_cfg_put(dev, TB_OFF(num_pages),
 			       op == TBALLOON_OP_ABORT ? actual : target_pages);
 	}
+	dev->gen++;
 	tb_info("command %u: %s target %u pages deadline %u ms floor %u flags 0x%x%s",
 		id, tb_op_name(op), target_pages, deadline_ms, floor_pages, flags,
 		timed ? "" : " (standard balloon)");
@@ -380,9 +456,33 @@ int64_t tb_dev_tick(struct tb_dev *dev, uint64_t now_ms)
 	struct tb_cmd *c = &dev->cmd;
 	uint64_t due;
 
-	/* the timed driver enforces its deadline; the standard one cannot */
-	if (!tb_cmd_running(c) || c->timed)
+	if (!tb_cmd_running(c))
 		return -1;
+	if (c->timed) {
+		/*
+		 * The timed driver enforces its deadline; the host only watches
+		 * for a guest that never reports an outcome. A command restored
+		 * after a daemon restart whose final report was lost is over
+		 * when the balloon (as counted from the PFNs) is at the target.
+		 */
+		if (c->recovered && c->op != TBALLOON_OP_ABORT &&
+		    dev->device_pages == c->target_pages) {
+			tb_put_le32(dev->config + TB_OFF(actual), c->target_pages);
+			tb_info("balloon: recovered command %u reached its target "
+				"(counted from the PFNs)", c->cmd_id);
+			tb_dev_finish(dev, TBALLOON_STATE_DONE, TBALLOON_REASON_NONE, now_ms);
+			return -1;
+		}
+		due = c->issued_ms + c->deadline_ms + dev->grace_ms;
+		if (now_ms < due)
+			return (int64_t)(due - now_ms > 1000 && c->recovered ?
+					 1000 : due - now_ms);
+		dev->stats.unresponsive++;
+		tb_warn("balloon: command %u: no outcome from the guest %u ms after "
+			"its deadline", c->cmd_id, dev->grace_ms);
+		tb_dev_finish(dev, TB_STATE_UNRESPONSIVE, TBALLOON_REASON_NONE, now_ms);
+		return -1;
+	}
 	due = c->issued_ms + c->deadline_ms;
 	if (now_ms < due)
 		return (int64_t)(due - now_ms);
@@ -434,6 +534,88 @@ static bool tb_dev_chain_pfns(const struct tb_vring_chain *ch,
 	return true;
 }
 
+/*
+ * Parse a statistics buffer: TB_GSTAT_ENTRY_SIZE-byte entries, possibly
+ * split across descriptors. Returns false if it is not one (writable part,
+ * length not a multiple of the entry size).
+ */
+static bool tb_dev_chain_stats(struct tb_dev *dev, const struct tb_vring_chain *ch,
+			       uint64_t now_ms)
+{
+	uint8_t e[TB_GSTAT_ENTRY_SIZE];
+	unsigned int ne = 0;
+	uint64_t total = 0;
+	uint32_t have = 0;
+
+	for (unsigned int i = 0; i < ch->nsegs; i++) {
+		if (ch->segs[i].write && ch->segs[i].len)
+			return false;
+		total += ch->segs[i].len;
+	}
+	if (total % TB_GSTAT_ENTRY_SIZE)
+		return false;
+	for (unsigned int i = 0; i < ch->nsegs; i++) {
+		for (uint32_t j = 0; j < ch->segs[i].len; j++) {
+			uint16_t tag;
+
+			e[ne++] = ch->segs[i].host[j];
+			if (ne < TB_GSTAT_ENTRY_SIZE)
+				continue;
+			ne = 0;
+			tag = tb_get_le16(e);
+			if (tag >= TB_GSTAT_COUNT) {
+				dev->gstats.unknown_tags++;
+				continue;
+			}
+			dev->gstats.val[tag] = tb_get_le64(e + 2);
+			have |= 1U << tag;
+		}
+	}
+	dev->gstats.have = have;
+	dev->gstats.updates++;
+	dev->gstats.updated_ms = now_ms;
+	return true;
+}
+
+/* the PFN queues: release (inflate) or account (deflate) the frames */
+static bool tb_dev_pfn_chain(struct tb_dev *dev, unsigned int idx,
+			     const struct tb_vring_chain *ch)
+{
+	bool inflate = idx == VIRTIO_TBALLOON_VQ_INFLATE;
+	uint64_t ram = tb_mem_ram_bytes(dev->mem) >> TB_PAGE_SHIFT;
+	struct tb_pfn_batch b;
+
+	tb_pfn_batch_init(&b, dev->mem, inflate ? dev->punch : NULL, dev->punch_opaque);
+	if (!tb_dev_chain_pfns(ch, &b)) {
+		tb_warn("balloon: queue %u chain %u is not a PFN buffer", idx, ch->head);
+		return false;
+	}
+	if (inflate) {
+		dev->stats.inflated_pages += b.pages;
+		dev->device_pages += b.pages;
+		if (dev->device_pages > ram)
+			dev->device_pages = ram;
+	} else {
+		dev->stats.deflated_pages += b.pages;
+		dev->device_pages -= b.pages < dev->device_pages ? b.pages : dev->device_pages;
+	}
+	dev->stats.refused_pfns += b.refused;
+	dev->stats.released_bytes += b.bytes;
+	dev->stats.punch_errors += b.errors;
+	if (b.pages) {
+		dev->gen++;
+		if (dev->ops && dev->ops->commit)
+			dev->ops->commit(dev->opaque);
+	}
+	if (b.refused)
+		tb_warn("balloon: %llu PFNs outside guest RAM refused",
+			(unsigned long long)b.refused);
+	tb_dbg("balloon: queue %u: %llu pages in %llu ranges, %llu bytes released",
+	       idx, (unsigned long long)b.pages, (unsigned long long)b.ranges,
+	       (unsigned long long)b.bytes);
+	return true;
+}
+
 int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 			 struct tb_vring *vr, bool *notify)
 {
@@ -442,38 +624,34 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 	int rc;
 
 	*notify = false;
+	if (dev->broken)
+		return 0;
 	while ((rc = tb_vring_pop(vr, dev->mem, &ch)) > 0) {
-		struct tb_pfn_batch b;
 		bool ok = false;
 
 		if (ch.err != TB_CHAIN_OK) {
 			tb_warn("balloon: queue %u chain %u refused: %s", idx, ch.head,
 				tb_chain_err_name(ch.err));
-		} else if (idx == VIRTIO_TBALLOON_VQ_INFLATE || idx == VIRTIO_TBALLOON_VQ_DEFLATE) {
-			tb_pfn_batch_init(&b, dev->mem,
-					  idx == VIRTIO_TBALLOON_VQ_INFLATE ? dev->punch : NULL,
-					  dev->punch_opaque);
-			ok = tb_dev_chain_pfns(&ch, &b);
-			if (!ok) {
-				tb_warn("balloon: queue %u chain %u is not a PFN buffer",
-					idx, ch.head);
-			} else {
-				if (idx == VIRTIO_TBALLOON_VQ_INFLATE)
-					dev->stats.inflated_pages += b.pages;
-				else
-					dev->stats.deflated_pages += b.pages;
-				dev->stats.refused_pfns += b.refused;
-				dev->stats.released_bytes += b.bytes;
-				dev->stats.punch_errors += b.errors;
-				if (b.refused)
-					tb_warn("balloon: %llu PFNs outside guest RAM refused",
-						(unsigned long long)b.refused);
-				tb_dbg("balloon: queue %u: %llu pages in %llu ranges, "
-				       "%llu bytes released", idx,
-				       (unsigned long long)b.pages,
-				       (unsigned long long)b.ranges,
-				       (unsigned long long)b.bytes);
+		} else if (idx == VIRTIO_TBALLOON_VQ_INFLATE ||
+			   idx == VIRTIO_TBALLOON_VQ_DEFLATE) {
+			ok = tb_dev_pfn_chain(dev, idx, &ch);
+		} else if (idx == VIRTIO_TBALLOON_VQ_STATS &&
+			   (dev->features & TB_BIT(TB_BALLOON_F_STATS_VQ))) {
+			ok = tb_dev_chain_stats(dev, &ch, tb_now_ms());
+			if (ok) {
+				/* keep it: returning it asks for fresh stats */
+				if (dev->gstats.held) {
+					tb_warn("balloon: a second statistics buffer, "
+						"returning the first");
+					tb_vring_push(vr, dev->gstats.head, 0);
+					pushed = true;
+				}
+				dev->gstats.held = true;
+				dev->gstats.head = ch.head;
+				continue;
 			}
+			tb_warn("balloon: queue %u chain %u is not a statistics buffer",
+				idx, ch.head);
 		} else {
 			tb_warn("balloon: buffer on queue %u, which is not offered", idx);
 		}
@@ -486,8 +664,46 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 	if (pushed)
 		*notify = tb_vring_need_notify(vr);
 	if (rc < 0) {
+		char why[96];
+
 		dev->stats.broken_rings++;
+		snprintf(why, sizeof(why), "queue %u: the driver broke the ring", idx);
+		tb_dev_set_broken(dev, why, tb_now_ms());
 		return -EIO;
 	}
 	return 0;
+}
+
+bool tb_dev_stats_request(struct tb_dev *dev, struct tb_vring *vr,
+			  uint64_t now_ms, bool *notify)
+{
+	*notify = false;
+	dev->stats_wanted = false;
+	if (!dev->gstats.held || dev->broken || !vr->num || vr->broken)
+		return false;
+	dev->gstats.held = false;
+	dev->gstats.requested_ms = now_ms;
+	tb_vring_push(vr, dev->gstats.head, 0);
+	*notify = tb_vring_need_notify(vr);
+	return true;
+}
+
+int64_t tb_dev_stats_due(const struct tb_dev *dev, uint64_t now_ms)
+{
+	uint64_t due;
+
+	if (!dev->gstats.held || dev->broken)
+		return -1;
+	if (dev->stats_wanted)
+		return 0;
+	if (!dev->stats_interval_ms)
+		return -1;
+	due = dev->gstats.updated_ms + dev->stats_interval_ms;
+	return now_ms >= due ? 0 : (int64_t)(due - now_ms);
+}
+
+void tb_dev_queue_stopped(struct tb_dev *dev, unsigned int idx)
+{
+	if (idx == VIRTIO_TBALLOON_VQ_STATS)
+		dev->gstats.held = false;
 }

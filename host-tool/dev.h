@@ -21,9 +21,58 @@
 
 /* standard balloon feature bits the device offers */
 #define TB_BALLOON_F_MUST_TELL_HOST 0
+#define TB_BALLOON_F_STATS_VQ 1
 /* device features offered (VERSION_1 and PROTOCOL_FEATURES come from vu) */
 #define TB_DEV_FEATURES \
-	(TB_BIT(TB_BALLOON_F_MUST_TELL_HOST) | TB_BIT(VIRTIO_BALLOON_F_TIMED))
+	(TB_BIT(TB_BALLOON_F_MUST_TELL_HOST) | TB_BIT(TB_BALLOON_F_STATS_VQ) | \
+	 TB_BIT(VIRTIO_BALLOON_F_TIMED))
+
+/*
+ * Host-side command state beyond the wire's TBALLOON_STATE_*: the guest did
+ * not report an outcome by deadline + grace (the host watchdog). Terminal,
+ * but a later report from the guest still replaces it.
+ */
+#define TB_STATE_UNRESPONSIVE TBALLOON_STATE_COUNT
+#define TB_STATE_NAMES (TBALLOON_STATE_COUNT + 1)
+
+/* default host watchdog grace after the deadline */
+#define TB_DEV_GRACE_MS 5000U
+/* default period of guest statistics requests on the stats queue */
+#define TB_DEV_STATS_INTERVAL_MS 2000U
+
+/* statistics tags of the standard stats queue (virtio spec 5.5.6.3) */
+enum tb_gstat {
+	TB_GSTAT_SWAP_IN, TB_GSTAT_SWAP_OUT, TB_GSTAT_MAJFLT, TB_GSTAT_MINFLT,
+	TB_GSTAT_MEMFREE, TB_GSTAT_MEMTOT, TB_GSTAT_AVAIL, TB_GSTAT_CACHES,
+	TB_GSTAT_HTLB_PGALLOC, TB_GSTAT_HTLB_PGFAIL, TB_GSTAT_OOM_KILL,
+	TB_GSTAT_ALLOC_STALL, TB_GSTAT_ASYNC_SCAN, TB_GSTAT_DIRECT_SCAN,
+	TB_GSTAT_ASYNC_RECLAIM, TB_GSTAT_DIRECT_RECLAIM,
+	TB_GSTAT_COUNT
+};
+/* one wire entry: __le16 tag, __le64 value, packed */
+#define TB_GSTAT_ENTRY_SIZE 10
+
+/**
+ * struct tb_guest_stats - the last statistics buffer from the guest
+ * @updates: buffers parsed so far (0: none yet)
+ * @updated_ms: host monotonic time of the last buffer
+ * @have: bit i set if tag i was present in the last buffer
+ * @val: values by tag
+ * @unknown_tags: entries with tags this device does not know (ignored)
+ * @held: a buffer is held by the device (returned to ask for fresh stats)
+ * @head: its descriptor head
+ * @requested_ms: when the last buffer was returned to the driver
+ */
+struct tb_guest_stats {
+	uint64_t updates;
+	uint64_t updated_ms;
+	uint32_t have;
+	uint64_t val[TB_GSTAT_COUNT];
+	uint64_t unknown_tags;
+	bool held;
+	uint16_t head;
+	uint64_t requested_ms;
+};
 
 enum tb_event {
 	TB_EVENT_PROGRESS,	/* a driver report for the current command */
@@ -44,6 +93,8 @@ enum tb_event {
  * @timed: issued through the timed block (else via num_pages)
  * @issued_ms, @ended_ms: host monotonic clock; @ended_ms 0 while running
  * @resident_before, @resident_after: host memory backing the guest
+ * @recovered: the record was restored from the state file by a restarted
+ *	daemon (the command was in progress when the previous one died)
  */
 struct tb_cmd {
 	uint32_t cmd_id;
@@ -63,6 +114,7 @@ struct tb_cmd {
 	uint64_t ended_ms;
 	uint64_t resident_before;
 	uint64_t resident_after;
+	bool recovered;
 };
 
 /* counters since the daemon started */
@@ -75,6 +127,8 @@ struct tb_dev_stats {
 	uint64_t punch_errors;		/* fallocate failures */
 	uint64_t bad_reports;		/* reports with invalid state/reason */
 	uint64_t broken_rings;		/* rings stopped for protocol violations */
+	uint64_t resets;		/* device resets (guest reboot, driver reload) */
+	uint64_t unresponsive;		/* commands ended by the host watchdog */
 };
 
 struct tb_dev;
@@ -83,10 +137,14 @@ struct tb_dev;
  * struct tb_dev_ops - what the device model needs from its host
  * @notify_config: tell the driver the config changed (backend channel)
  * @event: a command made progress or ended
+ * @commit: persist the state now (called after a PFN buffer was accounted
+ *	and before it is returned to the driver, so a daemon killed at any
+ *	point never loses a buffer it already returned); may be NULL
  */
 struct tb_dev_ops {
 	void (*notify_config)(void *opaque);
 	void (*event)(void *opaque, enum tb_event ev, const struct tb_cmd *cmd);
+	void (*commit)(void *opaque);
 };
 
 /**
@@ -101,6 +159,18 @@ struct tb_dev_ops {
  * @last_report_seq: report_seq last seen from the driver
  * @cmd: the current (or last) command
  * @punch, @punch_opaque: page release function (tests replace it)
+ * @device_pages: the device's own view of the balloon: valid PFNs received
+ *	on inflateq minus those on deflateq (clamped to 0..guest RAM). Needs no
+ *	driver report, so it survives lost config writes (daemon restarts).
+ * @grace_ms: host watchdog: deadline + @grace_ms without an outcome ends a
+ *	command TB_STATE_UNRESPONSIVE
+ * @broken: the guest violated the protocol; no ring is processed until the
+ *	next device reset (NEEDS_RESET-style); @broken_why says how
+ * @gstats: guest statistics (stats queue)
+ * @stats_interval_ms: period of fresh statistics requests (0: only on demand)
+ * @stats_wanted: a client asked for fresh statistics (query-stats)
+ * @gen: incremented on every change the state file must record
+ * @restored: the config and command came from a state file
  */
 struct tb_dev {
 	uint8_t config[VIRTIO_TBALLOON_CONFIG_SIZE];
@@ -118,6 +188,15 @@ struct tb_dev {
 	void *punch_opaque;
 	const struct tb_dev_ops *ops;
 	void *opaque;
+	uint64_t device_pages;
+	uint32_t grace_ms;
+	bool broken;
+	char broken_why[160];
+	struct tb_guest_stats gstats;
+	uint32_t stats_interval_ms;
+	bool stats_wanted;
+	uint64_t gen;
+	bool restored;
 };
 
 void tb_dev_init(struct tb_dev *dev, const struct tb_mem *mem,
@@ -169,6 +248,34 @@ int64_t tb_dev_tick(struct tb_dev *dev, uint64_t now_ms);
  */
 int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 			 struct tb_vring *vr, bool *notify);
+
+/*
+ * The guest broke the protocol: stop processing its rings until the next
+ * device reset, end a running command (aborted, device-error), log @why.
+ */
+void tb_dev_set_broken(struct tb_dev *dev, const char *why, uint64_t now_ms);
+
+/*
+ * Device reset seen on a live session (guest reboot, driver reload): the
+ * driver-written block, `actual`, the device's balloon count and a broken
+ * mark are cleared; a running command ends aborted (removed).
+ */
+void tb_dev_reset(struct tb_dev *dev, uint64_t now_ms);
+
+/*
+ * Stats queue: return the held buffer to the driver so that it refills it
+ * (the standard "request fresh statistics"). *notify as for
+ * tb_dev_process_queue(). Returns true if a buffer was returned.
+ */
+bool tb_dev_stats_request(struct tb_dev *dev, struct tb_vring *vr,
+			  uint64_t now_ms, bool *notify);
+/* ms until the next periodic statistics request is due, or -1 */
+int64_t tb_dev_stats_due(const struct tb_dev *dev, uint64_t now_ms);
+/* the queue is being stopped: forget (without returning) a held buffer */
+void tb_dev_queue_stopped(struct tb_dev *dev, unsigned int idx);
+
+/* statistics tag name ("swap-in", ...) or NULL */
+const char *tb_gstat_name(unsigned int tag);
 
 /* names for the control protocol */
 const char *tb_op_name(uint32_t op);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "client.h"
+#include "dev.h"
 #include "parse.h"
 #include "serve.h"
 #include "util.h"
@@ -29,6 +30,8 @@ static int tb_cmd_inflate(int argc, char **argv, struct tb_client_opts *o);
 static int tb_cmd_deflate(int argc, char **argv, struct tb_client_opts *o);
 static int tb_cmd_status(int argc, char **argv, struct tb_client_opts *o);
 static int tb_cmd_abort(int argc, char **argv, struct tb_client_opts *o);
+static int tb_cmd_watch(int argc, char **argv, struct tb_client_opts *o);
+static int tb_cmd_stats(int argc, char **argv, struct tb_client_opts *o);
 
 static const struct tb_subcmd tb_subcmds[] = {
 	{ "serve", tb_cmd_serve, "--socket-path PATH|--fd FD --control CTRL [-v]",
@@ -41,6 +44,10 @@ static const struct tb_subcmd tb_subcmds[] = {
 	  "shrink the balloon to SIZE within DUR" },
 	{ "status", tb_cmd_status, "[-j]", "show the device and the last command" },
 	{ "abort", tb_cmd_abort, "[-j]", "stop the running command" },
+	{ "watch", tb_cmd_watch, "[-j]",
+	  "follow the running command until it ends (exit code of its outcome)" },
+	{ "stats", tb_cmd_stats, "[-j]",
+	  "host accounting and guest statistics (statistics queue) with their age" },
 	{ "help", tb_cmd_help, "", "show this help" },
 };
 
@@ -58,11 +65,12 @@ static void tb_usage(FILE *f)
 		"  -c, --control CTRL  control socket (default: $TBALLOON_CONTROL, else %s)\n"
 		"  -h, --help          show this help and exit\n"
 		"  -V, --version       show the version and exit\n\n"
-		"SIZE: bytes with an optional unit K, M, G, T (binary), or Np for N 4 KiB pages.\n"
+		"SIZE: bytes with an optional unit K, M, G, T (binary), Np for N 4 KiB pages,\n"
+		"      or N%% of guest RAM.\n"
 		"DUR:  an integer with unit ms, s, m or h; plain numbers are milliseconds.\n\n"
 		"Exit codes: 0 done (or accepted, without --wait), 1 error, 2 usage,\n"
 		"  3 deadline, 4 pressure, 5 aborted, 6 rejected,\n"
-		"  7 no outcome from the guest within deadline + grace.\n\n"
+		"  7 no outcome from the guest within deadline + grace (guest-unresponsive).\n\n"
 		"Run '%s COMMAND --help' for the options of a command.\n",
 		TB_DEFAULT_CONTROL, tb_prog);
 }
@@ -96,16 +104,27 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		{ "fd", required_argument, NULL, 'F' },
 		{ "print-capabilities", no_argument, NULL, 'P' },
 		{ "control", required_argument, NULL, 'c' },
+		{ "state-file", required_argument, NULL, 'S' },
+		{ "grace", required_argument, NULL, 'g' },
+		{ "stats-interval", required_argument, NULL, 'i' },
+		{ "log-level", required_argument, NULL, 'L' },
 		{ "verbose", no_argument, NULL, 'v' },
+		{ "quiet", no_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *sock = NULL, *ctrl = o->control;
+	static const char *const levels[] = { "error", "warning", "info", "debug" };
+	struct tb_serve_opts so = {
+		.vu_fd = -1, .grace_ms = TB_DEV_GRACE_MS,
+		.stats_interval_ms = TB_DEV_STATS_INTERVAL_MS,
+	};
+	const char *sock = NULL, *ctrl = o->control, *why;
 	struct stat st;
+	uint64_t ms;
 	int c, fd = -1;
 	char *end;
 
-	while ((c = getopt_long(argc, argv, "s:c:vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:c:S:g:i:L:vqh", opts, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			sock = optarg;
@@ -126,12 +145,41 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		case 'c':
 			ctrl = optarg;
 			break;
+		case 'S':
+			so.state_path = optarg;
+			break;
+		case 'g':
+		case 'i':
+			if (tb_parse_duration_ms(optarg, &ms, &why))
+				return tb_usage_error("serve: %s", why);
+			if (ms > TBALLOON_DEADLINE_MAX_MS)
+				return tb_usage_error("serve: %s: at most 1h", optarg);
+			if (c == 'g')
+				so.grace_ms = (uint32_t)ms;
+			else
+				so.stats_interval_ms = (uint32_t)ms;
+			break;
+		case 'L': {
+			size_t i;
+
+			for (i = 0; i < TB_ARRAY_SIZE(levels); i++)
+				if (!strcmp(optarg, levels[i]))
+					break;
+			if (i == TB_ARRAY_SIZE(levels))
+				return tb_usage_error("serve: --log-level %s: use error, "
+						      "warning, info or debug", optarg);
+			tb_log_level = (int)i;
+			break;
+		}
 		case 'v':
 			if (tb_log_level < TB_LOG_DEBUG)
 				tb_log_level++;
 			break;
+		case 'q':
+			tb_log_level = TB_LOG_ERR;
+			break;
 		case 'h':
-			printf("Usage: %s serve --socket-path PATH|--fd FD --control CTRL [-v]\n\n"
+			printf("Usage: %s serve --socket-path PATH|--fd FD --control CTRL [OPTIONS]\n\n"
 			       "Run the vhost-user balloon device backend for QEMU's\n"
 			       "vhost-user-test-device-pci (virtio-id=5, num_vqs=3, config_size=64).\n\n"
 			       "  -s, --socket-path PATH  vhost-user socket to listen on\n"
@@ -139,7 +187,16 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 			       "                          instead, exit when its session ends\n"
 			       "      --print-capabilities  print the backend capabilities (JSON)\n"
 			       "  -c, --control CTRL      control socket to listen on (mode 0600)\n"
-			       "  -v, --verbose           log protocol details (twice: debug)\n"
+			       "  -S, --state-file FILE   keep the device state in FILE (written\n"
+			       "                          atomically on every change); a restarted\n"
+			       "                          daemon picks the guest up from it\n"
+			       "  -g, --grace DUR         a command without an outcome at deadline +\n"
+			       "                          DUR ends guest-unresponsive (default 5s)\n"
+			       "  -i, --stats-interval DUR  request guest statistics every DUR\n"
+			       "                          (default 2s, 0: only on query-stats)\n"
+			       "  -L, --log-level LEVEL   error, warning, info (default) or debug\n"
+			       "  -v, --verbose           one level more (debug)\n"
+			       "  -q, --quiet             errors only\n"
 			       "  -h, --help              show this help and exit\n", tb_prog);
 			return TB_EXIT_OK;
 		default:
@@ -153,7 +210,10 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 				      "is required%s", "");
 	if (!ctrl)
 		return tb_usage_error("serve: --control is required%s", "");
-	return tb_serve_run(sock, fd, ctrl);
+	so.socket_path = sock;
+	so.vu_fd = fd;
+	so.control_path = ctrl;
+	return tb_serve_run(&so);
 }
 
 /* ------------------------------------------------------------------------
@@ -198,7 +258,8 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct tb_move_opts m = { .op = op, .grace_ms = 10000 };
+	struct tb_move_opts m = { .op = op, .grace_ms = 10000, .target_pct = -1,
+				  .floor_pct = -1 };
 	bool have_to = false, have_deadline = false;
 	const char *why;
 	int c;
@@ -206,6 +267,12 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 	while ((c = getopt_long(argc, argv, "t:d:f:pwg:jc:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 't':
+			if (!tb_parse_percent(optarg, &m.target_pct, &why)) {
+				have_to = true;
+				break;
+			}
+			if (why)
+				return tb_usage_error("--to: %s", why);
 			if (tb_parse_size_pages(optarg, &m.target_pages, &why))
 				return tb_usage_error("--to: %s", why);
 			have_to = true;
@@ -216,6 +283,10 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 			have_deadline = true;
 			break;
 		case 'f':
+			if (!tb_parse_percent(optarg, &m.floor_pct, &why))
+				break;
+			if (why)
+				return tb_usage_error("--floor: %s", why);
 			if (tb_parse_size_pages(optarg, &m.floor_pages, &why))
 				return tb_usage_error("--floor: %s", why);
 			break;
@@ -308,6 +379,16 @@ static int tb_cmd_status(int argc, char **argv, struct tb_client_opts *o)
 static int tb_cmd_abort(int argc, char **argv, struct tb_client_opts *o)
 {
 	return tb_cmd_plain(argc, argv, o, "abort", tb_client_abort);
+}
+
+static int tb_cmd_watch(int argc, char **argv, struct tb_client_opts *o)
+{
+	return tb_cmd_plain(argc, argv, o, "watch", tb_client_watch);
+}
+
+static int tb_cmd_stats(int argc, char **argv, struct tb_client_opts *o)
+{
+	return tb_cmd_plain(argc, argv, o, "stats", tb_client_stats);
 }
 
 /* ------------------------------------------------------------------------

@@ -70,6 +70,22 @@ int tb_parse_size_pages(const char *s, uint64_t *pages, const char **why)
 	return -1;
 }
 
+int tb_parse_percent(const char *s, int *pct, const char **why)
+{
+	const char *end;
+	uint64_t n;
+
+	*why = NULL;
+	if (!s || !*s || s[strlen(s) - 1] != '%')
+		return -1;
+	if (tb_parse_uint(s, &n, &end) || strcmp(end, "%") || n > 100) {
+		*why = "a percentage is 0% to 100% of guest RAM";
+		return -1;
+	}
+	*pct = (int)n;
+	return 0;
+}
+
 int tb_parse_duration_ms(const char *s, uint64_t *ms, const char **why)
 {
 	static const struct { const char *suffix; uint64_t mul; } units[] = {

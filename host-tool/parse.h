@@ -17,6 +17,12 @@
 int tb_parse_size_pages(const char *s, uint64_t *pages, const char **why);
 
 /*
+ * "N%" with N in 0..100: *pct set, returns 0; -1 if @s is not a percentage
+ * (*why set when it looks like one but is invalid, else NULL).
+ */
+int tb_parse_percent(const char *s, int *pct, const char **why);
+
+/*
  * DUR: integer with unit ms, s, m (minutes) or h; plain = milliseconds.
  * Returns 0 with *ms set, or -1 with *why set.
  */

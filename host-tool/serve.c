@@ -22,6 +22,7 @@
 #include "ctl.h"
 #include "dev.h"
 #include "serve.h"
+#include "state.h"
 #include "util.h"
 #include "vu.h"
 
@@ -50,7 +51,28 @@ struct tb_serve {
 	/* events raised while a request is handled go out after its reply */
 	bool in_request;
 	json_object *deferred;
+	const char *state_path;
+	uint64_t saved_gen;
+	bool save_failed;
 };
+
+/* write the state file if anything changed since the last write */
+static void tb_serve_save(struct tb_serve *s)
+{
+	int rc;
+
+	if (!s->state_path || s->saved_gen == s->dev.gen)
+		return;
+	rc = tb_state_save(&s->dev, s->state_path);
+	if (rc < 0) {
+		if (!s->save_failed)
+			tb_err("state file %s: %s", s->state_path, strerror(-rc));
+		s->save_failed = true;
+		return;
+	}
+	s->save_failed = false;
+	s->saved_gen = s->dev.gen;
+}
 
 /* ------------------------------------------------------------------------
  * Control clients
@@ -269,7 +291,7 @@ static void tb_serve_queue(struct tb_serve *s, unsigned int idx)
 {
 	bool notify;
 
-	if (!tb_vu_queue_ready(&s->vu, idx))
+	if (!tb_vu_queue_ready(&s->vu, idx) || s->dev.broken)
 		return;
 	if (tb_dev_process_queue(&s->dev, idx, &s->vu.q[idx].vr, &notify) < 0) {
 		tb_warn("vhost-user: queue %u stopped: driver broke the ring", idx);
@@ -324,6 +346,43 @@ static void tb_ops_session(void *opaque, bool up)
 	tb_dev_session(&s->dev, up, tb_now_ms());
 }
 
+static void tb_ops_queue_stop(void *opaque, unsigned int idx)
+{
+	struct tb_serve *s = opaque;
+
+	tb_dev_queue_stopped(&s->dev, idx);
+}
+
+static void tb_ops_device_reset(void *opaque)
+{
+	struct tb_serve *s = opaque;
+
+	tb_dev_reset(&s->dev, tb_now_ms());
+}
+
+static void tb_ops_commit(void *opaque)
+{
+	tb_serve_save(opaque);
+}
+
+/* ask the driver for fresh statistics when due; ms until next, or -1 */
+static int64_t tb_serve_stats(struct tb_serve *s, uint64_t now)
+{
+	int64_t due = tb_dev_stats_due(&s->dev, now);
+	bool notify;
+
+	if (due != 0)
+		return due;
+	if (!tb_vu_queue_ready(&s->vu, VIRTIO_TBALLOON_VQ_STATS)) {
+		s->dev.stats_wanted = false;
+		return -1;
+	}
+	if (tb_dev_stats_request(&s->dev, &s->vu.q[VIRTIO_TBALLOON_VQ_STATS].vr, now,
+				 &notify) && notify)
+		tb_vu_queue_call(&s->vu, VIRTIO_TBALLOON_VQ_STATS);
+	return -1;
+}
+
 static void tb_ops_notify_config(void *opaque)
 {
 	struct tb_serve *s = opaque;
@@ -362,11 +421,14 @@ static const struct tb_vu_ops tb_serve_vu_ops = {
 	.set_features = tb_ops_set_features,
 	.queue_notify = tb_ops_queue_notify,
 	.session = tb_ops_session,
+	.queue_stop = tb_ops_queue_stop,
+	.device_reset = tb_ops_device_reset,
 };
 
 static const struct tb_dev_ops tb_serve_dev_ops = {
 	.notify_config = tb_ops_notify_config,
 	.event = tb_ops_event,
+	.commit = tb_ops_commit,
 };
 
 /* ------------------------------------------------------------------------
@@ -447,8 +509,10 @@ static void tb_serve_kick(struct tb_serve *s, unsigned int idx, int fd)
 	tb_serve_queue(s, idx);
 }
 
-int tb_serve_run(const char *socket_path, int vu_fd, const char *control_path)
+int tb_serve_run(const struct tb_serve_opts *o)
 {
+	const char *socket_path = o->socket_path, *control_path = o->control_path;
+	int vu_fd = o->vu_fd;
 	static struct tb_serve s;
 	struct pollfd pfd[8 + TB_VU_MAX_QUEUES + TB_MAX_CLIENTS];
 	struct tb_pfd_tag tag[TB_ARRAY_SIZE(pfd)];
@@ -456,7 +520,23 @@ int tb_serve_run(const char *socket_path, int vu_fd, const char *control_path)
 
 	tb_vu_init(&s.vu, &tb_serve_vu_ops, &s);
 	tb_dev_init(&s.dev, &s.vu.mem, &tb_serve_dev_ops, &s);
+	s.dev.grace_ms = o->grace_ms;
+	s.dev.stats_interval_ms = o->stats_interval_ms;
 	s.vu_listen_fd = s.ctl_listen_fd = -1;
+	s.state_path = o->state_path;
+	if (s.state_path) {
+		int rc = tb_state_load(&s.dev, s.state_path);
+
+		if (rc == 0)
+			tb_info("state restored from %s: balloon %u pages (device count "
+				"%llu), command %u %s%s", s.state_path, TB_CFG(&s.dev, actual),
+				(unsigned long long)s.dev.device_pages, s.dev.cmd.cmd_id,
+				tb_state_name(s.dev.cmd.state),
+				s.dev.cmd.recovered ? " (in progress, recovering)" : "");
+		else if (rc != -ENOENT)
+			tb_warn("state file %s ignored: %s", s.state_path, strerror(-rc));
+		s.saved_gen = s.dev.gen;
+	}
 
 	s.sig_fd = tb_serve_signals();
 	if (s.sig_fd < 0) {
@@ -523,6 +603,13 @@ int tb_serve_run(const char *socket_path, int vu_fd, const char *control_path)
 #undef TB_ADD
 
 		timeout = tb_dev_tick(&s.dev, tb_now_ms());
+		{
+			int64_t st = tb_serve_stats(&s, tb_now_ms());
+
+			if (st >= 0 && (timeout < 0 || st < timeout))
+				timeout = st;
+		}
+		tb_serve_save(&s);
 		rc = poll(pfd, n, timeout < 0 ? -1 : (int)(timeout > 60000 ? 60000 : timeout));
 		if (rc < 0 && errno != EINTR) {
 			tb_err("poll: %s", strerror(errno));
@@ -589,7 +676,15 @@ int tb_serve_run(const char *socket_path, int vu_fd, const char *control_path)
 		}
 		tb_serve_update_driver_ok(&s);
 		tb_serve_reap_clients(&s);
+		tb_serve_save(&s);
 	}
+	/*
+	 * Our own exit is not a device reset: the state file keeps the guest's
+	 * balloon and command for the next daemon (the session teardown below
+	 * must not overwrite it).
+	 */
+	tb_serve_save(&s);
+	s.state_path = NULL;
 
 	for (unsigned int i = 0; i < s.nclients; i++)
 		tb_client_free(&s.clients[i]);

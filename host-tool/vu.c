@@ -190,6 +190,26 @@ void tb_vu_queue_error(struct tb_vu *vu, unsigned int idx)
 		tb_vu_signal(vu->q[idx].err_fd);
 }
 
+/* let the device drop per-queue state before the ring goes away */
+static void tb_vu_queue_stopping(struct tb_vu *vu, unsigned int idx)
+{
+	if (vu->ops->queue_stop && idx < vu->ops->nqueues && vu->q[idx].vr.num)
+		vu->ops->queue_stop(vu->opaque, idx);
+}
+
+/* queue 0 restarting as a fresh ring means the guest reset the device */
+static void tb_vu_maybe_reset(struct tb_vu *vu, struct tb_vu_queue *q,
+			      unsigned int idx, const char *why)
+{
+	if (idx != 0 || q->reset_seen)
+		return;
+	q->reset_seen = true;
+	q->moved = false;
+	tb_info("vhost-user: queue 0 restarted as a new ring (%s): device reset", why);
+	if (vu->ops->device_reset)
+		vu->ops->device_reset(vu->opaque);
+}
+
 static void tb_vu_notify_queue(struct tb_vu *vu, unsigned int idx)
 {
 	if (vu->ops->queue_notify && tb_vu_queue_ready(vu, idx))
@@ -273,13 +293,17 @@ static int tb_vu_get_queue_num(struct tb_vu *vu, struct tb_vu_msg *r)
 static int tb_vu_reset(struct tb_vu *vu, bool device)
 {
 	for (unsigned int i = 0; i < TB_VU_MAX_QUEUES; i++) {
+		tb_vu_queue_stopping(vu, i);
 		tb_vu_queue_stop(&vu->q[i]);
 		vu->q[i].enabled = false;
+		vu->q[i].moved = false;
 	}
 	if (device) {
 		vu->features = 0;
 		vu->features_set = false;
 	}
+	if (vu->ops->device_reset)
+		vu->ops->device_reset(vu->opaque);
 	return 0;
 }
 
@@ -364,6 +388,10 @@ static int tb_vu_set_vring_addr(struct tb_vu *vu, struct tb_vu_msg *m)
 	q = tb_vu_queue_get(vu, m->p.addr.index);
 	if (!q)
 		return -EINVAL;
+	if (q->addr_set && !q->vr.num && q->moved &&
+	    (q->addr.desc != m->p.addr.desc || q->addr.avail != m->p.addr.avail ||
+	     q->addr.used != m->p.addr.used))
+		tb_vu_maybe_reset(vu, q, m->p.addr.index, "new ring addresses");
 	q->addr = m->p.addr;
 	q->addr_set = true;
 	/*
@@ -389,6 +417,8 @@ static int tb_vu_set_vring_base(struct tb_vu *vu, struct tb_vu_msg *m)
 		return -EINVAL;
 	if (m->p.state.num > 0xffff)
 		return -EINVAL;
+	if (!q->vr.num && q->moved && m->p.state.num == 0)
+		tb_vu_maybe_reset(vu, q, m->p.state.index, "position 0");
 	q->base = (uint16_t)m->p.state.num;
 	if (q->vr.num) {
 		q->vr.last_avail = q->base;
@@ -412,7 +442,11 @@ static int tb_vu_get_vring_base(struct tb_vu *vu, struct tb_vu_msg *m,
 	q = tb_vu_queue_get(vu, idx);
 	if (!q)
 		return -EINVAL;
+	tb_vu_queue_stopping(vu, idx);
 	tb_vu_queue_stop(q);
+	if (q->base)
+		q->moved = true;
+	q->reset_seen = false;
 	r->p.state.num = q->base;
 	tb_dbg("vhost-user: queue %u stopped at %u", idx, q->base);
 	return 0;

@@ -168,6 +168,8 @@ struct tb_vu_msg {
  * @kick_fd, @call_fd, @err_fd: eventfds, -1 if none
  * @started: a kick fd arrived (stopped again by GET_VRING_BASE)
  * @enabled: SET_VRING_ENABLE state
+ * @moved: the ring position was ever non-zero in this session
+ * @reset_seen: this queue already reported the current new-ring reset
  */
 struct tb_vu_queue {
 	struct tb_vring vr;
@@ -180,6 +182,8 @@ struct tb_vu_queue {
 	int err_fd;
 	bool started;
 	bool enabled;
+	bool moved;
+	bool reset_seen;
 };
 
 struct tb_vu;
@@ -197,6 +201,12 @@ struct tb_vu;
  * @queue_notify: queue @idx may have new buffers (kick, start, enable)
  * @session: the front-end's session started (true) or ended (false); on
  *	false all memory and queues are already gone
+ * @queue_stop: queue @idx is about to stop (GET_VRING_BASE, reset); its ring
+ *	is still mapped
+ * @device_reset: the front-end reset the device on a live session: an
+ *	explicit RESET_DEVICE/RESET_OWNER, or the inflate queue restarted as a
+ *	new ring (position 0 after it had moved, or new ring addresses): a
+ *	guest reboot or a driver reload
  */
 struct tb_vu_ops {
 	uint64_t features;
@@ -209,6 +219,8 @@ struct tb_vu_ops {
 	void (*set_features)(void *opaque, uint64_t features);
 	void (*queue_notify)(void *opaque, unsigned int idx);
 	void (*session)(void *opaque, bool up);
+	void (*queue_stop)(void *opaque, unsigned int idx);
+	void (*device_reset)(void *opaque);
 };
 
 /**

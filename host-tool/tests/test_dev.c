@@ -496,6 +496,172 @@ static void test_process_deflate_and_stats(void **state)
 	tb_vring_reset(&r.vr);
 }
 
+static void test_watchdog(void **state)
+{
+	struct fx *f = *state;
+	uint32_t id;
+
+	f->dev.grace_ms = 1000;
+	id = issue(f, TBALLOON_OP_INFLATE, 100, 500, 0, 0, 2000);
+	report(f, id, TBALLOON_STATE_RUNNING, 0, 10, 0, 0, 2010);
+	/* due at issue + deadline + grace */
+	assert_int_equal(tb_dev_tick(&f->dev, 2100), 1400);
+	assert_int_equal(tb_dev_tick(&f->dev, 3500), -1);
+	assert_int_equal(f->dev.cmd.state, TB_STATE_UNRESPONSIVE);
+	assert_string_equal(tb_state_name(f->dev.cmd.state), "guest-unresponsive");
+	assert_false(tb_cmd_running(&f->dev.cmd));
+	assert_int_equal(f->dev.stats.unresponsive, 1);
+	assert_int_equal(f->events[TB_EVENT_DONE], 1);
+	/* a late report is still authoritative */
+	report(f, id, TBALLOON_STATE_DEADLINE, 0, 50, 500, 0, 3600);
+	assert_int_equal(f->dev.cmd.state, TBALLOON_STATE_DEADLINE);
+	assert_int_equal(f->events[TB_EVENT_DONE], 2);
+}
+
+static void test_broken_and_reset(void **state)
+{
+	struct fx *f = *state;
+	struct ring r;
+	bool notify;
+	uint32_t id;
+
+	id = issue(f, TBALLOON_OP_INFLATE, 100, 5000, 0, 0, 2000);
+	report(f, id, TBALLOON_STATE_RUNNING, 0, 10, 0, 0, 2010);
+	ring_init(f, &r);
+	ring_publish(&r, QSZ + 1);		/* head out of range */
+	assert_int_equal(tb_dev_process_queue(&f->dev, 0, &r.vr, &notify), -EIO);
+	assert_true(f->dev.broken);
+	assert_non_null(strstr(f->dev.broken_why, "queue 0"));
+	assert_int_equal(f->dev.cmd.state, TBALLOON_STATE_ABORTED);
+	assert_int_equal(f->dev.cmd.reason, TBALLOON_REASON_DEVICE_ERROR);
+	/* nothing is processed or issued while broken */
+	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 100, 5000, 0, 0, 2100), 0);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 1, &r.vr, &notify), 0);
+	tb_vring_reset(&r.vr);
+	/* a device reset clears it with the driver block */
+	tb_dev_reset(&f->dev, 2200);
+	assert_false(f->dev.broken);
+	assert_int_equal(TB_CFG(&f->dev, actual), 0);
+	assert_int_equal(TB_CFG(&f->dev, cmd_id), 0);
+	assert_int_equal(f->dev.device_pages, 0);
+	assert_int_equal(f->dev.stats.resets, 1);
+	assert_int_not_equal(issue(f, TBALLOON_OP_INFLATE, 100, 5000, 0, 0, 2300), 0);
+	assert_true(TB_CFG(&f->dev, cmd_id) > id);
+}
+
+static void test_reset_ends_command(void **state)
+{
+	struct fx *f = *state;
+	uint32_t id = issue(f, TBALLOON_OP_INFLATE, 100, 5000, 0, 0, 2000);
+
+	report(f, id, TBALLOON_STATE_RUNNING, 0, 10, 0, 0, 2010);
+	tb_dev_reset(&f->dev, 2100);
+	assert_int_equal(f->dev.cmd.state, TBALLOON_STATE_ABORTED);
+	assert_int_equal(f->dev.cmd.reason, TBALLOON_REASON_REMOVED);
+}
+
+static void test_device_pages(void **state)
+{
+	struct fx *f = *state;
+	struct ring r;
+	bool notify;
+
+	ring_init(f, &r);
+	put_pfns(r.buf, (const uint32_t[]){ 1, 2, 3, 4, 0xffffff }, 5);
+	ring_add(&r, 0, BUF_GPA, 20, 0, 0);
+	ring_add(&r, 1, BUF_GPA, 8, 0, 0);
+	ring_publish(&r, 0);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 0, &r.vr, &notify), 0);
+	assert_int_equal(f->dev.device_pages, 4);	/* the refused one not */
+	ring_publish(&r, 1);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 1, &r.vr, &notify), 0);
+	assert_int_equal(f->dev.device_pages, 2);
+	/* more deflated than inflated (hostile): clamped at 0 */
+	ring_publish(&r, 0);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 1, &r.vr, &notify), 0);
+	assert_int_equal(f->dev.device_pages, 0);
+	tb_vring_reset(&r.vr);
+}
+
+static void put_stat(uint8_t *p, uint16_t tag, uint64_t v)
+{
+	uint16_t t = htole16(tag);
+	uint64_t x = htole64(v);
+
+	memcpy(p, &t, 2);
+	memcpy(p + 2, &x, 8);
+}
+
+static void test_stats_queue(void **state)
+{
+	struct fx *f = *state;
+	struct ring r;
+	bool notify;
+
+	ring_init(f, &r);
+	put_stat(r.buf, TB_GSTAT_MEMFREE, 123456);
+	put_stat(r.buf + 10, TB_GSTAT_AVAIL, 654321);
+	put_stat(r.buf + 20, 999, 1);			/* unknown tag: ignored */
+	/* 30 bytes split 13 + 17: an entry straddles the descriptors */
+	ring_add(&r, 3, BUF_GPA, 13, TB_VRING_DESC_F_NEXT, 4);
+	ring_add(&r, 4, BUF_GPA + 13, 17, 0, 0);
+	ring_publish(&r, 3);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 2, &r.vr, &notify), 0);
+	/* held, not returned */
+	assert_int_equal(r.vr.used_idx, 0);
+	assert_true(f->dev.gstats.held);
+	assert_int_equal(f->dev.gstats.head, 3);
+	assert_int_equal(f->dev.gstats.val[TB_GSTAT_MEMFREE], 123456);
+	assert_int_equal(f->dev.gstats.val[TB_GSTAT_AVAIL], 654321);
+	assert_int_equal(f->dev.gstats.have,
+			 (1U << TB_GSTAT_MEMFREE) | (1U << TB_GSTAT_AVAIL));
+	assert_int_equal(f->dev.gstats.unknown_tags, 1);
+	assert_int_equal(f->dev.gstats.updates, 1);
+
+	/* due after the interval, or at once when wanted */
+	f->dev.gstats.updated_ms = 1000;
+	assert_int_equal(tb_dev_stats_due(&f->dev, 1500), 1500);
+	f->dev.stats_wanted = true;
+	assert_int_equal(tb_dev_stats_due(&f->dev, 1500), 0);
+	assert_true(tb_dev_stats_request(&f->dev, &r.vr, 1500, &notify));
+	assert_int_equal(r.vr.used_idx, 1);
+	assert_false(f->dev.gstats.held);
+	assert_false(tb_dev_stats_request(&f->dev, &r.vr, 1600, &notify));
+	assert_int_equal(tb_dev_stats_due(&f->dev, 1600), -1);
+
+	/* not a statistics buffer: returned and counted */
+	ring_add(&r, 5, BUF_GPA, 7, 0, 0);
+	ring_publish(&r, 5);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 2, &r.vr, &notify), 0);
+	assert_int_equal(f->dev.stats.bad_buffers, 1);
+	assert_int_equal(r.vr.used_idx, 2);
+
+	/* a queue stop forgets a held buffer */
+	ring_publish(&r, 3);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 2, &r.vr, &notify), 0);
+	assert_true(f->dev.gstats.held);
+	tb_dev_queue_stopped(&f->dev, 2);
+	assert_false(f->dev.gstats.held);
+	tb_vring_reset(&r.vr);
+}
+
+static void test_recovered_command(void **state)
+{
+	struct fx *f = *state;
+	uint32_t id = issue(f, TBALLOON_OP_INFLATE, 4, 5000, 0, 0, 2000);
+
+	/* as restored from a state file: the final report was lost */
+	f->dev.cmd.recovered = true;
+	f->dev.device_pages = 3;
+	assert_true(tb_dev_tick(&f->dev, 2100) > 0);
+	assert_true(tb_cmd_running(&f->dev.cmd));
+	f->dev.device_pages = 4;
+	assert_int_equal(tb_dev_tick(&f->dev, 2200), -1);
+	assert_int_equal(f->dev.cmd.state, TBALLOON_STATE_DONE);
+	assert_int_equal(TB_CFG(&f->dev, actual), 4);
+	assert_int_equal(f->last.cmd_id, id);
+}
+
 #define T(fn) TB_TEST_FX("dev", fn, fx_setup, fx_teardown)
 
 int main(void)
@@ -513,6 +679,12 @@ int main(void)
 		T(test_process_split_pfn),
 		T(test_process_bad_buffers),
 		T(test_process_deflate_and_stats),
+		T(test_watchdog),
+		T(test_broken_and_reset),
+		T(test_reset_ends_command),
+		T(test_device_pages),
+		T(test_stats_queue),
+		T(test_recovered_command),
 	};
 
 	return tb_test_run("dev", tests);

@@ -2,6 +2,8 @@
 /*
  * test_parse.c - SIZE and DUR parsing, byte formatting.
  */
+#include <stdbool.h>
+
 #include "tb_test.h"
 #include "parse.h"
 
@@ -121,6 +123,28 @@ static void test_format_bytes(void **state)
 	assert_string_equal(b, "-4.0 KiB");
 }
 
+static void test_percent(void **state)
+{
+	static const struct { const char *in; int rc; int pct; bool why; } t[] = {
+		{ "25%", 0, 25, false }, { "0%", 0, 0, false }, { "100%", 0, 100, false },
+		{ "101%", -1, 0, true }, { "%", -1, 0, true }, { "-5%", -1, 0, true },
+		{ "2.5%", -1, 0, true }, { "25", -1, 0, false }, { "1G", -1, 0, false },
+		{ "", -1, 0, false },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < TB_ARRAY_SIZE(t); i++) {
+		const char *why = "unset";
+		int pct = -7;
+
+		assert_int_equal(tb_parse_percent(t[i].in, &pct, &why), t[i].rc);
+		if (!t[i].rc)
+			assert_int_equal(pct, t[i].pct);
+		else
+			assert_true(t[i].why == (why != NULL));
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -128,6 +152,7 @@ int main(void)
 		TB_TEST("parse", test_duration_table),
 		TB_TEST("parse", test_null_input),
 		TB_TEST("parse", test_format_bytes),
+		TB_TEST("parse", test_percent),
 	};
 
 	return tb_test_run("parse", tests);

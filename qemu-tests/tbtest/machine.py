@@ -181,7 +181,8 @@ class Guest:
 
     def __init__(self, driver="tballoon", device="tballoon", mem="1G", smp=2,
                  kvm=False, keep=False, name="guest", log=None, boot_timeout=180.0,
-                 extra_append="", bzimage=False):
+                 extra_append="", bzimage=False, reconnect_ms=None, backend_args=(),
+                 qemu_listens=False, stock_props=""):
         self.env = tbenv.load()
         self.driver = driver
         self.device = device
@@ -194,6 +195,15 @@ class Guest:
         self.boot_timeout = boot_timeout
         self.extra_append = extra_append
         self.bzimage = bzimage      # boot the bzImage, not the PVH vmlinux
+        # extra virtio-balloon-pci properties for device="stock",
+        # e.g. "deflate-on-oom=on"
+        self.stock_props = stock_props
+        self.reconnect_ms = reconnect_ms    # QEMU re-connects to a restarted backend
+        self.backend_args = tuple(backend_args)     # extra `tballoon serve` options
+        # QEMU listens on tb.sock (server=on,wait=on) and the harness connects
+        # and hands the socket to `tballoon serve --fd`: a killed backend can
+        # be replaced while the guest runs (QEMU re-runs the handshake).
+        self.qemu_listens = qemu_listens
         self.kernel = None          # host path of what QEMU boots
         self.rundir = None
         self.backend = None
@@ -273,23 +283,25 @@ class Guest:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(self.path("agent.sock")))
         self.listener.listen(1)
-        if self.device == "tballoon":
+        if self.device == "tballoon" and not self.qemu_listens:
             self._start_backend()
         t0 = time.monotonic()
         self._start_qemu()
+        if self.device == "tballoon" and self.qemu_listens:
+            self._connect_backend()
         self.agent = Agent(self.listener, self.check_alive)
         self.agent.connect(self.boot_timeout)
         self.boot_s = time.monotonic() - t0
         res = self.sh("cat /run/tb-driver")
         self.driver_status = res.out.split()[1] if res.rc == 0 and res.out.split() else "?"
 
-    def _start_backend(self):
+    def _start_backend(self, mode="wb"):
         if not self.env.tool.exists():
             raise GuestError("host tool missing: %s (make -C host-tool)" % self.env.tool)
         sock = self.path("tb.sock")
         argv = [str(self.env.tool), "serve", "--socket-path", str(sock),
-                "--control", str(self.control), "-v"]
-        with open(str(self.backend_log), "wb") as logf:
+                "--control", str(self.control), "-v"] + list(self.backend_args)
+        with open(str(self.backend_log), mode) as logf:
             self.backend = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
                                             stderr=subprocess.STDOUT,
                                             preexec_fn=_die_with_parent)
@@ -302,6 +314,65 @@ class Guest:
                 raise GuestError("tballoon serve did not create %s and %s in 10 s"
                                  % (sock.name, self.control.name))
             time.sleep(0.05)
+
+    def _connect_backend(self, mode="wb"):
+        """Connect to QEMU's tb.sock and run `tballoon serve --fd` on it."""
+        sock_path = self.path("tb.sock")
+        deadline = time.monotonic() + 30
+        conn = None
+        while conn is None:
+            self.check_alive()
+            try:
+                conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                conn.connect(str(sock_path))
+            except OSError:
+                conn.close()
+                conn = None
+                if time.monotonic() > deadline:
+                    raise GuestError("QEMU did not listen on %s in 30 s" % sock_path)
+                time.sleep(0.05)
+        try:
+            argv = [str(self.env.tool), "serve", "--fd", str(conn.fileno()),
+                    "--control", str(self.control), "-v"] + list(self.backend_args)
+            with open(str(self.backend_log), mode) as logf:
+                self.backend = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                                stderr=subprocess.STDOUT,
+                                                pass_fds=(conn.fileno(),),
+                                                preexec_fn=_die_with_parent)
+        finally:
+            conn.close()
+        deadline = time.monotonic() + 10
+        while not self.control.exists():
+            if self.backend.poll() is not None:
+                raise GuestError("tballoon serve --fd exited with %d:\n%s" % (
+                    self.backend.returncode, "\n".join(tail(self.backend_log, 20))))
+            if time.monotonic() > deadline:
+                raise GuestError("tballoon serve did not create %s in 10 s" % self.control.name)
+            time.sleep(0.05)
+
+    def kill_backend(self, sig=signal.SIGKILL):
+        """Kill `tballoon serve` with SIG (QEMU and the guest keep running)."""
+        proc, self.backend = self.backend, None
+        if proc is None:
+            return None
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        return proc.wait(timeout=30)
+
+    def restart_backend(self):
+        """Start `tballoon serve` again with the same sockets (log appended)."""
+        names = ("control.sock",) if self.qemu_listens else ("tb.sock", "control.sock")
+        for name in names:
+            try:
+                os.unlink(str(self.path(name)))
+            except FileNotFoundError:
+                pass
+        if self.qemu_listens:
+            self._connect_backend(mode="ab")
+        else:
+            self._start_backend(mode="ab")
 
     def qemu_argv(self):
         run = CHROOT_RUN
@@ -324,11 +395,15 @@ class Guest:
         if self.kvm:
             argv += ["-cpu", "host"]
         if self.device == "tballoon":
-            argv += ["-chardev", "socket,id=tb,path=%s/tb.sock" % run,
+            reconnect = (",reconnect-ms=%d" % self.reconnect_ms) if self.reconnect_ms else ""
+            if self.qemu_listens:
+                reconnect = ",server=on,wait=on"
+            argv += ["-chardev", "socket,id=tb,path=%s/tb.sock%s" % (run, reconnect),
                      "-device", "vhost-user-test-device-pci,chardev=tb,virtio-id=5,"
                      "num_vqs=3,config_size=64"]
         elif self.device == "stock":
-            argv += ["-device", "virtio-balloon-pci,id=balloon0"]
+            argv += ["-device", "virtio-balloon-pci,id=balloon0"
+                     + ("," + self.stock_props if self.stock_props else "")]
         return argv
 
     def _start_qemu(self):

@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * state.c - the daemon's state file (see state.h).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "state.h"
+#include "util.h"
+
+#define TB_STATE_VERSION 1
+
+static void tb_boot_id(char *buf, size_t len)
+{
+	FILE *f = fopen("/proc/sys/kernel/random/boot_id", "re");
+
+	buf[0] = 0;
+	if (!f)
+		return;
+	if (!fgets(buf, (int)len, f))
+		buf[0] = 0;
+	fclose(f);
+	buf[strcspn(buf, "\n")] = 0;
+}
+
+static void tb_add_u64(json_object *o, const char *k, uint64_t v)
+{
+	json_object_object_add(o, k, json_object_new_uint64(v));
+}
+
+json_object *tb_state_to_json(const struct tb_dev *dev)
+{
+	const struct tb_cmd *c = &dev->cmd;
+	json_object *o = json_object_new_object();
+	json_object *jc = json_object_new_object();
+	json_object *js = json_object_new_object();
+	char hex[2 * VIRTIO_TBALLOON_CONFIG_SIZE + 1];
+	char boot[64];
+
+	for (size_t i = 0; i < sizeof(dev->config); i++)
+		snprintf(hex + 2 * i, 3, "%02x", dev->config[i]);
+	tb_boot_id(boot, sizeof(boot));
+	tb_add_u64(o, "version", TB_STATE_VERSION);
+	json_object_object_add(o, "boot_id", json_object_new_string(boot));
+	json_object_object_add(o, "config", json_object_new_string(hex));
+	tb_add_u64(o, "last_cmd_id", dev->last_cmd_id);
+	tb_add_u64(o, "last_report_seq", dev->last_report_seq);
+	tb_add_u64(o, "device_pages", dev->device_pages);
+
+	tb_add_u64(jc, "cmd_id", c->cmd_id);
+	tb_add_u64(jc, "op", c->op);
+	tb_add_u64(jc, "flags", c->flags);
+	tb_add_u64(jc, "deadline_ms", c->deadline_ms);
+	tb_add_u64(jc, "target_pages", c->target_pages);
+	tb_add_u64(jc, "floor_pages", c->floor_pages);
+	tb_add_u64(jc, "state", c->state);
+	tb_add_u64(jc, "reason", c->reason);
+	tb_add_u64(jc, "elapsed_ms", c->elapsed_ms);
+	tb_add_u64(jc, "start_pages", c->start_pages);
+	tb_add_u64(jc, "report_seq", c->report_seq);
+	tb_add_u64(jc, "reports", c->reports);
+	tb_add_u64(jc, "timed", c->timed);
+	/* CLOCK_MONOTONIC runs on across a daemon restart (same host boot) */
+	tb_add_u64(jc, "issued_ms", c->issued_ms);
+	tb_add_u64(jc, "ended_ms", c->ended_ms);
+	tb_add_u64(jc, "resident_before", c->resident_before);
+	tb_add_u64(jc, "resident_after", c->resident_after);
+	json_object_object_add(o, "command", jc);
+
+	tb_add_u64(js, "released_bytes", dev->stats.released_bytes);
+	tb_add_u64(js, "inflated_pages", dev->stats.inflated_pages);
+	tb_add_u64(js, "deflated_pages", dev->stats.deflated_pages);
+	tb_add_u64(js, "refused_pfns", dev->stats.refused_pfns);
+	tb_add_u64(js, "bad_buffers", dev->stats.bad_buffers);
+	tb_add_u64(js, "punch_errors", dev->stats.punch_errors);
+	tb_add_u64(js, "bad_reports", dev->stats.bad_reports);
+	tb_add_u64(js, "broken_rings", dev->stats.broken_rings);
+	tb_add_u64(js, "resets", dev->stats.resets);
+	tb_add_u64(js, "unresponsive", dev->stats.unresponsive);
+	json_object_object_add(o, "counters", js);
+	return o;
+}
+
+/* integer member @k of @o into *v (must exist, be an integer, fit @max) */
+static int tb_get(json_object *o, const char *k, uint64_t max, uint64_t *v)
+{
+	json_object *m;
+
+	if (!json_object_object_get_ex(o, k, &m) || !json_object_is_type(m, json_type_int) ||
+	    json_object_get_int64(m) < 0 || json_object_get_uint64(m) > max)
+		return -1;
+	*v = json_object_get_uint64(m);
+	return 0;
+}
+
+#define TB_GET32(o, k, dst) \
+	do { uint64_t v_; if (tb_get(o, k, UINT32_MAX, &v_)) return -EINVAL; (dst) = (uint32_t)v_; } while (0)
+#define TB_GET64(o, k, dst) \
+	do { uint64_t v_; if (tb_get(o, k, UINT64_MAX, &v_)) return -EINVAL; (dst) = v_; } while (0)
+
+int tb_state_from_json(struct tb_dev *dev, json_object *o)
+{
+	uint8_t config[VIRTIO_TBALLOON_CONFIG_SIZE];
+	struct tb_dev_stats st = dev->stats;
+	json_object *jc, *js, *m;
+	struct tb_cmd c = { 0 };
+	uint32_t last_cmd_id, last_seq;
+	uint64_t version, pages, timed;
+	const char *hex;
+	char boot[64];
+
+	if (!json_object_is_type(o, json_type_object) ||
+	    tb_get(o, "version", UINT32_MAX, &version) || version != TB_STATE_VERSION)
+		return -EINVAL;
+	tb_boot_id(boot, sizeof(boot));
+	if (!json_object_object_get_ex(o, "boot_id", &m) ||
+	    strcmp(json_object_get_string(m), boot))
+		return -EINVAL;
+	if (!json_object_object_get_ex(o, "config", &m) ||
+	    !json_object_is_type(m, json_type_string))
+		return -EINVAL;
+	hex = json_object_get_string(m);
+	if (strlen(hex) != 2 * sizeof(config))
+		return -EINVAL;
+	for (size_t i = 0; i < sizeof(config); i++) {
+		unsigned int b;
+
+		if (sscanf(hex + 2 * i, "%2x", &b) != 1)
+			return -EINVAL;
+		config[i] = (uint8_t)b;
+	}
+	TB_GET32(o, "last_cmd_id", last_cmd_id);
+	TB_GET32(o, "last_report_seq", last_seq);
+	TB_GET64(o, "device_pages", pages);
+	if (!json_object_object_get_ex(o, "command", &jc) ||
+	    !json_object_object_get_ex(o, "counters", &js))
+		return -EINVAL;
+	TB_GET32(jc, "cmd_id", c.cmd_id);
+	TB_GET32(jc, "op", c.op);
+	TB_GET32(jc, "flags", c.flags);
+	TB_GET32(jc, "deadline_ms", c.deadline_ms);
+	TB_GET32(jc, "target_pages", c.target_pages);
+	TB_GET32(jc, "floor_pages", c.floor_pages);
+	TB_GET32(jc, "state", c.state);
+	TB_GET32(jc, "reason", c.reason);
+	TB_GET32(jc, "elapsed_ms", c.elapsed_ms);
+	TB_GET32(jc, "start_pages", c.start_pages);
+	TB_GET32(jc, "report_seq", c.report_seq);
+	TB_GET32(jc, "reports", c.reports);
+	TB_GET64(jc, "timed", timed);
+	TB_GET64(jc, "issued_ms", c.issued_ms);
+	TB_GET64(jc, "ended_ms", c.ended_ms);
+	TB_GET64(jc, "resident_before", c.resident_before);
+	TB_GET64(jc, "resident_after", c.resident_after);
+	if (c.op >= TBALLOON_OP_COUNT || c.state >= TB_STATE_NAMES ||
+	    c.reason >= TBALLOON_REASON_COUNT)
+		return -EINVAL;
+	c.timed = timed != 0;
+	TB_GET64(js, "released_bytes", st.released_bytes);
+	TB_GET64(js, "inflated_pages", st.inflated_pages);
+	TB_GET64(js, "deflated_pages", st.deflated_pages);
+	TB_GET64(js, "refused_pfns", st.refused_pfns);
+	TB_GET64(js, "bad_buffers", st.bad_buffers);
+	TB_GET64(js, "punch_errors", st.punch_errors);
+	TB_GET64(js, "bad_reports", st.bad_reports);
+	TB_GET64(js, "broken_rings", st.broken_rings);
+	TB_GET64(js, "resets", st.resets);
+	TB_GET64(js, "unresponsive", st.unresponsive);
+
+	memcpy(dev->config, config, sizeof(config));
+	dev->last_cmd_id = last_cmd_id;
+	dev->last_report_seq = last_seq;
+	dev->device_pages = pages;
+	c.recovered = tb_cmd_running(&c);
+	dev->cmd = c;
+	dev->stats = st;
+	dev->restored = true;
+	return 0;
+}
+
+int tb_state_save(const struct tb_dev *dev, const char *path)
+{
+	json_object *o = tb_state_to_json(dev);
+	size_t len, plen = strlen(path);
+	const char *s = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN, &len);
+	char *tmp = malloc(plen + 8);
+	int fd, rc = 0;
+
+	if (!tmp) {
+		json_object_put(o);
+		return -ENOMEM;
+	}
+	snprintf(tmp, plen + 8, "%s.tmp", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		rc = -errno;
+	} else {
+		const char *p = s;
+		size_t left = len;
+
+		while (left) {
+			ssize_t n = write(fd, p, left);
+
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				rc = n < 0 ? -errno : -EIO;
+				break;
+			}
+			p += n;
+			left -= (size_t)n;
+		}
+		if (close(fd) < 0 && !rc)
+			rc = -errno;
+		/* rename is atomic: a reader sees the old or the new file */
+		if (!rc && rename(tmp, path) < 0)
+			rc = -errno;
+		if (rc)
+			unlink(tmp);
+	}
+	free(tmp);
+	json_object_put(o);
+	return rc;
+}
+
+int tb_state_load(struct tb_dev *dev, const char *path)
+{
+	json_object *o;
+	int rc;
+
+	if (access(path, F_OK) < 0)
+		return -errno;
+	o = json_object_from_file(path);
+	if (!o)
+		return -EINVAL;
+	rc = tb_state_from_json(dev, o);
+	json_object_put(o);
+	return rc;
+}

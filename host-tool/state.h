@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * state.h - the daemon's state file: what a restarted `tballoon serve` needs
+ * to pick up a guest that kept running (config space, current command,
+ * balloon count, counters), as one JSON object written atomically
+ * (write a temporary file, rename it over the old one) on every change.
+ *
+ * A process kill cannot tear it; a host crash can lose the last changes (no
+ * fsync: a guest does not survive a host crash either). The file records the
+ * host's boot id: after a reboot of the host it is ignored.
+ */
+#ifndef TB_STATE_H
+#define TB_STATE_H
+
+#include <json-c/json.h>
+
+#include "dev.h"
+
+/* the state as a JSON object (caller owns it) */
+json_object *tb_state_to_json(const struct tb_dev *dev);
+
+/*
+ * Restore @dev from @o. Returns 0, or -EINVAL (malformed, another version,
+ * another host boot) leaving @dev untouched.
+ */
+int tb_state_from_json(struct tb_dev *dev, json_object *o);
+
+/* write @dev to @path atomically; 0 or -errno */
+int tb_state_save(const struct tb_dev *dev, const char *path);
+
+/* load @path into @dev; 0, -ENOENT (no file) or another -errno */
+int tb_state_load(struct tb_dev *dev, const char *path);
+
+#endif /* TB_STATE_H */

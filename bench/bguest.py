@@ -41,39 +41,61 @@ def parse_size(text):
     return int(text)
 
 
-def _overlay(cachedir, log):
-    """cpio.gz with bench/guest/*.c built into /bin; returns its path."""
+def _build_kmods(kdir, dest, tmp):
+    """Build bench/guest/kmod/*.c out of tree against KDIR into DEST."""
+    build = Path(tmp) / "kmod"
+    shutil.copytree(str(GUEST_SRC / "kmod"), str(build))
+    subprocess.run(["make", "-s", "-C", str(kdir), "M=%s" % build, "modules"],
+                   stdout=subprocess.DEVNULL, check=True)
+    built = sorted(build.glob("*.ko"))
+    for ko in built:
+        shutil.copy2(str(ko), str(dest / ko.name))
+    return ["lib/modules/" + ko.name for ko in built]
+
+
+def _overlay(env, cachedir, log):
+    """cpio.gz: bench/guest/*.c built into /bin, bench/guest/kmod into /lib/modules."""
     sources = sorted(GUEST_SRC.glob("*.c"))
+    kmod = sorted((GUEST_SRC / "kmod").glob("*"))
     h = hashlib.sha256()
     gcc = subprocess.run(["gcc", "--version"], stdout=subprocess.PIPE,
                          universal_newlines=True, check=True).stdout.splitlines()[0]
-    h.update(gcc.encode() + b"\0")
-    for src in sources:
+    h.update(gcc.encode() + b"\0" + str(env.kdir).encode() + b"\0" + env.kver.encode())
+    for src in sources + kmod:
         h.update(src.name.encode() + b"\0" + src.read_bytes())
     path = cachedir / ("bench-overlay-%s.cpio.gz" % h.hexdigest()[:16])
     if path.exists():
         return path
-    log("building bench guest programs: %s" % ", ".join(s.name for s in sources))
+    log("building bench guest programs: %s" % ", ".join(s.name for s in sources + kmod
+                                                        if s.suffix == ".c"))
     with tempfile.TemporaryDirectory(prefix="tb-bench.", dir=str(cachedir)) as tmp:
         root = Path(tmp) / "root"
         (root / "bin").mkdir(parents=True)
+        (root / "lib" / "modules").mkdir(parents=True)
         for src in sources:
             subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror",
                             "-o", str(root / "bin" / src.stem), str(src)], check=True)
         names = ["bin"] + ["bin/" + s.stem for s in sources]
+        if kmod:
+            names += ["lib", "lib/modules"]
+            names += _build_kmods(env.kdir, root / "lib" / "modules", tmp)
         cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet", "-R", "0:0"],
                               cwd=str(root), input="\n".join(names).encode(),
                               stdout=subprocess.PIPE, check=True).stdout
         tmp_path = Path(tmp) / "overlay.cpio.gz"
         tmp_path.write_bytes(gzip.compress(cpio, 6, mtime=0))
         os.replace(str(tmp_path), str(path))
+    old = sorted(cachedir.glob("bench-overlay-*.cpio.gz"), key=lambda p: p.stat().st_mtime)
+    for stale in old[:-KEEP_OVERLAYS]:
+        if stale != path:
+            stale.unlink()
     return path
 
 
-def bench_initramfs(base, log):
+def bench_initramfs(env, base, log):
     """The harness archive BASE followed by the bench overlay (same directory)."""
     cachedir = base.parent
-    overlay = _overlay(cachedir, log)
+    overlay = _overlay(env, cachedir, log)
     digest = hashlib.sha256(base.name.encode() + overlay.name.encode()).hexdigest()[:16]
     path = cachedir / ("bench-initramfs-%s.cpio.gz" % digest)
     if not path.exists():
@@ -106,7 +128,7 @@ class BenchGuest(machine.Guest):
 
     def qemu_argv(self):
         argv = super().qemu_argv()
-        self.bench_initrd = bench_initramfs(self.initramfs.path, self.log)
+        self.bench_initrd = bench_initramfs(self.env, self.initramfs.path, self.log)
         i = argv.index("-initrd")
         argv[i + 1] = "%s/%s" % (machine.CHROOT_CACHE, self.bench_initrd.name)
         if self.kind == "virtio-mem":

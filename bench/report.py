@@ -13,8 +13,12 @@ PLOT_TITLES = {
     "tballoon": "(a) tballoon (progress events)",
     "virtio-balloon": "(b) virtio-balloon (query-balloon polled)",
     "virtio-mem": "(c) virtio-mem (qom-get size polled)",
-    "limit": "(d) limit: guest alloc/free (guest clock)",
+    "limit": "(d) limit: user-space populate/munmap",
 }
+
+
+COLORS = {"tballoon": "#d62728", "virtio-balloon": "#1f77b4",
+          "virtio-mem": "#2ca02c", "limit": "#7f7f7f"}
 
 
 def stats(values):
@@ -38,11 +42,17 @@ def summarize(data):
     summ = {}
     for name, res in data["mechanisms"].items():
         s = {}
-        for op in ("inflate", "deflate", "touch_inflate", "touch_deflate"):
+        for op in ("inflate", "deflate"):
             runs = res.get(op) or []
             if runs:
                 s[op + "_s"] = stats([r["seconds"] for r in runs])
                 s[op + "_released_bytes"] = stats([r.get("released") for r in runs])
+            for mode, var in (res.get("variants") or {}).items():
+                runs = var.get(op) or []
+                if runs:
+                    s["%s_%s_s" % (mode, op)] = stats([r["seconds"] for r in runs])
+                    s["%s_%s_released_bytes" % (mode, op)] = stats(
+                        [r.get("released") for r in runs])
         if name == "tballoon":
             inf = res.get("inflate") or []
             dfl = res.get("deflate") or []
@@ -69,6 +79,11 @@ def summarize(data):
             x, y = a.get(op + "_s"), o.get(op + "_s")
             if x and y and y["median"] > 0:
                 ratios["a/%s %s" % (SHORT[other], op)] = x["median"] / y["median"]
+    lim = summ.get("limit") or {}
+    for op in ("inflate", "deflate"):
+        x, y = a.get(op + "_s"), lim.get("kernel_%s_s" % op)
+        if x and y and y["median"] > 0:
+            ratios["a/d-kernel %s" % op] = x["median"] / y["median"]
     data["ratios"] = ratios
     return data
 
@@ -112,11 +127,13 @@ def table(data):
         lines.append("%-46s %-22s %-22s %s" % (res["label"], _fmt_s(s.get("inflate_s")),
                                                _fmt_s(s.get("deflate_s")),
                                                _fmt_mib(s.get("inflate_released_bytes"))))
-        if name == "limit" and s.get("touch_inflate_s"):
-            lines.append("%-46s %-22s %-22s %s" % ("    (d') same, one write per page",
-                                                   _fmt_s(s.get("touch_inflate_s")),
-                                                   _fmt_s(s.get("touch_deflate_s")),
-                                                   _fmt_mib(s.get("touch_inflate_released_bytes"))))
+        for mode, label in (("touch", "(d') user space, one write per page"),
+                            ("kernel", "(d\") kernel: balloon_page_alloc + free")):
+            if name == "limit" and s.get("%s_inflate_s" % mode):
+                lines.append("%-46s %-22s %-22s %s" % (
+                    label, _fmt_s(s.get("%s_inflate_s" % mode)),
+                    _fmt_s(s.get("%s_deflate_s" % mode)),
+                    _fmt_mib(s.get("%s_inflate_released_bytes" % mode))))
         if res.get("error"):
             lines.append("    error: %s" % res["error"])
     lines.append("")
@@ -140,13 +157,14 @@ def table(data):
     lines.append("")
     lines.append("ratios of medians (tballoon time / other time; < 1: tballoon is faster):")
     ratios = data.get("ratios") or {}
-    for other in ("b", "c", "d"):
+    for other, label in (("b", "(a)/(b) "), ("c", "(a)/(c) "), ("d", "(a)/(d) "),
+                         ("d-kernel", "(a)/(d\")")):
         i = ratios.get("a/%s inflate" % other)
         d = ratios.get("a/%s deflate" % other)
         if i is None and d is None:
             continue
-        lines.append("  (a)/(%s)  inflate %s   deflate %s" % (
-            other, "%.3f" % i if i is not None else "-", "%.3f" % d if d is not None else "-"))
+        lines.append("  %s  inflate %s   deflate %s" % (
+            label, "%.3f" % i if i is not None else "-", "%.3f" % d if d is not None else "-"))
     return "\n".join(lines)
 
 
@@ -162,6 +180,11 @@ def _fmt_rate(st):
     return "%.1f / %.1f / %.1f" % (st["min"], st["median"], st["max"])
 
 
+def _gq(text):
+    """A gnuplot single-quoted string."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def plot(data, png, outdir):
     """Balloon size over time, inflate and deflate panels; returns the PNG path."""
     gnuplot = shutil.which("gnuplot")
@@ -170,26 +193,31 @@ def plot(data, png, outdir):
         return None
     outdir = Path(outdir)
     series = {"inflate": [], "deflate": []}
+    curves = []     # (file tag, title, color, dash, {op: runs})
     for name in ORDER:
         res = data["mechanisms"].get(name)
         if not res:
             continue
+        curves.append((SHORT[name], PLOT_TITLES[name], COLORS[name], 1, res))
+        kern = (res.get("variants") or {}).get("kernel")
+        if name == "limit" and kern:
+            curves.append(("d-kernel", "(d\") limit: kernel balloon_page_alloc/free",
+                           "#000000", 2, kern))
+    for tag, title, color, dash, runs in curves:
         for op in ("inflate", "deflate"):
-            run = median_run(res.get(op) or [])
+            run = median_run(runs.get(op) or [])
             if not run or not run.get("trace"):
                 continue
-            path = outdir / ("trace-%s-%s.dat" % (SHORT[name], op))
+            path = outdir / ("trace-%s-%s.dat" % (tag, op))
             with open(str(path), "w") as f:
                 f.write("# %s %s (median run, %.3f s): seconds MiB-taken-from-guest\n"
-                        % (name, op, run["seconds"]))
+                        % (tag, op, run["seconds"]))
                 for t, v in run["trace"]:
                     f.write("%.4f %.2f\n" % (t, v / MIB))
-            series[op].append((name, path, run["seconds"]))
-    colors = {"tballoon": "#d62728", "virtio-balloon": "#1f77b4",
-              "virtio-mem": "#2ca02c", "limit": "#7f7f7f"}
+            series[op].append((title, color, dash, path, run["seconds"]))
     m = data.get("meta", {})
     script = [
-        "set terminal pngcairo size 1400,720 font 'sans,11'",
+        "set terminal pngcairo noenhanced size 1400,720 font 'sans,11'",
         "set output '%s'" % png,
         "set multiplot layout 1,2 title \"Taking %d MiB from a %d MiB guest and giving it "
         "back (QEMU TCG, %d vCPUs, median of %s runs)\" font 'sans,13' "
@@ -197,7 +225,7 @@ def plot(data, png, outdir):
         % (m.get("moved_bytes", 0) // MIB, m.get("guest_ram_bytes", 0) // MIB,
            m.get("guest_smp", 0), m.get("reps")),
         "set grid",
-        "set key outside below center vertical maxrows 4 box",
+        "set key outside below center vertical maxrows 5 box",
         "set xlabel 'time since the command (s)'",
         "set ylabel 'memory taken from the guest (MiB)'",
         "set yrange [0:%d]" % (m.get("moved_bytes", 0) // MIB * 1.05),
@@ -207,9 +235,9 @@ def plot(data, png, outdir):
                       ("deflate", "deflate: give it back")):
         script.append("set title '%s'" % title)
         parts = []
-        for name, path, secs in series[op]:
-            parts.append("'%s' using 1:2 with steps lw 2 lc rgb '%s' title '%s: %.2f s'"
-                         % (path, colors[name], PLOT_TITLES[name], secs))
+        for title, color, dash, path, secs in series[op]:
+            parts.append("%s using 1:2 with steps lw 2 dt %d lc rgb '%s' title %s"
+                         % (_gq(str(path)), dash, color, _gq("%s: %.2f s" % (title, secs))))
         if parts:
             script.append("plot " + ", \\\n     ".join(parts))
     script.append("unset multiplot")

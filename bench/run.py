@@ -10,11 +10,14 @@ one run (see bench/README.md):
   (b) Linux virtio_balloon + virtio-balloon-pci   QMP balloon, query-balloon polled
   (c) Linux virtio_mem + virtio-mem-pci      qom-set requested-size, qom-get size polled
   (d) the limit: tbmem in the guest          populate 1 GiB of 4 KiB pages, unmap it
+      (d') the same with one write per page; (d") tbkalloc.ko: balloon_page_alloc()
+      1 GiB in the guest kernel and free it
 Prints a table with min/median/max and ratios; writes out/bench/results.json
 (raw figures) and out/bench/balloon.png (size over time, gnuplot).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -57,7 +60,7 @@ LABELS = {
     "tballoon": "(a) virtio_tballoon + tballoon serve",
     "virtio-balloon": "(b) virtio_balloon + QEMU virtio-balloon-pci",
     "virtio-mem": "(c) virtio_mem + QEMU virtio-mem-pci",
-    "limit": "(d) limit: guest alloc/free, no host",
+    "limit": "(d) limit: user space populate + munmap",
 }
 
 
@@ -424,32 +427,58 @@ def parse_tbmem(out):
     return vals["alloc_us"] / 1e6, vals["free_us"] / 1e6, alloc, free
 
 
+def parse_tbkalloc(out):
+    alloc, free, vals = [], [], {}
+    for line in out.splitlines():
+        w = line.split("tbkalloc:", 1)[-1].split()
+        if len(w) == 4 and w[0] == "sample":
+            (alloc if w[1] == "alloc" else free).append((int(w[2]) / 1e6, int(w[3]) * PAGE))
+        elif len(w) == 6 and w[0] == "pages":
+            vals = {"pages": int(w[1]), "alloc_us": int(w[3]), "free_us": int(w[5])}
+    if not vals:
+        raise BenchError("tbkalloc printed no times: %r" % out[-300:])
+    return vals["alloc_us"] / 1e6, vals["free_us"] / 1e6, alloc, free, vals["pages"]
+
+
 def bench_limit(args, res):
+    """tbmem (user space, 4 KiB pages) and tbkalloc (kernel, balloon_page_alloc)."""
     with bguest.BenchGuest(driver="none", device="none", mem=GUEST_RAM, smp=args.smp,
                            keep=args.keep, name="bench-d", log=say) as g:
         res["boot_s"] = g.boot_s
         res["guest_ram_bytes"] = parse_mib(GUEST_RAM)
-        for mode in ("populate", "touch"):
+        res["variants"] = {}
+        for mode in ("populate", "touch", "kernel"):
+            var = {"inflate": [], "deflate": []}
             for r in range(args.reps):
                 hm0 = g.host_memory()
-                out = g.sh("tbmem -m %s -i %d %dM" % (mode, args.sample_ms, MOVE // MIB),
-                           timeout=600)
-                if out.rc != 0:
-                    raise BenchError("tbmem failed (%d): %s" % (out.rc, out.out[-300:]))
+                if mode == "kernel":
+                    mark = "tbbench-mark-%d-%d" % (os.getpid(), r)
+                    out = g.sh("echo %s > /dev/kmsg; insmod /lib/modules/tbkalloc.ko "
+                               "pages=%d sample_ms=%d; dmesg | sed -n '/%s/,$p' | "
+                               "grep tbkalloc:" % (mark, MOVE // PAGE, args.sample_ms, mark),
+                               timeout=600)
+                    a_s, f_s, a_tr, f_tr, pages = parse_tbkalloc(out.out)
+                    if pages != MOVE // PAGE:
+                        raise BenchError("tbkalloc allocated only %d pages" % pages)
+                else:
+                    out = g.sh("tbmem -m %s -i %d %dM" % (mode, args.sample_ms,
+                                                         MOVE // MIB), timeout=600)
+                    if out.rc != 0:
+                        raise BenchError("tbmem failed (%d): %s" % (out.rc, out.out[-300:]))
+                    a_s, f_s, a_tr, f_tr = parse_tbmem(out.out)
                 hm1 = g.host_memory()
-                a_s, f_s, a_tr, f_tr = parse_tbmem(out.out)
                 common = {"mode": mode, "host_before": hm0["memfd_allocated"],
                           "host_after": hm1["memfd_allocated"],
                           "rss_shmem_before": hm0["rss_shmem"],
                           "rss_shmem_after": hm1["rss_shmem"],
                           "released": hm0["memfd_allocated"] - hm1["memfd_allocated"]}
-                inf = dict(common, op="inflate", seconds=a_s, trace=a_tr)
-                dfl = dict(common, op="deflate", seconds=f_s,
-                           trace=[(t, v) for t, v in f_tr])
+                var["inflate"].append(dict(common, op="inflate", seconds=a_s, trace=a_tr))
+                var["deflate"].append(dict(common, op="deflate", seconds=f_s, trace=f_tr))
                 say("(d) %s rep %d: alloc %.2f s, free %.2f s" % (mode, r + 1, a_s, f_s))
-                key = "" if mode == "populate" else "touch_"
-                res[key + "inflate"].append(inf)
-                res[key + "deflate"].append(dfl)
+            if mode == "populate":
+                res["inflate"], res["deflate"] = var["inflate"], var["deflate"]
+            else:
+                res["variants"][mode] = var
 
 
 RUNNERS = {"tballoon": bench_tballoon, "virtio-balloon": bench_virtio_balloon,
@@ -457,6 +486,30 @@ RUNNERS = {"tballoon": bench_tballoon, "virtio-balloon": bench_virtio_balloon,
 
 
 # ---------------------------------------------------------------------------
+
+def pin_parts(e, out):
+    """Copy the module and the tool under test, so a rebuild during the run
+    (other people work in this tree) cannot change them half-way."""
+    parts = out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    pinned = {}
+    for key, src in (("TB_MODULE", e.module), ("TB_TOOL", e.tool)):
+        if key in os.environ and Path(os.environ[key]).resolve().parent == parts.resolve():
+            src = Path(os.environ[key])
+        data = src.read_bytes()
+        dst = parts / src.name
+        if dst.resolve() != src.resolve():
+            tmp = parts / (src.name + ".tmp")
+            tmp.write_bytes(data)
+            os.chmod(str(tmp), 0o755)
+            os.replace(str(tmp), str(dst))
+        pinned[key] = {"source": str(src), "copy": str(dst),
+                       "sha256": hashlib.sha256(data).hexdigest()[:16]}
+        os.environ[key] = str(dst)
+    e.module = Path(os.environ["TB_MODULE"])
+    e.tool = Path(os.environ["TB_TOOL"])
+    return pinned
+
 
 def meta(args, e):
     def cmd_out(argv):
@@ -526,13 +579,15 @@ def main():
         return 1
     wanted = [MECHANISMS[k.strip()] for k in args.only.split(",") if k.strip()]
 
+    pinned = pin_parts(e, out)
     data = {"meta": meta(args, e), "mechanisms": {}}
+    data["meta"]["parts"] = pinned
     data["meta"]["load_before"] = load_average()
     t_start = time.monotonic()
     failed = False
     for name in wanted:
         res = {"label": LABELS[name], "inflate": [], "deflate": [], "overshoot": [],
-               "touch_inflate": [], "touch_deflate": [], "error": None}
+               "error": None}
         data["mechanisms"][name] = res
         say("%s ..." % LABELS[name])
         t = time.monotonic()

@@ -713,8 +713,9 @@ static u32 tballoon_fill_check(struct tballoon *tb, u32 extra)
  * stop flags every TBALLOON_CHECK_PAGES pages.
  *
  * Return: 0 when @n pages are in @buf; -ENOMEM when an allocation failed;
- * -ETIME when the deadline passed (the caller drops the partial buffer);
- * -EINTR when something else says stop (the caller sends it).
+ * -ETIME when the deadline passed, -EINTR when something else says stop
+ * (abort, newer command, removal, floor): the caller drops the partial
+ * buffer, so no page moves after the driver saw the reason to stop.
  */
 static int tballoon_fill_inflate(struct tballoon *tb, struct tballoon_buf *buf,
 				 u32 n)
@@ -868,7 +869,7 @@ static void tballoon_run(struct tballoon *tb)
 				break;
 			}
 		}
-		if (err == -ETIME || !buf->num_pfns) {
+		if (err == -ETIME || err == -EINTR || !buf->num_pfns) {
 			/* Nothing the device saw: give it back, and decide. */
 			tballoon_unfill(tb, buf, inflate);
 		} else {

@@ -1,0 +1,610 @@
+# SPDX-License-Identifier: GPL-2.0
+"""Guest driver behaviour (issue 3): pressure, floor, abort, supersede, pacing,
+validation, page migration, unload and suspend, and the standard features on
+QEMU's own balloon (deflate-on-OOM, statistics).
+
+Every scenario asserts on what `tballoon` reports (status --json, --wait --json,
+exit codes) and on the guest (/proc/meminfo, /proc/vmstat, program exit
+status); the runner's health check (agent answers, dmesg clean) follows each.
+Measured figures are printed as `# ` lines.
+"""
+
+import subprocess
+import json
+import time
+
+from . import MIB, PAGE, group, mib, scenario
+from tbtest import machine
+
+KB = 1024
+
+# A fresh 1 GiB guest for the timed driver scenarios; they run in this order
+# and each leaves the balloon empty.
+group("driver", driver="tballoon", device="tballoon", mem="1G")
+# QEMU's own virtio-balloon-pci with deflate-on-oom=on (no TIMED): standard
+# features of the driver.
+group("driver-stock", driver="tballoon", device="stock", mem="1G",
+      stock_props="deflate-on-oom=on")
+
+EXIT = {"done": 0, "deadline": 3, "pressure": 4, "aborted": 5, "rejected": 6}
+
+
+# ---- helpers -------------------------------------------------------------
+
+def _cmd(st):
+    return (st or {}).get("command") or {}
+
+
+def _empty(ctx):
+    """Deflate to 0 if the balloon holds pages; require success."""
+    st = ctx.status()
+    if st.get("actual_pages"):
+        rc, st, _ = ctx.balloon("deflate", 0, "120s", timeout=300)
+        ctx.require(rc == 0 and st.get("actual_pages") == 0,
+                    "deflate to 0 (exit %d, actual %s)" % (rc, st.get("actual_pages")))
+
+
+def _bg_tool(g, *args):
+    """Start a `tballoon` client in the background; returns the Popen."""
+    argv = [str(g.env.tool), "-c", str(g.control)] + [str(a) for a in args]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+
+
+def _bg_result(g, proc, timeout=300):
+    """Wait for a background client; returns (exit code, last JSON or None)."""
+    out, err = proc.communicate(timeout=timeout)
+    with open(str(g.path("tool.log")), "a") as f:
+        f.write("$ %s\n-> exit %d\n%s%s" % (" ".join(proc.args), proc.returncode, out, err))
+    obj = None
+    for line in reversed(out.splitlines()):
+        if line.strip().startswith("{"):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                pass
+            break
+    return proc.returncode, obj
+
+
+def _wait_running(ctx, cmd_id=None, timeout=30.0):
+    """Poll status until a command (newer than CMD_ID) runs and moved pages."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        st = ctx.status()
+        c = _cmd(st)
+        if (c.get("state") == "running" and (cmd_id is None or c.get("cmd_id") != cmd_id)
+                and st.get("actual_pages") != c.get("start_pages")):
+            return st
+        time.sleep(0.05)
+    raise ctx_fail("no running command with progress within %.0f s" % timeout)
+
+
+def ctx_fail(msg):
+    from . import Fail
+    return Fail(msg)
+
+
+def _guest_bg(g, command, tag):
+    """Run COMMAND in the guest in the background; exit status to /tmp/TAG.rc."""
+    g.sh("( %s > /tmp/%s.out 2>&1; echo $? > /tmp/%s.rc ) </dev/null >/dev/null 2>&1 &"
+         % (command, tag, tag))
+
+
+def _guest_bg_wait(g, tag, timeout=120.0):
+    """Exit status of a background guest command, output; None on timeout."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        res = g.sh("cat /tmp/%s.rc 2>/dev/null" % tag)
+        if res.out.strip():
+            return int(res.out.strip()), g.sh("cat /tmp/%s.out" % tag).out
+        time.sleep(0.5)
+    return None, g.sh("cat /tmp/%s.out" % tag).out
+
+
+def _oom_lines(g):
+    return [l for l in g.dmesg().splitlines()
+            if "Out of memory" in l or "oom-kill" in l or "invoked oom-killer" in l]
+
+
+def _vmstat(g, key):
+    for line in g.sh("cat /proc/vmstat").out.splitlines():
+        k, _, v = line.partition(" ")
+        if k == key:
+            return int(v)
+    return None
+
+
+def _ram_pages(g):
+    """Guest RAM as the driver sees it at probe (MemTotal with the balloon empty)."""
+    return g.meminfo()["MemTotal"] * KB // PAGE
+
+
+# ---- 4. validation -------------------------------------------------------
+
+@scenario("driver-validate", "driver")
+def validate(ctx):
+    """driver rejects a target or floor beyond managed RAM, a wrong direction; target == actual is done at once"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    ctx.require(st0["actual_pages"] == 0, "balloon empty at start")
+    ram = _ram_pages(g)
+    ctx.shared["boot_memtotal"] = g.meminfo()["MemTotal"]
+    ctx.diag("guest managed RAM %d pages (%s) of 1 GiB", ram, mib(ram * PAGE))
+
+    # Within the 1 GiB the host knows, beyond what the guest manages.
+    cases = [
+        ("bad-target", "inflate", ram + 256, ()),
+        ("bad-target", "inflate", (1 << 30) // PAGE, ()),
+        ("bad-floor", "inflate", 1024, ("--floor", "%dp" % (ram + 256))),
+    ]
+    for reason, op, to, extra in cases:
+        rc, st, _ = ctx.balloon(op, to, "10s", extra=extra, timeout=60)
+        c = _cmd(st)
+        ctx.expect(rc == 6 and c.get("state") == "rejected" and c.get("reason") == reason,
+                   "%s --to %dp %s: exit 6 rejected/%s (got exit %d, %s/%s)"
+                   % (op, to, " ".join(extra), reason, rc, c.get("state"), c.get("reason")))
+        ctx.expect(st.get("actual_pages") == 0, "nothing moved (actual %s)"
+                   % st.get("actual_pages"))
+
+    # Direction: inflate a little, then "inflate" below it and "deflate" above it.
+    rc, st, _ = ctx.balloon("inflate", 4096, "30s", timeout=120)
+    ctx.require(rc == 0, "inflate to 4096 pages done (exit %d)" % rc)
+    # The host refuses a wrong direction itself when it knows `actual`
+    # (exit 1, no command issued); if it passed one on, the driver must
+    # answer rejected/direction. Either way nothing moves.
+    for op, to in (("inflate", 2048), ("deflate", 8192)):
+        id0 = _cmd(ctx.status()).get("cmd_id")
+        rc, st, err = g.tool_json(op, "--to", "%dp" % to, "--deadline", "10s", "--wait",
+                                  timeout=60)
+        st1 = ctx.status()
+        c = _cmd(st1)
+        if c.get("cmd_id") == id0:
+            ctx.diag("%s --to %dp with actual 4096: refused by the host (exit %d: %s)",
+                     op, to, rc, err.strip())
+            ctx.expect(rc != 0, "host refusal exits non-zero")
+        else:
+            ctx.diag("%s --to %dp with actual 4096: exit %d, %s/%s", op, to, rc,
+                     c.get("state"), c.get("reason"))
+            ctx.expect(rc == 6 and c.get("state") == "rejected"
+                       and c.get("reason") == "direction",
+                       "%s --to %dp: exit 6 rejected/direction" % (op, to))
+        ctx.expect(st1.get("actual_pages") == 4096, "nothing moved (actual %s)"
+                   % st1.get("actual_pages"))
+    # Target equal to actual: done at once, in both directions.
+    for op in ("inflate", "deflate"):
+        rc, st, _ = ctx.balloon(op, 4096, "10s", timeout=60)
+        c = _cmd(st)
+        ctx.expect(rc == 0 and c.get("state") == "done" and st.get("actual_pages") == 4096,
+                   "%s to actual: exit 0 done (got exit %d, %s, actual %s)"
+                   % (op, rc, c.get("state"), st.get("actual_pages")))
+        ctx.expect((c.get("elapsed_ms") or 0) <= 5,
+                   "%s to actual: elapsed_ms %s <= 5" % (op, c.get("elapsed_ms")))
+    _empty(ctx)
+    ctx.check_healthy()
+
+
+# ---- 3. paced ------------------------------------------------------------
+
+@scenario("driver-paced", "driver")
+def paced(ctx):
+    """paced inflate of 256 MiB over 4 s follows the straight line to the deadline within 10%"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    start = st0["actual_pages"]
+    distance = 256 * MIB // PAGE
+    deadline = 4000
+    proc = _bg_tool(g, "inflate", "--to", "%dp" % (start + distance), "--deadline",
+                    "%dms" % deadline, "--paced", "--wait", "--json")
+    samples = []    # (guest elapsed_ms, pages moved) of each report seen
+    cmd_id = None
+    t0 = time.monotonic()
+    while proc.poll() is None and time.monotonic() - t0 < 60:
+        st = ctx.status()
+        c = _cmd(st)
+        if c.get("op") == "inflate" and c.get("state") == "running":
+            cmd_id = c.get("cmd_id")
+            samples.append((c.get("elapsed_ms"), st.get("actual_pages") - start,
+                            c.get("report_seq")))
+        time.sleep(0.05)
+    rc, st = _bg_result(g, proc)
+    c = _cmd(st)
+    ctx.require(st is not None, "paced inflate printed its status")
+    ctx.expect(rc == 0 and c.get("state") == "done",
+               "paced inflate done (exit %d, state %s)" % (rc, c.get("state")))
+    ctx.expect(c.get("cmd_id") == cmd_id, "samples were of this command")
+    # One sample per report (the pair actual/elapsed_ms of one report).
+    seen, pts = set(), []
+    for el, moved, seq in samples:
+        if seq not in seen and el is not None:
+            seen.add(seq)
+            pts.append((el, moved))
+    pts.append((c.get("elapsed_ms"), st.get("actual_pages") - start))
+    dev = [(moved - distance * min(el, deadline) / deadline) / distance for el, moved in pts]
+    worst = max(dev, key=abs) if dev else 0
+    ctx.diag("paced: %d reports sampled, final elapsed %s ms of %d, max deviation from "
+             "the start->deadline line %.1f%% of the distance (%s)",
+             len(pts), c.get("elapsed_ms"), deadline, 100 * worst,
+             "ahead" if worst > 0 else "behind")
+    ctx.expect(len(pts) >= 20, "at least 20 samples over 4 s (got %d)" % len(pts))
+    ctx.expect(abs(worst) <= 0.10, "every sample within 10%% of the line (worst %.1f%%)"
+               % (100 * worst))
+    el = c.get("elapsed_ms") or 0
+    ctx.expect(deadline - 400 <= el <= deadline,
+               "finished near the deadline: %d <= elapsed %s <= %d"
+               % (deadline - 400, el, deadline))
+    _empty(ctx)
+    ctx.check_healthy()
+
+
+# ---- 2. supersede and abort -----------------------------------------------
+
+@scenario("driver-supersede", "driver")
+def supersede(ctx):
+    """a deflate supersedes a running inflate (aborted/superseded, then done); abort stops one"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    target = 700 * MIB // PAGE
+    first = _bg_tool(g, "inflate", "--to", "%dp" % target, "--deadline", "20s", "--paced",
+                     "--wait", "--json")
+    try:
+        st = _wait_running(ctx, cmd_id=_cmd(st0).get("cmd_id"))
+        time.sleep(1.0)
+        rc2, st2, _ = ctx.balloon("deflate", 0, "60s", timeout=300)
+    finally:
+        rc1, st1 = _bg_result(g, first)
+    c1, c2 = _cmd(st1), _cmd(st2)
+    ctx.diag("first: exit %d, %s/%s, cmd %s; second: exit %d, %s/%s, cmd %s, actual %s",
+             rc1, c1.get("state"), c1.get("reason"), c1.get("cmd_id"), rc2,
+             c2.get("state"), c2.get("reason"), c2.get("cmd_id"), st2.get("actual_pages"))
+    ctx.expect(rc1 == 5 and c1.get("state") == "aborted" and c1.get("reason") == "superseded",
+               "first inflate: exit 5 aborted/superseded (got %d %s/%s)"
+               % (rc1, c1.get("state"), c1.get("reason")))
+    ctx.expect(rc2 == 0 and c2.get("state") == "done" and st2.get("actual_pages") == 0,
+               "second (deflate to 0): exit 0 done, actual 0 (got %d %s, %s)"
+               % (rc2, c2.get("state"), st2.get("actual_pages")))
+    ctx.expect(c2.get("start_pages", 0) > 0, "the deflate started from a partly inflated "
+               "balloon (start_pages %s)" % c2.get("start_pages"))
+
+    # Explicit abort.
+    st0 = ctx.status()
+    first = _bg_tool(g, "inflate", "--to", "%dp" % target, "--deadline", "20s", "--paced",
+                     "--wait", "--json")
+    try:
+        _wait_running(ctx, cmd_id=_cmd(st0).get("cmd_id"))
+        time.sleep(1.0)
+        res = g.tool("abort", "--json", timeout=60)
+        ab_rc = res.returncode
+    finally:
+        rc1, st1 = _bg_result(g, first)
+    c1 = _cmd(st1)
+    actual = (st1 or {}).get("actual_pages", -1)
+    ctx.diag("abort: `tballoon abort` exit %d; inflate exit %d, %s/%s after %s ms, actual %d "
+             "(%s)", ab_rc, rc1, c1.get("state"), c1.get("reason"), c1.get("elapsed_ms"),
+             actual, mib(actual * PAGE))
+    ctx.expect(ab_rc == 0, "tballoon abort exit 0 (got %d)" % ab_rc)
+    ctx.expect(rc1 == 5 and c1.get("state") == "aborted" and c1.get("reason") == "host-abort",
+               "inflate: exit 5 aborted/host-abort (got %d %s/%s)"
+               % (rc1, c1.get("state"), c1.get("reason")))
+    ctx.expect(0 < actual < target, "balloon kept its size: 0 < %d < %d" % (actual, target))
+    # The host ends the command when it issues the abort, with the last
+    # running report's size; buffers the driver had in flight (at most two
+    # batches of 4096 pages) still land before the driver's final report.
+    # After that nothing moves.
+    t0 = time.monotonic()
+    st = ctx.status()
+    while not (_cmd(st).get("op") == "abort" and _cmd(st).get("state") == "done"):
+        ctx.require(time.monotonic() - t0 < 10, "the abort op was reported done (%s)"
+                    % _cmd(st))
+        time.sleep(0.05)
+        st = ctx.status()
+    time.sleep(0.5)
+    st2 = ctx.status()
+    landed = st.get("actual_pages", 0) - actual
+    ctx.diag("abort: %d pages landed after the host's last running report (in flight), "
+             "then %d", landed, st2.get("actual_pages", 0) - st.get("actual_pages", 0))
+    ctx.expect(0 <= landed <= 2 * 4096, "at most two buffers landed after the abort (%d)"
+               % landed)
+    ctx.expect(st2.get("actual_pages") == st.get("actual_pages"),
+               "no page moved after the abort was acknowledged (%s -> %s)"
+               % (st.get("actual_pages"), st2.get("actual_pages")))
+    _empty(ctx)
+    ctx.check_healthy()
+
+
+# ---- 1. pressure and floor -------------------------------------------------
+
+@scenario("driver-floor", "driver")
+def floor(ctx):
+    """inflate with --floor 300M ends pressure/floor with MemAvailable >= floor - 4 MiB"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    floor_b = 300 * MIB
+    rc, st, _ = ctx.balloon("inflate", 900 * MIB // PAGE, "120s",
+                            extra=("--floor", "300M"), timeout=300)
+    c = _cmd(st)
+    avail = g.meminfo()["MemAvailable"] * KB
+    ctx.diag("floor: stopped at %s in the balloon after %s ms, MemAvailable %s vs floor %s "
+             "(%+.1f MiB)", mib(st.get("actual_pages", 0) * PAGE), c.get("elapsed_ms"),
+             mib(avail), mib(floor_b), (avail - floor_b) / MIB)
+    ctx.expect(rc == 4 and c.get("state") == "pressure" and c.get("reason") == "floor",
+               "exit 4 pressure/floor (got %d %s/%s)" % (rc, c.get("state"), c.get("reason")))
+    # Tolerance: MemAvailable comes from per-CPU-batched vmstat counters (drift
+    # of up to a few hundred pages per CPU and zone) and the check runs every
+    # 256 pages (1 MiB).
+    ctx.expect(avail >= floor_b - 4 * MIB, "MemAvailable %s >= floor - 4 MiB" % mib(avail))
+    ctx.expect(avail <= floor_b + 32 * MIB, "stopped close to the floor (MemAvailable %s)"
+               % mib(avail))
+    _empty(ctx)
+    ctx.check_healthy()
+
+
+@scenario("driver-pressure", "driver")
+def pressure(ctx):
+    """a program grows its memory while a large inflate runs: pressure, program never OOM-killed"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    # (a) The driver's own reserve: a program holds 256 MiB, inflate towards
+    # 900 MiB without a floor.
+    _guest_bg(g, "memhog 256 30", "hog")
+    t0 = time.monotonic()
+    while "touched" not in g.sh("cat /tmp/hog.out 2>/dev/null").out:
+        ctx.require(time.monotonic() - t0 < 60, "memhog did not start")
+        time.sleep(0.2)
+    rc, st, _ = ctx.balloon("inflate", 900 * MIB // PAGE, "120s", timeout=300)
+    c = _cmd(st)
+    mi = g.meminfo()
+    ctx.diag("reserve: inflate exit %d %s/%s at %s after %s ms, MemAvailable %s (reserve "
+             "32 MiB)", rc, c.get("state"), c.get("reason"),
+             mib(st.get("actual_pages", 0) * PAGE), c.get("elapsed_ms"),
+             mib(mi["MemAvailable"] * KB))
+    ctx.expect(rc == 4 and c.get("state") == "pressure",
+               "exit 4 pressure (got %d %s/%s)" % (rc, c.get("state"), c.get("reason")))
+    ctx.expect(mi["MemAvailable"] * KB >= 28 * MIB,
+               "MemAvailable stays above the 32 MiB reserve less 4 MiB")
+    g.sh("killall memhog 2>/dev/null")
+    hrc, out = _guest_bg_wait(g, "hog", 60)
+    ctx.expect(hrc is not None and hrc != 137, "memhog not OOM-killed (status %s)" % hrc)
+    _empty(ctx)
+
+    # (b) A program growing steadily (256 MiB at 32 MiB/s) while the inflate
+    # runs; the floor covers what it still needs.
+    _guest_bg(g, "memgrow 256 32 5", "grow")
+    t0 = time.monotonic()
+    while "memgrow: 32" not in g.sh("cat /tmp/grow.out 2>/dev/null").out:
+        ctx.require(time.monotonic() - t0 < 60, "memgrow did not start")
+        time.sleep(0.2)
+    rc, st, _ = ctx.balloon("inflate", 900 * MIB // PAGE, "120s",
+                            extra=("--floor", "288M"), timeout=300)
+    c = _cmd(st)
+    grow = g.sh("cat /tmp/grow.out").out.strip().splitlines()
+    ctx.diag("growing program: inflate exit %d %s/%s at %s after %s ms; memgrow at: %s",
+             rc, c.get("state"), c.get("reason"), mib(st.get("actual_pages", 0) * PAGE),
+             c.get("elapsed_ms"), grow[-1] if grow else "?")
+    ctx.expect(rc == 4 and c.get("state") == "pressure",
+               "exit 4 pressure (got %d %s/%s)" % (rc, c.get("state"), c.get("reason")))
+    grc, out = _guest_bg_wait(g, "grow", 120)
+    ctx.diag("memgrow exit %s: %s", grc, out.strip().splitlines()[-1] if out.strip() else "")
+    ctx.expect(grc == 0, "memgrow finished, exit 0 (got %s)" % grc)
+    ctx.expect(not _oom_lines(g), "no OOM kill in dmesg")
+    res = g.sh("echo alive", timeout=30)
+    ctx.expect(res.rc == 0, "guest responsive")
+    _empty(ctx)
+    ctx.check_healthy()
+
+
+# ---- 5. migration ----------------------------------------------------------
+
+@scenario("driver-migrate", "driver")
+def migrate(ctx):
+    """compaction migrates balloon pages (vmstat balloon_migrate), balloon size unchanged"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    target = 256 * MIB // PAGE
+    rc, st, _ = ctx.balloon("inflate", target, "120s", timeout=300)
+    ctx.require(rc == 0, "inflate 256 MiB done (exit %d)" % rc)
+    mi0 = g.meminfo()
+    m0 = _vmstat(g, "balloon_migrate")
+    ctx.require(m0 is not None, "/proc/vmstat has balloon_migrate (CONFIG_BALLOON_COMPACTION)")
+    t0 = time.monotonic()
+    g.sh("echo 1 > /proc/sys/vm/compact_memory", timeout=300)
+    secs = time.monotonic() - t0
+    m1 = _vmstat(g, "balloon_migrate")
+    mi1 = g.meminfo()
+    st1 = ctx.status()
+    ctx.diag("compaction: %.2f s, balloon_migrate %d -> %d (%d pages migrated), actual %d, "
+             "MemTotal %d -> %d kB", secs, m0, m1, m1 - m0, st1["actual_pages"],
+             mi0["MemTotal"], mi1["MemTotal"])
+    ctx.expect(m1 > m0, "balloon pages migrated (%d)" % (m1 - m0))
+    ctx.expect(st1["actual_pages"] == target, "balloon size unchanged (%d)"
+               % st1["actual_pages"])
+    ctx.expect(abs(mi1["MemTotal"] - mi0["MemTotal"]) <= 64,
+               "MemTotal unchanged (%d -> %d kB)" % (mi0["MemTotal"], mi1["MemTotal"]))
+    _empty(ctx)
+    mi2 = g.meminfo()
+    ctx.expect(mi2["MemTotal"] == ctx.shared.get("boot_memtotal", mi2["MemTotal"]),
+               "MemTotal back to its boot value after deflate")
+    ctx.check_healthy()
+
+
+# ---- 6. teardown -----------------------------------------------------------
+
+@scenario("driver-rmmod", "driver")
+def rmmod(ctx):
+    """rmmod during a running inflate returns every page, reports aborted/removed; insmod again works"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    boot_total = ctx.shared.get("boot_memtotal") or g.meminfo()["MemTotal"]
+    first = _bg_tool(g, "inflate", "--to", "%dp" % (700 * MIB // PAGE), "--deadline", "30s",
+                     "--paced", "--wait", "--json")
+    try:
+        _wait_running(ctx, cmd_id=_cmd(st0).get("cmd_id"))
+        time.sleep(1.5)
+        before = ctx.status()["actual_pages"]
+        t0 = time.monotonic()
+        res = g.sh("rmmod virtio_tballoon", timeout=120)
+        secs = time.monotonic() - t0
+    finally:
+        rc1, st1 = _bg_result(g, first)
+    c1 = _cmd(st1)
+    mi = g.meminfo()
+    st = ctx.status()
+    ctx.diag("rmmod after %d pages (%s) in the balloon: rmmod %.2f s exit %d; command "
+             "exit %d %s/%s; host actual %s; MemTotal %d kB (boot %d)", before,
+             mib(before * PAGE), secs, res.rc, rc1, c1.get("state"), c1.get("reason"),
+             st.get("actual_pages"), mi["MemTotal"], boot_total)
+    ctx.expect(res.rc == 0, "rmmod exit 0 (%s)" % res.err.strip())
+    ctx.expect(before > 0, "the balloon held pages at rmmod")
+    ctx.expect(rc1 == 5 and c1.get("state") == "aborted" and c1.get("reason") == "removed",
+               "command reported aborted/removed (exit %d, %s/%s)"
+               % (rc1, c1.get("state"), c1.get("reason")))
+    ctx.expect(st.get("actual_pages") == 0, "host actual 0 (got %s)" % st.get("actual_pages"))
+    ctx.expect(mi["MemTotal"] == boot_total, "MemTotal back to its boot value, %d pages "
+               "returned" % before)
+    ctx.expect("virtio_tballoon" not in g.sh("cat /proc/modules").out, "module gone")
+    res = g.sh("insmod /lib/modules/virtio_tballoon.ko", timeout=60)
+    ctx.expect(res.rc == 0, "insmod again (%s)" % res.err.strip())
+    t0 = time.monotonic()
+    st = ctx.status()
+    while not (st.get("driver_ok") and st.get("timed")) and time.monotonic() - t0 < 30:
+        time.sleep(0.2)
+        st = ctx.status()
+    ctx.expect(st.get("driver_ok") and st.get("timed"), "driver_ok and timed after insmod")
+    rc, st, _ = ctx.balloon("inflate", 64 * MIB // PAGE, "60s", timeout=120)
+    ctx.expect(rc == 0 and st.get("actual_pages") == 64 * MIB // PAGE,
+               "a new inflate runs after re-insmod (exit %d)" % rc)
+    _empty(ctx)
+    ctx.check_healthy()
+
+
+@scenario("driver-freeze", "driver")
+def freeze(ctx):
+    """suspend (pm_test=devices, freeze) during a paced inflate: aborted/removed, balloon emptied, works after resume"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    res = g.sh("cat /sys/power/state /sys/power/pm_test")
+    ctx.require(res.rc == 0 and "freeze" in res.out and "devices" in res.out,
+                "guest kernel offers freeze and pm_test devices (%r)" % res.out)
+    boot_total = ctx.shared.get("boot_memtotal") or g.meminfo()["MemTotal"]
+    first = _bg_tool(g, "inflate", "--to", "%dp" % (700 * MIB // PAGE), "--deadline", "30s",
+                     "--paced", "--wait", "--json")
+    try:
+        _wait_running(ctx, cmd_id=_cmd(st0).get("cmd_id"))
+        time.sleep(1.0)
+        before = ctx.status()["actual_pages"]
+        t0 = time.monotonic()
+        res = g.sh("echo devices > /sys/power/pm_test && echo freeze > /sys/power/state; "
+                   "echo rc=$?; echo none > /sys/power/pm_test", timeout=120)
+        secs = time.monotonic() - t0
+    finally:
+        rc1, st1 = _bg_result(g, first)
+    c1 = _cmd(st1)
+    mi = g.meminfo()
+    st = ctx.status()
+    ctx.diag("suspend with %d pages in the balloon: %.2f s (%s); command exit %d %s/%s; "
+             "actual %s; MemTotal %d kB (boot %d)", before, secs, res.out.strip(), rc1,
+             c1.get("state"), c1.get("reason"), st.get("actual_pages"), mi["MemTotal"],
+             boot_total)
+    ctx.expect("rc=0" in res.out, "suspend cycle returned 0 (%s)" % res.out.strip())
+    ctx.expect(rc1 == 5 and c1.get("state") == "aborted" and c1.get("reason") == "removed",
+               "command reported aborted/removed (exit %d, %s/%s)"
+               % (rc1, c1.get("state"), c1.get("reason")))
+    ctx.expect(mi["MemTotal"] == boot_total, "MemTotal back to its boot value")
+    t0 = time.monotonic()
+    while not st.get("driver_ok") and time.monotonic() - t0 < 30:
+        time.sleep(0.2)
+        st = ctx.status()
+    rc, st, _ = ctx.balloon("inflate", 64 * MIB // PAGE, "60s", timeout=120)
+    ctx.expect(rc == 0 and st.get("actual_pages") == 64 * MIB // PAGE,
+               "a new inflate runs after resume (exit %d)" % rc)
+    _empty(ctx)
+    ctx.check_healthy()
+
+
+# ---- 5. standard features on QEMU's balloon --------------------------------
+
+def _qmp_balloon(qmp, value, timeout=120.0):
+    """QMP balloon to VALUE bytes; wait until query-balloon stops moving."""
+    qmp.command("balloon", value=value)
+    t0 = time.monotonic()
+    last, still = None, 0
+    while time.monotonic() - t0 < timeout:
+        actual = qmp.command("query-balloon")["actual"]
+        if actual == value:
+            return actual
+        still = still + 1 if actual == last else 0
+        if still >= 10:     # 2 s without movement (stopped at the reserve)
+            return actual
+        last = actual
+        time.sleep(0.2)
+    return last
+
+
+@scenario("driver-stats", "driver-stock", needs=("module",))
+def stats(ctx):
+    """statistics queue: qom-get guest-stats shows fresh standard stats"""
+    g = ctx.guest
+    ctx.require(g.driver_status == "loaded", "virtio_tballoon loaded (%s)" % g.driver_status)
+    qmp = machine.Qmp(g.path("qmp.sock"))
+    try:
+        path = "/machine/peripheral/balloon0"
+        qmp.command("qom-set", path=path, property="guest-stats-polling-interval", value=1)
+        time.sleep(3.0)
+        s1 = qmp.command("qom-get", path=path, property="guest-stats")
+        time.sleep(2.0)
+        s2 = qmp.command("qom-get", path=path, property="guest-stats")
+        qmp.command("qom-set", path=path, property="guest-stats-polling-interval", value=0)
+    finally:
+        qmp.close()
+    mi = g.meminfo()
+    st = s2.get("stats", {})
+    ctx.diag("guest-stats: last-update %s -> %s; %s", s1.get("last-update"),
+             s2.get("last-update"), ", ".join("%s=%s" % kv for kv in sorted(st.items())))
+    ctx.expect(s2.get("last-update", 0) > s1.get("last-update", 0) > 0,
+               "stats refreshed every second (last-update advances)")
+    ctx.expect(abs(time.time() - s2.get("last-update", 0)) < 10, "last-update is fresh")
+    total = st.get("stat-total-memory", -1)
+    ctx.expect(abs(total - mi["MemTotal"] * KB) <= 4 * MIB,
+               "stat-total-memory %d ~ MemTotal %d kB" % (total, mi["MemTotal"]))
+    for key in ("stat-free-memory", "stat-available-memory", "stat-minor-faults",
+                "stat-disk-caches", "stat-major-faults", "stat-swap-in", "stat-swap-out"):
+        ctx.expect(st.get(key, -1) >= 0, "%s reported (%s)" % (key, st.get(key)))
+    ctx.expect(0 < st.get("stat-available-memory", 0) <= total, "available <= total")
+    ctx.check_healthy()
+
+
+@scenario("driver-deflate-on-oom", "driver-stock", needs=("module",))
+def deflate_on_oom(ctx):
+    """deflate-on-oom: a program larger than the free memory survives, the balloon shrinks"""
+    g = ctx.guest
+    ctx.require(g.driver_status == "loaded", "virtio_tballoon loaded (%s)" % g.driver_status)
+    qmp = machine.Qmp(g.path("qmp.sock"))
+    try:
+        ram = qmp.command("query-balloon")["actual"]
+        mi0 = g.meminfo()
+        actual = _qmp_balloon(qmp, ram - 640 * MIB)
+        mi1 = g.meminfo()
+        held = ram - actual
+        ctx.diag("balloon holds %s (asked 640 MiB), MemTotal %d -> %d kB, MemAvailable %s",
+                 mib(held), mi0["MemTotal"], mi1["MemTotal"], mib(mi1["MemAvailable"] * KB))
+        ctx.require(held >= 500 * MIB, "balloon took at least 500 MiB (%s)" % mib(held))
+        ctx.expect(mi1["MemTotal"] == mi0["MemTotal"],
+                   "MemTotal unchanged with deflate-on-oom (%d -> %d kB)"
+                   % (mi0["MemTotal"], mi1["MemTotal"]))
+        hog = mi1["MemAvailable"] // KB + 200
+        t0 = time.monotonic()
+        res = g.sh("memhog %d; echo rc=$?" % hog, timeout=300)
+        secs = time.monotonic() - t0
+        after = qmp.command("query-balloon")["actual"]
+        ctx.diag("memhog %d MiB (200 MiB over MemAvailable): %.2f s, %s; balloon %s -> %s "
+                 "(gave back %s)", hog, secs, res.out.strip().replace("\n", "; "),
+                 mib(held), mib(ram - after), mib(after - actual))
+        ctx.expect("rc=0" in res.out, "memhog survived (%s)" % res.out.strip())
+        ctx.expect(after - actual >= 150 * MIB, "balloon shrank by >= 150 MiB (%s)"
+                   % mib(after - actual))
+        ctx.expect(not _oom_lines(g), "no OOM kill in dmesg")
+        actual = _qmp_balloon(qmp, ram)
+        ctx.expect(actual == ram, "balloon back to empty (%s)" % mib(ram - actual))
+    finally:
+        qmp.close()
+    ctx.check_healthy()

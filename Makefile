@@ -3,11 +3,17 @@
 # tballoon top-level Makefile.
 #
 #   make              build the guest module and the host tool
-#   make module       virtio_tballoon.ko against KDIR (Debian's linux-headers-amd64)
+#   make module       virtio_tballoon.ko against KDIR (Debian's linux-headers-amd64);
+#                     with MODOUT=DIR, built in a copy of the sources in DIR
+#                     (one output per kernel: MODOUT=out/module-$KVER)
 #   make host-tool    host-tool/tballoon
 #   make check        every test lane (same as scripts/check)
 #   make demo         boot a guest, timed inflate and deflate (same as scripts/demo)
 #   make sparse       the module under sparse (C=2)
+#   make dkms-install install the module with DKMS for KVER (default: the
+#                     linux-headers-amd64 kernel): sources to
+#                     /usr/src/tballoon-<version>/, dkms add, build, install
+#   make dkms-remove  dkms remove --all and delete /usr/src/tballoon-<version>/
 #
 # The kernel build itself reads ./Kbuild; this file only drives it.
 
@@ -15,12 +21,26 @@ KVER ?= $(shell dpkg-query -W -f='$${Depends}' linux-headers-amd64 2>/dev/null |
 	  sed -nE 's/.*linux-headers-([0-9][^ ,]*-amd64).*/\1/p')
 KDIR ?= /lib/modules/$(KVER)/build
 
-.PHONY: all module host-tool check demo sparse clean
+# What the module is built from (also what DKMS gets).
+MODULE_SRCS := Kbuild Kconfig $(wildcard driver/*.[ch]) $(wildcard proto/*.h)
+DKMS_VERSION := $(shell sed -nE 's/^PACKAGE_VERSION="?([^"]*)"?/\1/p' dkms.conf)
+DKMS_SRC := /usr/src/tballoon-$(DKMS_VERSION)
+
+.PHONY: all module host-tool check demo sparse clean dkms-install dkms-remove
 
 all: module host-tool
 
+ifeq ($(MODOUT),)
 module:
 	$(MAKE) -C $(KDIR) M=$(CURDIR) modules
+else
+# Kbuild writes its objects next to the sources: a copy per kernel keeps the
+# builds apart (cp -p keeps the times, so rebuilds stay incremental).
+module:
+	mkdir -p $(MODOUT)
+	cp -p --parents $(MODULE_SRCS) $(MODOUT)/
+	$(MAKE) -C $(KDIR) M=$(abspath $(MODOUT)) modules
+endif
 
 sparse:
 	$(MAKE) -C $(KDIR) M=$(CURDIR) C=2 modules
@@ -30,6 +50,18 @@ host-tool:
 
 check:
 	scripts/check
+
+dkms-install: dkms-remove
+	mkdir -p $(DKMS_SRC)
+	cp --parents dkms.conf $(MODULE_SRCS) $(DKMS_SRC)/
+	dkms add -m tballoon -v $(DKMS_VERSION)
+	dkms build -m tballoon -v $(DKMS_VERSION) -k $(KVER)
+	dkms install -m tballoon -v $(DKMS_VERSION) -k $(KVER)
+
+dkms-remove:
+	if dkms status -m tballoon -v $(DKMS_VERSION) | grep -q .; then \
+		dkms remove -m tballoon -v $(DKMS_VERSION) --all; fi
+	rm -rf $(DKMS_SRC)
 
 demo:
 	scripts/demo

@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: GPL-2.0
 """tballoon boot tests: real guest kernel, real QEMU, real tballoon backend.
 
-    run.py [--list] [--kvm] [--keep] [--smp N] [--bzimage] [--build] [SCENARIO...]
-    run.py --demo [--kvm] [--keep]
+    run.py [--list] [--kvm] [--keep] [--smp N] [--bzimage] [--build]
+           [--kernel 6.1|6.12] [SCENARIO...]
+    run.py --demo [--kvm] [--keep] [--kernel 6.1|6.12]
 
 Prints TAP on stdout (plan, "ok N - name" / "not ok N - name # reason",
 "# " diagnostics with the measured figures); exit status 1 if any scenario
@@ -46,9 +47,11 @@ def _on_sigterm(signum, frame):
 def build_parts(e):
     """--build: make the module and the host tool when their sources exist."""
     if (tbenv.REPO / "Kbuild").exists():
-        diag("building virtio_tballoon.ko")
-        subprocess.run(["make", "-s", "-C", str(e.kdir), "M=%s" % tbenv.REPO, "modules"],
-                       stdout=sys.stderr, check=True)
+        diag("building virtio_tballoon.ko for %s" % e.kver)
+        argv = ["make", "-s", "-C", str(tbenv.REPO), "module", "KDIR=%s" % e.kdir]
+        if e.modout is not None:
+            argv.append("MODOUT=%s" % e.modout)
+        subprocess.run(argv, stdout=sys.stderr, check=True)
     if (tbenv.REPO / "host-tool" / "Makefile").exists():
         diag("building host-tool/tballoon")
         subprocess.run(["make", "-s", "-C", str(tbenv.REPO / "host-tool")],
@@ -57,7 +60,7 @@ def build_parts(e):
 
 def stale_note(e):
     """Warn when the module is older than its sources (nobody rebuilt it)."""
-    if not e.module.exists() or "TB_MODULE" in os.environ:
+    if not e.module.exists() or "TB_MODULE" in os.environ or e.modout is not None:
         return
     mtime = e.module.stat().st_mtime
     srcs = list((tbenv.REPO / "driver").glob("*.[ch]")) + [tbenv.REPO / "proto" /
@@ -72,7 +75,9 @@ def missing_for(e, needs):
     if "tool" in needs and not e.tool.exists():
         gone.append("host tool %s missing (make -C host-tool)" % e.tool)
     if "module" in needs and not e.module.exists():
-        gone.append("virtio_tballoon.ko missing (make module)")
+        gone.append("%s missing (make module%s)" % (
+            e.module, "" if e.modout is None else
+            " KDIR=%s MODOUT=%s" % (e.kdir, e.modout)))
     return gone
 
 
@@ -239,7 +244,11 @@ def main():
                     help="boot the compressed bzImage instead of the PVH vmlinux")
     ap.add_argument("--build", action="store_true",
                     help="build the module and host tool first")
+    ap.add_argument("--kernel", choices=tbenv.KERNELS,
+                    help="guest kernel generation (default: $TB_KERNEL or 6.1)")
     args = ap.parse_args()
+    if args.kernel:
+        os.environ["TB_KERNEL"] = args.kernel
 
     if args.list:
         for s in scenarios.REGISTRY:

@@ -3,6 +3,11 @@
 
 The TB_* values come from ``scripts/setup --env`` (which also installs what is
 missing). When all of them are already in the environment, setup is not run.
+
+Two guest kernels: Debian 12's 6.1 (TB_KVER, TB_KDIR, TB_GUEST; the default)
+and 6.12 from bookworm-backports (TB_KVER2, TB_KDIR2, TB_GUEST2), chosen by
+TB_KERNEL=6.1|6.12 (run.py --kernel). The module under test for 6.12 is built
+out of the source tree, in out/module-<kver>/ (make module MODOUT=...).
 """
 
 import os
@@ -15,22 +20,38 @@ TESTS = REPO / "qemu-tests"
 GUEST_SRC = TESTS / "guest"
 
 KEYS = ("TB_CACHE", "TB_KVER", "TB_KDIR", "TB_GUEST", "TB_KSRC", "TB_QROOT")
+# The second kernel generation (6.12); needed only with TB_KERNEL=6.12.
+KEYS2 = ("TB_KVER2", "TB_KDIR2", "TB_GUEST2")
+KERNELS = ("6.1", "6.12")
+
+
+def kernel_choice():
+    """The guest kernel generation asked for by TB_KERNEL (default 6.1)."""
+    which = os.environ.get("TB_KERNEL", "6.1") or "6.1"
+    if which not in KERNELS:
+        raise RuntimeError("TB_KERNEL=%s: expected one of %s" % (which, ", ".join(KERNELS)))
+    return which
 
 
 class Env:
     """The TB_* settings plus the derived paths the harness uses."""
 
-    def __init__(self, values):
+    def __init__(self, values, which="6.1"):
         self.values = values
+        self.which = which          # "6.1" or "6.12"
+        sfx = "2" if which == "6.12" else ""
         self.cache = Path(values["TB_CACHE"])
-        self.kver = values["TB_KVER"]
-        self.kdir = Path(values["TB_KDIR"])
-        self.guest = Path(values["TB_GUEST"])
+        self.kver = values["TB_KVER" + sfx]
+        self.kdir = Path(values["TB_KDIR" + sfx])
+        self.guest = Path(values["TB_GUEST" + sfx])
         self.qroot = Path(values["TB_QROOT"])
         self.kernel = self.guest / "boot" / ("vmlinuz-" + self.kver)
         self.moddir = self.guest / "lib" / "modules" / self.kver
         self.tool = Path(os.environ.get("TB_TOOL", REPO / "host-tool" / "tballoon"))
-        self.module = Path(os.environ.get("TB_MODULE", REPO / "virtio_tballoon.ko"))
+        # 6.1: `make module` in the tree; 6.12: a copy built in out/module-<kver>/.
+        self.modout = None if which == "6.1" else REPO / "out" / ("module-" + self.kver)
+        default_ko = (self.modout or REPO) / "virtio_tballoon.ko"
+        self.module = Path(os.environ.get("TB_MODULE", default_ko))
         self.out = Path(os.environ.get("TB_OUT", REPO / "out" / "qemu-tests"))
 
     def missing(self):
@@ -55,8 +76,10 @@ def load():
     global _env
     if _env is not None:
         return _env
-    if all(k in os.environ for k in KEYS):
-        values = {k: os.environ[k] for k in KEYS}
+    which = kernel_choice()
+    need = KEYS + (KEYS2 if which == "6.12" else ())
+    if all(k in os.environ for k in need):
+        values = {k: os.environ[k] for k in need}
     else:
         res = subprocess.run([str(REPO / "scripts" / "setup"), "--env"],
                              stdout=subprocess.PIPE, stderr=sys.stderr,
@@ -68,8 +91,8 @@ def load():
             key, sep, val = line.partition("=")
             if sep and key.startswith("TB_"):
                 values[key] = val
-        absent = [k for k in KEYS if k not in values]
+        absent = [k for k in need if k not in values]
         if absent:
             raise RuntimeError("scripts/setup --env did not print %s" % ", ".join(absent))
-    _env = Env(values)
+    _env = Env(values, which)
     return _env

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0
 """Build (and cache) the test initramfs.
 
-Contents: busybox-static, the Debian virtio transport modules, the reference
+Contents: busybox-static, the Debian virtio transport modules (those that
+are not built into the kernel: all of them on 6.1, none on 6.12), the reference
 balloon drivers (virtio_balloon, virtio_mem), our virtio_tballoon.ko when it
 exists, the static programs built from qemu-tests/guest/*.c, /init and
 /bin/tb-agent. The archive is cached under $TB_CACHE/qemu-tests/ by a hash of
@@ -35,12 +36,14 @@ KEEP_ARCHIVES = 6
 class Initramfs:
     """A built archive and what went into it."""
 
-    def __init__(self, path, digest, has_module, module_digest, programs):
+    def __init__(self, path, digest, has_module, module_digest, programs,
+                 builtin=()):
         self.path = path
         self.digest = digest
         self.has_module = has_module
         self.module_digest = module_digest
         self.programs = programs
+        self.builtin = tuple(builtin)   # TRANSPORT modules built into the kernel
 
 
 def _find_module(moddir, name):
@@ -50,6 +53,15 @@ def _find_module(moddir, name):
         if hits:
             return hits[0]
     raise FileNotFoundError("module %s not found under %s" % (name, moddir))
+
+
+def _builtin(moddir):
+    """Names of the modules built into the guest kernel (modules.builtin)."""
+    path = moddir / "modules.builtin"
+    if not path.exists():
+        return set()
+    return {Path(line.strip()).name.split(".ko")[0]
+            for line in path.read_text().splitlines() if line.strip()}
 
 
 def _module_bytes(path):
@@ -118,7 +130,9 @@ def build(e=None, log=None):
     """Return an Initramfs for the current inputs, building it if needed."""
     e = e or tbenv.load()
     log = log or (lambda msg: None)
-    modules = {n: _find_module(e.moddir, n) for n in TRANSPORT + REFERENCE}
+    builtin = sorted(n for n in TRANSPORT if n in _builtin(e.moddir))
+    modules = {n: _find_module(e.moddir, n) for n in TRANSPORT + REFERENCE
+               if n not in builtin}
     sources = sorted(tbenv.GUEST_SRC.glob("*.c"))
     scripts = [tbenv.GUEST_SRC / "init", tbenv.GUEST_SRC / "tb-agent"]
 
@@ -130,13 +144,14 @@ def build(e=None, log=None):
     feed("layout", LAYOUT_VERSION.encode())
     feed("busybox", BUSYBOX.read_bytes())
     feed("gcc", _gcc_version().encode())
+    feed("builtin", " ".join(builtin).encode())
     for name, path in sorted(modules.items()):
         feed("mod:" + name, path.read_bytes())
     for path in sources + scripts:
         feed("src:" + path.name, path.read_bytes())
     module_digest = None
     if e.module.exists():
-        mdata = e.module.read_bytes()
+        mdata = _module_bytes(e.module)     # DKMS may install it compressed
         module_digest = hashlib.sha256(mdata).hexdigest()[:12]
         feed("tballoon", mdata)
     digest = h.hexdigest()[:16]
@@ -146,7 +161,7 @@ def build(e=None, log=None):
     archive = outdir / ("initramfs-%s.cpio.gz" % digest)
     programs = [p.stem for p in sources]
     result = Initramfs(archive, digest, module_digest is not None,
-                       module_digest, programs)
+                       module_digest, programs, builtin)
     if archive.exists():
         return result
 
@@ -162,7 +177,7 @@ def build(e=None, log=None):
         for name, path in modules.items():
             (root / "lib" / "modules" / (name + ".ko")).write_bytes(_module_bytes(path))
         if module_digest:
-            shutil.copy2(str(e.module), str(root / "lib" / "modules" / "virtio_tballoon.ko"))
+            (root / "lib" / "modules" / "virtio_tballoon.ko").write_bytes(mdata)
         for src in sources:
             subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror",
                             "-o", str(root / "bin" / src.stem), str(src)], check=True)

@@ -184,6 +184,38 @@ def validate(ctx):
     ctx.check_healthy()
 
 
+# ---- 5. statistics on tballoon serve ---------------------------------------
+
+@scenario("driver-stats-timed", "driver")
+def stats_timed(ctx):
+    """statistics queue with TIMED: `tballoon stats` shows fresh standard stats from the driver"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    rc, s1, err = g.tool_json("stats", timeout=60)
+    ctx.require(rc == 0 and s1 is not None, "tballoon stats --json (exit %d: %s)"
+                % (rc, err.strip()))
+    time.sleep(3.0)
+    rc, s2, err = g.tool_json("stats", timeout=60)
+    ctx.require(rc == 0 and s2 is not None, "tballoon stats --json again (exit %d)" % rc)
+    mi = g.meminfo()
+    gs = s2.get("guest") or {}
+    ctx.diag("stats: stats_vq %s, updates %s -> %s, age %s ms, interval %s ms; %s",
+             s2.get("stats_vq"), s1.get("updates"), s2.get("updates"), s2.get("age_ms"),
+             s2.get("interval_ms"), ", ".join("%s=%s" % kv for kv in sorted(gs.items())))
+    ctx.expect(s2.get("stats_vq") is True, "STATS_VQ negotiated with TIMED")
+    ctx.expect((s2.get("updates") or 0) > (s1.get("updates") or 0) > 0,
+               "the driver answered statistics requests (updates advance)")
+    ctx.expect(0 <= (s2.get("age_ms") if s2.get("age_ms") is not None else -1) < 5000,
+               "statistics fresh (age %s ms)" % s2.get("age_ms"))
+    total = gs.get("total-memory", -1)
+    ctx.expect(abs(total - mi["MemTotal"] * KB) <= 4 * MIB,
+               "total-memory %d ~ MemTotal %d kB" % (total, mi["MemTotal"]))
+    for key in ("swap-in", "swap-out", "major-faults", "minor-faults", "free-memory",
+                "available-memory", "disk-caches"):
+        ctx.expect(key in gs, "tag %s reported" % key)
+    ctx.check_healthy()
+
+
 # ---- 3. paced ------------------------------------------------------------
 
 @scenario("driver-paced", "driver")
@@ -312,6 +344,31 @@ def supersede(ctx):
     ctx.check_healthy()
 
 
+# ---- deadline ---------------------------------------------------------------
+
+@scenario("driver-deadline", "driver")
+def deadline(ctx):
+    """900 MiB in 1 s: ends deadline, final report within 100 ms of the deadline"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    lat = []
+    for dl in (300, 1000):
+        rc, st, _ = ctx.balloon("inflate", 900 * MIB // PAGE, "%dms" % dl, timeout=120)
+        c = _cmd(st)
+        el = c.get("elapsed_ms")
+        ctx.expect(rc == 3 and c.get("state") == "deadline",
+                   "deadline %d ms: exit 3 deadline (got %d %s/%s)"
+                   % (dl, rc, c.get("state"), c.get("reason")))
+        if el is not None:
+            lat.append(el - dl)
+            ctx.diag("deadline %d ms: final report at %d ms (stop latency %+d ms), %s moved",
+                     dl, el, el - dl, mib(st.get("actual_pages", 0) * PAGE))
+            ctx.expect(dl <= el <= dl + 100, "final report within 100 ms after the deadline "
+                       "(%d ms)" % el)
+        _empty(ctx)
+    ctx.check_healthy()
+
+
 # ---- 1. pressure and floor -------------------------------------------------
 
 @scenario("driver-floor", "driver")
@@ -335,6 +392,16 @@ def floor(ctx):
     ctx.expect(avail >= floor_b - 4 * MIB, "MemAvailable %s >= floor - 4 MiB" % mib(avail))
     ctx.expect(avail <= floor_b + 32 * MIB, "stopped close to the floor (MemAvailable %s)"
                % mib(avail))
+    # With TIMED the driver ignores num_pages (the device mirrors the target
+    # there): after a pressure stop the balloon does not creep on towards it.
+    st1 = ctx.status()
+    time.sleep(1.0)
+    st2 = ctx.status()
+    ctx.diag("num_pages %s, actual %s -> %s one second later", st2.get("num_pages"),
+             st1.get("actual_pages"), st2.get("actual_pages"))
+    ctx.expect(st2.get("num_pages") == 900 * MIB // PAGE, "num_pages mirrors the target")
+    ctx.expect(st2.get("actual_pages") == st1.get("actual_pages") == st.get("actual_pages"),
+               "the driver does not follow num_pages with TIMED")
     _empty(ctx)
     ctx.check_healthy()
 

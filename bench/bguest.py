@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -140,6 +141,19 @@ class BenchGuest(machine.Guest):
                      "-device", "virtio-mem-pci,id=vm0,memdev=vmem0,requested-size=%s,"
                      "block-size=%s,prealloc=on" % (self.vmem_size, self.vmem_block)]
         return argv
+
+    def refill(self, nbytes):
+        """Touch NBYTES in the guest (tbmem) and free them; returns seconds.
+
+        Makes the guest's free pages host-resident again after a balloon
+        deflate left holes (see bench/README.md).
+        """
+        t = time.monotonic()
+        res = self.sh("tbmem -m touch %dM | tail -n 2" % (nbytes // MIB), timeout=600)
+        if res.rc != 0:
+            raise machine.GuestError("refill: tbmem failed (%d): %s %s"
+                                     % (res.rc, res.out, res.err))
+        return time.monotonic() - t
 
     # ---- host view of guest memory ----------------------------------------
 

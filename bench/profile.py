@@ -248,22 +248,39 @@ def log_size(g):
 
 # ---------------------------------------------------------------------------
 
+def _reps(g, args, log, label):
+    """REPS x (refill, inflate, deflate), then one inflate straight after a
+    deflate (no refill: the free pages are host holes) and its deflate."""
+    runs = []
+    for r in range(args.reps):
+        g.refill(GIB)
+        for op, to in (("inflate", "1G"), ("deflate", "0")):
+            off = log_size(g)
+            x = timed_op(g, op, to)
+            x["rep"] = r + 1
+            x["backend"] = analyse_backend(backend_log_since(g, off))
+            runs.append(x)
+            log("%s %s rep %d: %.2f s wall, guest %s ms, cpu %s" % (
+                label, op, r + 1, x["wall_s"], x["guest_elapsed_ms"], x["cpu_total_s"]))
+    holes = []
+    for op, to in (("inflate", "1G"), ("deflate", "0")):
+        x = timed_op(g, op, to)
+        holes.append(x)
+        log("%s %s without refill: %.2f s wall" % (label, op, x["wall_s"]))
+    return runs, holes
+
+
 def profile(args, log=say):
-    prof = {}
+    prof = {"reps": args.reps}
     with bguest.BenchGuest(driver="tballoon", device="tballoon", mem=GUEST_RAM,
                            smp=args.smp, keep=args.keep, name="prof-a", log=log) as g:
         if g.driver_status != "loaded":
             raise RuntimeError("virtio_tballoon did not load")
-        prof["untraced"] = []
-        for op, to in (("inflate", "1G"), ("deflate", "0")):
-            off = log_size(g)
-            r = timed_op(g, op, to)
-            r["backend"] = analyse_backend(backend_log_since(g, off))
-            prof["untraced"].append(r)
-            log("%s: %.2f s wall, cpu %s" % (op, r["wall_s"], r["cpu_total_s"]))
+        prof["untraced"], prof["no_refill"] = _reps(g, args, log, "default")
         missing = setup_trace(g)
         prof["trace_missing_functions"] = missing
         prof["traced"] = []
+        g.refill(GIB)
         for op, to in (("inflate", "1G"), ("deflate", "0")):
             r, text = traced_op(g, op, to)
             prof["traced"].append(r)
@@ -275,29 +292,41 @@ def profile(args, log=say):
     with bguest.BenchGuest(driver="tballoon", device="tballoon", mem=GUEST_RAM,
                            smp=args.smp, keep=args.keep, name="prof-z", log=log,
                            extra_append="init_on_alloc=0") as g:
-        prof["init_on_alloc_0"] = []
-        for op, to in (("inflate", "1G"), ("deflate", "0")):
-            r = timed_op(g, op, to)
-            prof["init_on_alloc_0"].append(r)
-            log("init_on_alloc=0 %s: %.2f s wall" % (op, r["wall_s"]))
+        prof["init_on_alloc_0"], prof["init_on_alloc_0_no_refill"] = _reps(
+            g, args, log, "init_on_alloc=0")
     return prof
 
 
+def _med(runs, op, key="wall_s"):
+    vals = [r[key] for r in runs if r["op"] == op and r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
 def summary(prof):
-    lines = ["profile of one 1 GiB inflate / deflate (tballoon, TCG):"]
-    for r in prof.get("untraced", []):
-        be = r.get("backend", {})
-        lines.append("  %s: %.2f s wall, guest %s ms, %s reports; CPU s: %s" % (
-            r["op"], r["wall_s"], r["guest_elapsed_ms"], r["reports"],
-            ", ".join("%s %.2f" % kv for kv in r["cpu_total_s"].items())))
-        busy = sorted(r["cpu_s"]["qemu"].items(), key=lambda kv: -kv[1])[:4]
-        lines.append("      QEMU threads: %s" % ", ".join("%s %.2f" % kv for kv in busy))
-        q = r["op"]
-        if be.get(q + "_buffers"):
+    lines = ["profile of a 1 GiB inflate / deflate (tballoon, 1.5 GiB guest, TCG, "
+             "%s reps, medians):" % prof.get("reps")]
+    runs = prof.get("untraced", [])
+    for op in ("inflate", "deflate"):
+        mine = [r for r in runs if r["op"] == op]
+        if not mine:
+            continue
+        cpu = {}
+        for r in mine:
+            for proc, threads in r["cpu_s"].items():
+                for th, v in threads.items():
+                    th = re.sub(r" \(\d+\)$", "", th)
+                    cpu.setdefault((proc, th), []).append(v)
+        busy = sorted(((k, statistics.median(v)) for k, v in cpu.items()),
+                      key=lambda kv: -kv[1])[:4]
+        be = mine[-1].get("backend", {})
+        lines.append("  %s: %.2f s wall, guest %s ms; host CPU s (median): %s" % (
+            op, _med(runs, op), _med(runs, op, "guest_elapsed_ms"),
+            ", ".join("%s/%s %.2f" % (k[0], k[1], v) for k, v in busy)))
+        if be.get(op + "_buffers"):
             lines.append("      backend: %d buffers, pages/buffer %s, %d punched ranges "
                          "(median %s per buffer), vhost-user messages %s" % (
-                             be[q + "_buffers"], be[q + "_pages_per_buffer"],
-                             be[q + "_ranges_total"], be[q + "_ranges_per_buffer_median"],
+                             be[op + "_buffers"], be[op + "_pages_per_buffer"],
+                             be[op + "_ranges_total"], be[op + "_ranges_per_buffer_median"],
                              be["messages"]))
     for r in prof.get("traced", []):
         f = r["functions"]
@@ -318,13 +347,18 @@ def summary(prof):
             lines.append("      share of the worker's %.0f ms: %s" % (
                 r["worker_ms"], ", ".join("%s %.0f%%" % (k, 100 * v)
                                           for k, v in r["share_of_worker"].items())))
-    base = {r["op"]: r for r in prof.get("untraced", [])}
-    for r in prof.get("init_on_alloc_0", []):
-        b = base.get(r["op"])
-        lines.append("  init_on_alloc=0 %s: %.2f s wall (guest %s ms) vs %.2f s with "
-                     "Debian's default init_on_alloc=1" % (
-                         r["op"], r["wall_s"], r["guest_elapsed_ms"],
-                         b["wall_s"] if b else float("nan")))
+    z = prof.get("init_on_alloc_0", [])
+    for op in ("inflate", "deflate"):
+        if _med(z, op) is not None:
+            lines.append("  init_on_alloc=0 %s: %.2f s wall vs %.2f s with Debian's default "
+                         "init_on_alloc=1" % (op, _med(z, op), _med(runs, op)))
+    for label, key in (("init_on_alloc=1", "no_refill"),
+                       ("init_on_alloc=0", "init_on_alloc_0_no_refill")):
+        x = [r for r in prof.get(key, []) if r["op"] == "inflate"]
+        if x:
+            lines.append("  %s inflate right after a deflate (free pages are host holes): "
+                         "%.2f s wall, host CPU %s" % (label, x[0]["wall_s"],
+                                                       x[0]["cpu_total_s"]))
     return "\n".join(lines)
 
 
@@ -333,6 +367,7 @@ def main():
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--smp", type=int, default=2)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     prof = profile(args)

@@ -47,12 +47,15 @@ def summarize(data):
             if runs:
                 s[op + "_s"] = stats([r["seconds"] for r in runs])
                 s[op + "_released_bytes"] = stats([r.get("released") for r in runs])
+                s[op + "_host_after_bytes"] = stats([r.get("host_after") for r in runs])
             for mode, var in (res.get("variants") or {}).items():
                 runs = var.get(op) or []
                 if runs:
                     s["%s_%s_s" % (mode, op)] = stats([r["seconds"] for r in runs])
                     s["%s_%s_released_bytes" % (mode, op)] = stats(
                         [r.get("released") for r in runs])
+                    s["%s_%s_host_after_bytes" % (mode, op)] = stats(
+                        [r.get("host_after") for r in runs])
         if name == "tballoon":
             inf = res.get("inflate") or []
             dfl = res.get("deflate") or []
@@ -112,8 +115,9 @@ def table(data):
     lines.append("host: %s cpus, load average before %s after %s"
                  % (m.get("cpus"), m.get("load_before"), m.get("load_after")))
     lines.append("")
-    hdr = "%-46s %-22s %-22s %s" % ("mechanism", "inflate s min/med/max",
-                                     "deflate s min/med/max", "host released (median)")
+    hdr = "%-46s %-22s %-22s %-9s %s" % ("mechanism", "inflate s min/med/max",
+                                          "deflate s min/med/max", "released",
+                                          "host resident after inflate")
     lines.append(hdr)
     lines.append("-" * len(hdr))
     for name in ORDER:
@@ -124,21 +128,25 @@ def table(data):
         if res.get("error") and not s.get("inflate_s"):
             lines.append("%-46s FAILED: %s" % (res["label"], res["error"]))
             continue
-        lines.append("%-46s %-22s %-22s %s" % (res["label"], _fmt_s(s.get("inflate_s")),
-                                               _fmt_s(s.get("deflate_s")),
-                                               _fmt_mib(s.get("inflate_released_bytes"))))
+        lines.append("%-46s %-22s %-22s %-9s %s" % (
+            res["label"], _fmt_s(s.get("inflate_s")), _fmt_s(s.get("deflate_s")),
+            _fmt_mib(s.get("inflate_released_bytes")),
+            _fmt_mib(s.get("inflate_host_after_bytes"))))
         for mode, label in (("touch", "(d') user space, one write per page"),
                             ("kernel", "(d\") kernel: balloon_page_alloc + free")):
             if name == "limit" and s.get("%s_inflate_s" % mode):
-                lines.append("%-46s %-22s %-22s %s" % (
+                lines.append("%-46s %-22s %-22s %-9s %s" % (
                     label, _fmt_s(s.get("%s_inflate_s" % mode)),
                     _fmt_s(s.get("%s_deflate_s" % mode)),
-                    _fmt_mib(s.get("%s_inflate_released_bytes" % mode))))
+                    _fmt_mib(s.get("%s_inflate_released_bytes" % mode)),
+                    _fmt_mib(s.get("%s_inflate_host_after_bytes" % mode))))
         if res.get("error"):
             lines.append("    error: %s" % res["error"])
     lines.append("")
     lines.append("(a),(b),(c): host wall time from the command to the target being "
                  "observed; (d): guest clock.")
+    lines.append("released: drop of the guest-RAM memfds' allocated blocks during the inflate "
+                 "(median); host resident: what they still hold afterwards.")
     a = summ.get("tballoon") or {}
     if a.get("inflate_guest_ms"):
         lines.append("(a) guest clock elapsed_ms: inflate %s, deflate %s" % (

@@ -103,18 +103,14 @@ def poll_until(read, want, interval, timeout):
 
 
 def refill(g, log):
-    """Make the guest touch (then free) 1 GiB, so every page is host-resident.
+    """Guest touches 1 GiB and frees it: every page host-resident again.
 
     A balloon deflate gives the guest holes: without this, the next run would
     start from a smaller host footprint and pay host page faults inside the
-    timed section. Returns the host memory view afterwards.
+    timed section (the guest zeroes each page it allocates, init_on_alloc=1).
     """
-    t = time.monotonic()
-    res = g.sh("tbmem -m touch %dM | tail -n 2" % (MOVE // MIB), timeout=300)
-    if res.rc != 0:
-        raise BenchError("refill: tbmem failed (%d): %s %s" % (res.rc, res.out, res.err))
-    log("refill (guest touched 1 GiB) %.1f s" % (time.monotonic() - t))
-    return g.host_memory()
+    secs = g.refill(MOVE)
+    log("refill (guest touched 1 GiB) %.1f s" % secs)
 
 
 def meminfo_total(g):
@@ -236,183 +232,224 @@ def tballoon_cmd(g, listener, op, to, deadline):
     }
 
 
-def bench_tballoon(args, res):
-    with bguest.BenchGuest(driver="tballoon", device="tballoon", mem=GUEST_RAM,
-                           smp=args.smp, keep=args.keep, name="bench-a",
-                           log=say) as g:
-        res["boot_s"] = g.boot_s
+def host_fields(hm0, hm1):
+    return {"host_before": hm0["memfd_allocated"], "host_after": hm1["memfd_allocated"],
+            "rss_shmem_before": hm0["rss_shmem"], "rss_shmem_after": hm1["rss_shmem"],
+            "released": hm0["memfd_allocated"] - hm1["memfd_allocated"]}
+
+
+class Mechanism:
+    """One way of taking memory from a guest: its guest, setup and one round.
+
+    bench/run.py boots every mechanism's guest first, then runs the rounds
+    interleaved (round r: each mechanism once, the order rotated), so slow
+    drifts of the machine's load hit all four alike.
+    """
+
+    name = None
+
+    def __init__(self, args, res):
+        self.args = args
+        self.res = res
+        self.g = None
+
+    def guest(self):
+        raise NotImplementedError
+
+    def setup(self):
+        pass
+
+    def round(self, r):
+        raise NotImplementedError
+
+    def finish(self):
+        pass
+
+    def close(self):
+        pass
+
+    def keep(self, inf, dfl):
+        self.res["inflate"].append(inf)
+        self.res["deflate"].append(dfl)
+
+
+class Tballoon(Mechanism):
+    name = "tballoon"
+
+    def guest(self):
+        return bguest.BenchGuest(driver="tballoon", device="tballoon", mem=GUEST_RAM,
+                                 smp=self.args.smp, keep=self.args.keep, name="bench-a",
+                                 log=say)
+
+    def setup(self):
+        g = self.g
         if g.driver_status != "loaded":
             raise BenchError("virtio_tballoon did not load (%s)" % g.driver_status)
         st = g.status()
         if not (st.get("connected") and st.get("driver_ok") and st.get("timed")):
             raise BenchError("backend not ready: %s" % st)
-        res["guest_ram_bytes"] = st.get("guest_ram_bytes")
-        listener = ControlListener(g.control)
-        try:
-            for r in range(args.reps):
-                refill(g, say)
-                mt0 = meminfo_total(g)
-                inf = tballoon_cmd(g, listener, "inflate", "%dp" % (MOVE // PAGE), "60s")
-                inf["memtotal_drop"] = mt0 - meminfo_total(g)
-                dfl = tballoon_cmd(g, listener, "deflate", "0", "60s")
-                say("(a) rep %d: inflate %.2f s (guest %s ms, %s reports, released %d MiB), "
-                    "deflate %.2f s (guest %s ms)" % (
-                        r + 1, inf["seconds"], inf["guest_elapsed_ms"], inf["reports"],
-                        inf["released"] // MIB, dfl["seconds"], dfl["guest_elapsed_ms"]))
-                for x in (inf, dfl):
-                    if x["exit"] != 0 or x["state"] != "done":
-                        raise BenchError("tballoon %s: exit %d state %s" % (
-                            x["op"], x["exit"], x["state"]))
-                res["inflate"].append(inf)
-                res["deflate"].append(dfl)
-            # Deadline that cannot be met: how late is the final report?
-            for r in range(args.reps):
-                ov = tballoon_cmd(g, listener, "inflate", "%dp" % (MOVE // PAGE),
-                                  OVERSHOOT_DEADLINE)
-                ov["overshoot_ms"] = (ov["guest_elapsed_ms"] - ov["deadline_ms"]
-                                      if ov["guest_elapsed_ms"] is not None else None)
-                ov["host_overshoot_ms"] = (ov["host_elapsed_ms"] - ov["deadline_ms"]
-                                           if ov["host_elapsed_ms"] is not None else None)
-                say("(a) overshoot %d: exit %d state %s, elapsed %s ms for deadline %s ms "
-                    "(%d pages moved)" % (r + 1, ov["exit"], ov["state"],
-                                          ov["guest_elapsed_ms"], ov["deadline_ms"],
-                                          ov["pages_moved"]))
-                ov.pop("trace")
-                res["overshoot"].append(ov)
-                back = tballoon_cmd(g, listener, "deflate", "0", "60s")
-                if back["exit"] != 0:
-                    raise BenchError("deflate after the overshoot run: exit %d" % back["exit"])
-            res["backend_stats"] = g.status().get("stats")
-        finally:
-            listener.close()
+        self.res["guest_ram_bytes"] = st.get("guest_ram_bytes")
+        self.listener = ControlListener(g.control)
+
+    def round(self, r):
+        g = self.g
+        refill(g, say)
+        mt0 = meminfo_total(g)
+        inf = tballoon_cmd(g, self.listener, "inflate", "%dp" % (MOVE // PAGE), "60s")
+        inf["memtotal_drop"] = mt0 - meminfo_total(g)
+        dfl = tballoon_cmd(g, self.listener, "deflate", "0", "60s")
+        say("(a) round %d: inflate %.2f s (guest %s ms, %s reports, released %d MiB), "
+            "deflate %.2f s (guest %s ms)" % (
+                r + 1, inf["seconds"], inf["guest_elapsed_ms"], inf["reports"],
+                inf["released"] // MIB, dfl["seconds"], dfl["guest_elapsed_ms"]))
+        for x in (inf, dfl):
+            if x["exit"] != 0 or x["state"] != "done":
+                raise BenchError("tballoon %s: exit %d state %s" % (
+                    x["op"], x["exit"], x["state"]))
+        self.keep(inf, dfl)
+        # A deadline that cannot be met: how late is the final report?
+        ov = tballoon_cmd(g, self.listener, "inflate", "%dp" % (MOVE // PAGE),
+                          OVERSHOOT_DEADLINE)
+        ov["overshoot_ms"] = (ov["guest_elapsed_ms"] - ov["deadline_ms"]
+                              if ov["guest_elapsed_ms"] is not None else None)
+        ov["host_overshoot_ms"] = (ov["host_elapsed_ms"] - ov["deadline_ms"]
+                                   if ov["host_elapsed_ms"] is not None else None)
+        say("(a) overshoot %d: exit %d state %s, elapsed %s ms for deadline %s ms "
+            "(%d pages moved)" % (r + 1, ov["exit"], ov["state"], ov["guest_elapsed_ms"],
+                                  ov["deadline_ms"], ov["pages_moved"]))
+        ov.pop("trace")
+        self.res["overshoot"].append(ov)
+        back = tballoon_cmd(g, self.listener, "deflate", "0", "60s")
+        if back["exit"] != 0:
+            raise BenchError("deflate after the overshoot run: exit %d" % back["exit"])
+
+    def finish(self):
+        self.res["backend_stats"] = self.g.status().get("stats")
+
+    def close(self):
+        if getattr(self, "listener", None) is not None:
+            self.listener.close()
 
 
-# ---------------------------------------------------------------------------
-# (b) upstream virtio_balloon on QEMU's virtio-balloon-pci
-# ---------------------------------------------------------------------------
+class QmpMechanism(Mechanism):
+    """A QEMU device driven over QMP, its size polled every --sample-ms."""
 
-def bench_virtio_balloon(args, res):
-    with bguest.BenchGuest(driver="upstream", device="stock", mem=GUEST_RAM,
-                           smp=args.smp, keep=args.keep, name="bench-b",
-                           log=say) as g:
-        res["boot_s"] = g.boot_s
-        if g.driver_status != "loaded":
-            raise BenchError("virtio_balloon did not load (%s)" % g.driver_status)
-        qmp = machine.Qmp(g.path("qmp.sock"))
-        try:
-            ram = qmp.command("query-balloon")["actual"]
-            res["guest_ram_bytes"] = ram
+    def setup(self):
+        self.qmp = machine.Qmp(self.g.path("qmp.sock"))
 
-            def actual():
-                return qmp.command("query-balloon")["actual"]
+    def close(self):
+        if getattr(self, "qmp", None) is not None:
+            self.qmp.close()
 
-            def move(op, value):
-                hm0 = g.host_memory()
-                start = actual()
-                qmp.command("balloon", value=value)
-                secs, trace = poll_until(actual, value, args.sample_ms / 1000.0,
-                                         args.timeout)
-                hm1 = g.host_memory()
-                if secs is None:
-                    raise BenchError("QMP balloon %s: stuck at %d MiB (want %d MiB)" % (
-                        op, trace[-1][1] // MIB, value // MIB))
-                return {"op": op, "seconds": secs, "samples": len(trace),
-                        "start_bytes": start, "target_bytes": value,
-                        "host_before": hm0["memfd_allocated"],
-                        "host_after": hm1["memfd_allocated"],
-                        "rss_shmem_before": hm0["rss_shmem"],
-                        "rss_shmem_after": hm1["rss_shmem"],
-                        "released": hm0["memfd_allocated"] - hm1["memfd_allocated"],
-                        "trace": [(t, ram - v) for t, v in trace]}
+    def read(self):
+        raise NotImplementedError
 
-            for r in range(args.reps):
-                refill(g, say)
-                mt0 = meminfo_total(g)
-                inf = move("inflate", ram - MOVE)
-                inf["memtotal_drop"] = mt0 - meminfo_total(g)
-                dfl = move("deflate", ram)
-                say("(b) rep %d: inflate %.2f s (released %d MiB), deflate %.2f s" % (
-                    r + 1, inf["seconds"], inf["released"] // MIB, dfl["seconds"]))
-                res["inflate"].append(inf)
-                res["deflate"].append(dfl)
-        finally:
-            qmp.close()
+    def command(self, value):
+        raise NotImplementedError
+
+    def taken(self, value):
+        """Bytes taken from the guest when read() says VALUE."""
+        raise NotImplementedError
+
+    def move(self, op, value):
+        hm0 = self.g.host_memory()
+        self.command(value)
+        secs, trace = poll_until(self.read, value, self.args.sample_ms / 1000.0,
+                                 self.args.timeout)
+        hm1 = self.g.host_memory()
+        if secs is None:
+            raise BenchError("%s %s: stuck at %d MiB (want %d MiB)" % (
+                self.name, op, trace[-1][1] // MIB, value // MIB))
+        return dict(host_fields(hm0, hm1), op=op, seconds=secs, samples=len(trace),
+                    target_bytes=value,
+                    trace=[(t, self.taken(v)) for t, v in trace])
 
 
-# ---------------------------------------------------------------------------
-# (c) virtio-mem
-# ---------------------------------------------------------------------------
+class VirtioBalloon(QmpMechanism):
+    name = "virtio-balloon"
 
-def bench_virtio_mem(args, res):
-    base = parse_mib(GUEST_RAM) - MOVE
-    with bguest.BenchGuest(kind="virtio-mem", vmem_size="%dM" % (MOVE // MIB),
-                           vmem_block="2M", driver="none", device="none",
-                           mem="%dM" % (base // MIB), smp=args.smp, keep=args.keep,
-                           name="bench-c", extra_append="memhp_default_state=online_movable",
-                           log=say) as g:
-        res["boot_s"] = g.boot_s
-        qmp = machine.Qmp(g.path("qmp.sock"))
-        try:
-            def size():
-                return qmp.command("qom-get", path="vm0", property="size")
+    def guest(self):
+        return bguest.BenchGuest(driver="upstream", device="stock", mem=GUEST_RAM,
+                                 smp=self.args.smp, keep=self.args.keep, name="bench-b",
+                                 log=say)
 
-            r = g.sh("insmod /lib/modules/virtio_mem.ko", timeout=60)
-            if r.rc != 0:
-                raise BenchError("insmod virtio_mem: %s" % r.err.strip())
-            secs, trace = poll_until(size, MOVE, 0.1, args.timeout)
-            if secs is None:
-                raise BenchError("virtio-mem: initial plug stuck at %d MiB" % (size() // MIB))
-            # The last memory block is onlined after the device says plugged.
-            for _ in range(100):
-                total = meminfo_total(g)
-                if total >= MOVE:
-                    break
-                time.sleep(0.1)
-            res["initial_plug_s"] = secs
-            res["guest_ram_bytes"] = base + MOVE
-            zones = g.sh("grep -E '^Node|present|managed' /proc/zoneinfo | "
-                         "grep -B1 -A1 Movable | head -n 6").out
-            res["guest_memtotal_after_plug"] = total
-            res["zones"] = zones.strip()
+    def setup(self):
+        if self.g.driver_status != "loaded":
+            raise BenchError("virtio_balloon did not load (%s)" % self.g.driver_status)
+        super().setup()
+        self.ram = self.read()
+        self.res["guest_ram_bytes"] = self.ram
 
-            def move(op, value):
-                hm0 = g.host_memory()
-                qmp.command("qom-set", path="vm0", property="requested-size", value=value)
-                secs, trace = poll_until(size, value, args.sample_ms / 1000.0, args.timeout)
-                hm1 = g.host_memory()
-                if secs is None:
-                    raise BenchError("virtio-mem %s: size stuck at %d MiB (want %d MiB)" % (
-                        op, trace[-1][1] // MIB, value // MIB))
-                return {"op": op, "seconds": secs, "samples": len(trace),
-                        "target_bytes": value,
-                        "host_before": hm0["memfd_allocated"],
-                        "host_after": hm1["memfd_allocated"],
-                        "rss_shmem_before": hm0["rss_shmem"],
-                        "rss_shmem_after": hm1["rss_shmem"],
-                        "released": hm0["memfd_allocated"] - hm1["memfd_allocated"],
-                        "trace": [(t, MOVE - v) for t, v in trace]}
+    def read(self):
+        return self.qmp.command("query-balloon")["actual"]
 
-            for r in range(args.reps):
-                refill(g, say)
-                mt0 = meminfo_total(g)
-                inf = move("inflate", 0)
-                inf["memtotal_drop"] = mt0 - meminfo_total(g)
-                dfl = move("deflate", MOVE)
-                say("(c) rep %d: unplug %.2f s (released %d MiB), plug %.2f s" % (
-                    r + 1, inf["seconds"], inf["released"] // MIB, dfl["seconds"]))
-                res["inflate"].append(inf)
-                res["deflate"].append(dfl)
-        finally:
-            qmp.close()
+    def command(self, value):
+        self.qmp.command("balloon", value=value)
+
+    def taken(self, value):
+        return self.ram - value
+
+    def round(self, r):
+        refill(self.g, say)
+        mt0 = meminfo_total(self.g)
+        inf = self.move("inflate", self.ram - MOVE)
+        inf["memtotal_drop"] = mt0 - meminfo_total(self.g)
+        dfl = self.move("deflate", self.ram)
+        say("(b) round %d: inflate %.2f s (released %d MiB), deflate %.2f s" % (
+            r + 1, inf["seconds"], inf["released"] // MIB, dfl["seconds"]))
+        self.keep(inf, dfl)
 
 
-def parse_mib(text):
-    return bguest.parse_size(text)
+class VirtioMem(QmpMechanism):
+    name = "virtio-mem"
 
+    def guest(self):
+        base = bguest.parse_size(GUEST_RAM) - MOVE
+        return bguest.BenchGuest(kind="virtio-mem", vmem_size="%dM" % (MOVE // MIB),
+                                 vmem_block="2M", driver="none", device="none",
+                                 mem="%dM" % (base // MIB), smp=self.args.smp,
+                                 keep=self.args.keep, name="bench-c",
+                                 extra_append="memhp_default_state=online_movable", log=say)
 
-# ---------------------------------------------------------------------------
-# (d) the limit
-# ---------------------------------------------------------------------------
+    def read(self):
+        return self.qmp.command("qom-get", path="vm0", property="size")
+
+    def command(self, value):
+        self.qmp.command("qom-set", path="vm0", property="requested-size", value=value)
+
+    def taken(self, value):
+        return MOVE - value
+
+    def setup(self):
+        super().setup()
+        g = self.g
+        r = g.sh("insmod /lib/modules/virtio_mem.ko", timeout=60)
+        if r.rc != 0:
+            raise BenchError("insmod virtio_mem: %s" % r.err.strip())
+        secs, trace = poll_until(self.read, MOVE, 0.1, self.args.timeout)
+        if secs is None:
+            raise BenchError("virtio-mem: initial plug stuck at %d MiB" % (self.read() // MIB))
+        # The guest onlines the last memory block after the device says plugged.
+        total = 0
+        for _ in range(100):
+            total = meminfo_total(g)
+            if total >= MOVE:
+                break
+            time.sleep(0.1)
+        self.res["initial_plug_s"] = secs
+        self.res["guest_ram_bytes"] = bguest.parse_size(GUEST_RAM)
+        self.res["guest_memtotal_after_plug"] = total
+
+    def round(self, r):
+        refill(self.g, say)
+        mt0 = meminfo_total(self.g)
+        inf = self.move("inflate", 0)
+        inf["memtotal_drop"] = mt0 - meminfo_total(self.g)
+        dfl = self.move("deflate", MOVE)
+        say("(c) round %d: unplug %.2f s (released %d MiB), plug %.2f s" % (
+            r + 1, inf["seconds"], inf["released"] // MIB, dfl["seconds"]))
+        self.keep(inf, dfl)
+
 
 def parse_tbmem(out):
     alloc, free, vals = [], [], {}
@@ -440,49 +477,115 @@ def parse_tbkalloc(out):
     return vals["alloc_us"] / 1e6, vals["free_us"] / 1e6, alloc, free, vals["pages"]
 
 
-def bench_limit(args, res):
+class Limit(Mechanism):
     """tbmem (user space, 4 KiB pages) and tbkalloc (kernel, balloon_page_alloc)."""
-    with bguest.BenchGuest(driver="none", device="none", mem=GUEST_RAM, smp=args.smp,
-                           keep=args.keep, name="bench-d", log=say) as g:
-        res["boot_s"] = g.boot_s
-        res["guest_ram_bytes"] = parse_mib(GUEST_RAM)
-        res["variants"] = {}
-        for mode in ("populate", "touch", "kernel"):
-            var = {"inflate": [], "deflate": []}
-            for r in range(args.reps):
-                hm0 = g.host_memory()
-                if mode == "kernel":
-                    mark = "tbbench-mark-%d-%d" % (os.getpid(), r)
-                    out = g.sh("echo %s > /dev/kmsg; insmod /lib/modules/tbkalloc.ko "
-                               "pages=%d sample_ms=%d; dmesg | sed -n '/%s/,$p' | "
-                               "grep tbkalloc:" % (mark, MOVE // PAGE, args.sample_ms, mark),
-                               timeout=600)
-                    a_s, f_s, a_tr, f_tr, pages = parse_tbkalloc(out.out)
-                    if pages != MOVE // PAGE:
-                        raise BenchError("tbkalloc allocated only %d pages" % pages)
-                else:
-                    out = g.sh("tbmem -m %s -i %d %dM" % (mode, args.sample_ms,
-                                                         MOVE // MIB), timeout=600)
-                    if out.rc != 0:
-                        raise BenchError("tbmem failed (%d): %s" % (out.rc, out.out[-300:]))
-                    a_s, f_s, a_tr, f_tr = parse_tbmem(out.out)
-                hm1 = g.host_memory()
-                common = {"mode": mode, "host_before": hm0["memfd_allocated"],
-                          "host_after": hm1["memfd_allocated"],
-                          "rss_shmem_before": hm0["rss_shmem"],
-                          "rss_shmem_after": hm1["rss_shmem"],
-                          "released": hm0["memfd_allocated"] - hm1["memfd_allocated"]}
-                var["inflate"].append(dict(common, op="inflate", seconds=a_s, trace=a_tr))
-                var["deflate"].append(dict(common, op="deflate", seconds=f_s, trace=f_tr))
-                say("(d) %s rep %d: alloc %.2f s, free %.2f s" % (mode, r + 1, a_s, f_s))
+
+    name = "limit"
+    MODES = ("populate", "touch", "kernel")
+
+    def guest(self):
+        return bguest.BenchGuest(driver="none", device="none", mem=GUEST_RAM,
+                                 smp=self.args.smp, keep=self.args.keep, name="bench-d",
+                                 log=say)
+
+    def setup(self):
+        self.res["guest_ram_bytes"] = bguest.parse_size(GUEST_RAM)
+        self.res["variants"] = {m: {"inflate": [], "deflate": []} for m in self.MODES[1:]}
+
+    def run_mode(self, mode, r):
+        g = self.g
+        hm0 = g.host_memory()
+        if mode == "kernel":
+            mark = "tbbench-mark-%d-%d" % (os.getpid(), r)
+            out = g.sh("echo %s > /dev/kmsg; insmod /lib/modules/tbkalloc.ko "
+                       "pages=%d sample_ms=%d; dmesg | sed -n '/%s/,$p' | "
+                       "grep tbkalloc:" % (mark, MOVE // PAGE, self.args.sample_ms, mark),
+                       timeout=600)
+            a_s, f_s, a_tr, f_tr, pages = parse_tbkalloc(out.out)
+            if pages != MOVE // PAGE:
+                raise BenchError("tbkalloc allocated only %d pages" % pages)
+        else:
+            out = g.sh("tbmem -m %s -i %d %dM" % (mode, self.args.sample_ms, MOVE // MIB),
+                       timeout=600)
+            if out.rc != 0:
+                raise BenchError("tbmem failed (%d): %s" % (out.rc, out.out[-300:]))
+            a_s, f_s, a_tr, f_tr = parse_tbmem(out.out)
+        hm1 = g.host_memory()
+        common = dict(host_fields(hm0, hm1), mode=mode)
+        say("(d) %s round %d: alloc %.2f s, free %.2f s" % (mode, r + 1, a_s, f_s))
+        return (dict(common, op="inflate", seconds=a_s, trace=a_tr),
+                dict(common, op="deflate", seconds=f_s, trace=f_tr))
+
+    def round(self, r):
+        for mode in self.MODES:
+            inf, dfl = self.run_mode(mode, r)
             if mode == "populate":
-                res["inflate"], res["deflate"] = var["inflate"], var["deflate"]
+                self.keep(inf, dfl)
             else:
-                res["variants"][mode] = var
+                var = self.res["variants"][mode]
+                var["inflate"].append(inf)
+                var["deflate"].append(dfl)
 
 
-RUNNERS = {"tballoon": bench_tballoon, "virtio-balloon": bench_virtio_balloon,
-           "virtio-mem": bench_virtio_mem, "limit": bench_limit}
+CLASSES = {"tballoon": Tballoon, "virtio-balloon": VirtioBalloon,
+           "virtio-mem": VirtioMem, "limit": Limit}
+
+
+def run_all(args, data, wanted):
+    """Boot every guest, then ARGS.reps interleaved rounds."""
+    mechs = []
+    try:
+        for name in wanted:
+            res = {"label": LABELS[name], "inflate": [], "deflate": [], "overshoot": [],
+                   "error": None}
+            data["mechanisms"][name] = res
+            m = CLASSES[name](args, res)
+            say("booting the guest of %s" % LABELS[name])
+            try:
+                m.g = m.guest().__enter__()
+                res["boot_s"] = m.g.boot_s
+                m.setup()
+                mechs.append(m)
+            except Exception as err:      # noqa: BLE001 - reported, others go on
+                fail(m, err)
+        for r in range(args.reps):
+            live = [m for m in mechs if m.res["error"] is None]
+            if not live:
+                break
+            k = r % len(live)
+            order = live[k:] + live[:k]
+            say("round %d of %d: %s" % (r + 1, args.reps, ", ".join(m.name for m in order)))
+            for m in order:
+                t = time.monotonic()
+                try:
+                    m.round(r)
+                except Exception as err:  # noqa: BLE001
+                    fail(m, err)
+                m.res.setdefault("round_s", []).append(round(time.monotonic() - t, 1))
+        for m in mechs:
+            if m.res["error"] is None:
+                try:
+                    m.finish()
+                except Exception as err:  # noqa: BLE001
+                    fail(m, err)
+    finally:
+        for m in mechs:
+            m.close()
+            if m.g is not None:
+                m.g.__exit__(None, None, None)
+    return all(m.res["error"] is None for m in mechs) and len(mechs) == len(wanted)
+
+
+def fail(m, err):
+    m.res["error"] = str(err).splitlines()[0] if str(err) else repr(err)
+    say("%s FAILED: %s" % (m.name, m.res["error"]))
+    if not isinstance(err, (BenchError, machine.GuestError)):
+        traceback.print_exc(file=sys.stderr)
+    if m.g is not None:
+        m.g.failed = True       # keep its run directory
+        m.close()
+        m.g.__exit__(None, None, None)
+        m.g = None
 
 
 # ---------------------------------------------------------------------------
@@ -529,7 +632,7 @@ def meta(args, e):
         "accel": "tcg",
         "guest_kernel": e.kver,
         "guest_smp": args.smp,
-        "guest_ram_bytes": parse_mib(GUEST_RAM),
+        "guest_ram_bytes": bguest.parse_size(GUEST_RAM),
         "moved_bytes": MOVE,
         "qemu": qemu.splitlines()[0] if qemu else None,
         "git_commit": cmd_out(["git", "-C", str(REPO), "rev-parse", "HEAD"]),
@@ -563,6 +666,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     if args.replot:
         data = json.loads(Path(args.replot).read_text())
+        report.summarize(data)
         print(report.table(data))
         if not args.no_plot:
             report.plot(data, out / "balloon.png", out)
@@ -584,22 +688,7 @@ def main():
     data["meta"]["parts"] = pinned
     data["meta"]["load_before"] = load_average()
     t_start = time.monotonic()
-    failed = False
-    for name in wanted:
-        res = {"label": LABELS[name], "inflate": [], "deflate": [], "overshoot": [],
-               "error": None}
-        data["mechanisms"][name] = res
-        say("%s ..." % LABELS[name])
-        t = time.monotonic()
-        try:
-            RUNNERS[name](args, res)
-        except (BenchError, machine.GuestError, OSError, subprocess.SubprocessError) as err:
-            res["error"] = str(err).splitlines()[0]
-            say("%s FAILED: %s" % (name, err))
-            traceback.print_exc(file=sys.stderr)
-            failed = True
-        res["total_s"] = time.monotonic() - t
-        say("%s took %.0f s" % (name, res["total_s"]))
+    ok = run_all(args, data, wanted)
     data["meta"]["load_after"] = load_average()
     data["meta"]["total_s"] = time.monotonic() - t_start
     report.summarize(data)
@@ -611,7 +700,7 @@ def main():
         if png:
             print("plot: %s" % png)
     say("total %.0f s" % data["meta"]["total_s"])
-    return 1 if failed else 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

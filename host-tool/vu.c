@@ -754,13 +754,13 @@ int tb_vu_recv(int fd, struct tb_vu_msg *m)
 			continue;
 		cnt = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
 		for (size_t i = 0; i < cnt; i++) {
-			int fd;
+			int rfd;
 
-			memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(fd));
+			memcpy(&rfd, CMSG_DATA(cm) + i * sizeof(int), sizeof(rfd));
 			if (m->nfds < TB_VU_MAX_FDS)
-				m->fds[m->nfds++] = fd;
+				m->fds[m->nfds++] = rfd;
 			else
-				close(fd);	/* never leak one we cannot hold */
+				close(rfd);	/* never leak one we cannot hold */
 		}
 	}
 	if (mh.msg_flags & MSG_CTRUNC) {

@@ -39,6 +39,7 @@ os.environ.setdefault("TB_OUT", str(DEFAULT_OUT / "runs"))
 sys.path.insert(0, str(BENCH))
 
 import bguest  # noqa: E402
+import tbprofile  # noqa: E402
 import report  # noqa: E402
 from tbtest import env as tbenv  # noqa: E402
 from tbtest import machine  # noqa: E402
@@ -658,6 +659,10 @@ def main():
     ap.add_argument("--smp", type=int, default=2, help="guest vCPUs (2)")
     ap.add_argument("--keep", action="store_true", help="keep guest run directories")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="skip the tballoon profile (bench/tbprofile.py) at the end")
+    ap.add_argument("--profile-reps", type=int, default=3,
+                    help="repetitions of the profile's untraced runs (3)")
     ap.add_argument("--replot", metavar="JSON",
                     help="only redo table and plot from an existing results.json")
     args = ap.parse_args()
@@ -689,11 +694,27 @@ def main():
     data["meta"]["load_before"] = load_average()
     t_start = time.monotonic()
     ok = run_all(args, data, wanted)
+    if not args.no_profile and "tballoon" in wanted:
+        say("profile of tballoon (bench/tbprofile.py)")
+        pargs = argparse.Namespace(out=str(out), smp=args.smp, keep=args.keep,
+                                   reps=args.profile_reps)
+        try:
+            data["profile"] = tbprofile.profile(pargs, log=say)
+        except Exception as err:  # noqa: BLE001 - the comparison stands without it
+            data["profile"] = {"error": str(err).splitlines()[0] if str(err) else repr(err)}
+            say("profile FAILED: %s" % data["profile"]["error"])
+            traceback.print_exc(file=sys.stderr)
+            ok = False
     data["meta"]["load_after"] = load_average()
     data["meta"]["total_s"] = time.monotonic() - t_start
     report.summarize(data)
     (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     print(report.table(data))
+    if data.get("profile") and "error" not in data["profile"]:
+        text = tbprofile.summary(data["profile"])
+        (out / "profile.txt").write_text(text + "\n")
+        print()
+        print(text)
     print("raw figures: %s" % (out / "results.json"))
     if not args.no_plot:
         png = report.plot(data, out / "balloon.png", out)

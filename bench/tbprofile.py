@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0
 """Where tballoon's time goes: one guest, one 1 GiB inflate and deflate, traced.
 
-    bench/profile.py [--out DIR] [--smp N] [--keep]
+    bench/tbprofile.py [--out DIR] [--smp N] [--keep]
 
 Boots the tballoon guest of bench/run.py (1.5 GiB, TCG) and measures:
 - CPU time of every QEMU thread (vCPUs, main loop) and of tballoon serve

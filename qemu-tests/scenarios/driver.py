@@ -500,8 +500,11 @@ def migrate(ctx):
 def rmmod(ctx):
     """rmmod during a running inflate returns every page, reports aborted/removed; insmod again works"""
     g = ctx.guest
-    st0 = ctx.require_timed_device()
+    ctx.require_timed_device()
     boot_total = ctx.shared.get("boot_memtotal") or g.meminfo()["MemTotal"]
+    # A large balloon first, then a slow inflate on top of it.
+    rc, st0, _ = ctx.balloon("inflate", 400 * MIB // PAGE, "60s", timeout=120)
+    ctx.require(rc == 0, "inflate to 400 MiB done (exit %d)" % rc)
     first = _bg_tool(g, "inflate", "--to", "%dp" % (700 * MIB // PAGE), "--deadline", "30s",
                      "--paced", "--wait", "--json")
     try:
@@ -584,6 +587,15 @@ def freeze(ctx):
     rc, st, _ = ctx.balloon("inflate", 64 * MIB // PAGE, "60s", timeout=120)
     ctx.expect(rc == 0 and st.get("actual_pages") == 64 * MIB // PAGE,
                "a new inflate runs after resume (exit %d)" % rc)
+    # The statistics queue was set up again on restore.
+    rc, s1, _ = g.tool_json("stats", timeout=60)
+    time.sleep(2.5)
+    rc2, s2, _ = g.tool_json("stats", timeout=60)
+    if s1 and s1.get("stats_vq"):
+        ctx.diag("stats after resume: updates %s -> %s", s1.get("updates"),
+                 (s2 or {}).get("updates"))
+        ctx.expect((s2 or {}).get("updates", 0) > s1.get("updates", 0),
+                   "statistics answered after resume")
     _empty(ctx)
     ctx.check_healthy()
 

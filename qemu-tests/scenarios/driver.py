@@ -9,8 +9,10 @@ status); the runner's health check (agent answers, dmesg clean) follows each.
 Measured figures are printed as `# ` lines.
 """
 
-import subprocess
 import json
+import socket
+import subprocess
+import threading
 import time
 
 from . import MIB, PAGE, group, mib, scenario
@@ -83,6 +85,40 @@ def _wait_running(ctx, cmd_id=None, timeout=30.0):
 def ctx_fail(msg):
     from . import Fail
     return Fail(msg)
+
+
+class _Events:
+    """Collect the backend's control-socket events (BALLOON_PROGRESS, ...).
+
+    Every client of the control socket receives the events after the
+    greeting; each carries the status object of the command at that report.
+    """
+
+    def __init__(self, g):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(g.control))
+        self.file = self.sock.makefile("rb")
+        self.file.readline()        # greeting
+        self.events = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        for line in self.file:
+            try:
+                obj = json.loads(line.decode())
+            except ValueError:
+                continue
+            if "event" in obj:
+                self.events.append((time.monotonic(), obj))
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)
 
 
 def _guest_bg(g, command, tag):
@@ -218,53 +254,56 @@ def stats_timed(ctx):
 
 # ---- 3. paced ------------------------------------------------------------
 
-@scenario("driver-paced", "driver")
-def paced(ctx):
-    """paced inflate of 256 MiB over 4 s follows the straight line to the deadline within 10%"""
+def _paced_run(ctx, op, start, target, deadline):
+    """Run a paced OP from START to TARGET pages; check it against the line."""
     g = ctx.guest
-    st0 = ctx.require_timed_device()
-    start = st0["actual_pages"]
-    distance = 256 * MIB // PAGE
-    deadline = 4000
-    proc = _bg_tool(g, "inflate", "--to", "%dp" % (start + distance), "--deadline",
-                    "%dms" % deadline, "--paced", "--wait", "--json")
-    samples = []    # (guest elapsed_ms, pages moved) of each report seen
-    cmd_id = None
-    t0 = time.monotonic()
-    while proc.poll() is None and time.monotonic() - t0 < 60:
-        st = ctx.status()
-        c = _cmd(st)
-        if c.get("op") == "inflate" and c.get("state") == "running":
-            cmd_id = c.get("cmd_id")
-            samples.append((c.get("elapsed_ms"), st.get("actual_pages") - start,
-                            c.get("report_seq")))
-        time.sleep(0.05)
-    rc, st = _bg_result(g, proc)
+    distance = abs(target - start)
+    # Every report of the driver reaches the host as a BALLOON_PROGRESS
+    # event carrying actual_pages and elapsed_ms of that report.
+    events = _Events(g)
+    try:
+        rc, st, _ = ctx.balloon(op, target, "%dms" % deadline, extra=("--paced",),
+                                timeout=120)
+    finally:
+        time.sleep(0.2)
+        events.close()
     c = _cmd(st)
-    ctx.require(st is not None, "paced inflate printed its status")
     ctx.expect(rc == 0 and c.get("state") == "done",
-               "paced inflate done (exit %d, state %s)" % (rc, c.get("state")))
-    ctx.expect(c.get("cmd_id") == cmd_id, "samples were of this command")
-    # One sample per report (the pair actual/elapsed_ms of one report).
+               "paced %s done (exit %d, state %s)" % (op, rc, c.get("state")))
     seen, pts = set(), []
-    for el, moved, seq in samples:
-        if seq not in seen and el is not None:
-            seen.add(seq)
-            pts.append((el, moved))
-    pts.append((c.get("elapsed_ms"), st.get("actual_pages") - start))
+    for _, ev in events.events:
+        d = ev.get("data") or {}
+        ec = _cmd(d)
+        if ec.get("cmd_id") != c.get("cmd_id") or ec.get("report_seq") in seen:
+            continue
+        seen.add(ec.get("report_seq"))
+        if ec.get("elapsed_ms") is not None:
+            pts.append((ec["elapsed_ms"], abs(d.get("actual_pages", start) - start)))
+    pts.append((c.get("elapsed_ms"), abs(st.get("actual_pages") - start)))
     dev = [(moved - distance * min(el, deadline) / deadline) / distance for el, moved in pts]
     worst = max(dev, key=abs) if dev else 0
-    ctx.diag("paced: %d reports sampled, final elapsed %s ms of %d, max deviation from "
-             "the start->deadline line %.1f%% of the distance (%s)",
-             len(pts), c.get("elapsed_ms"), deadline, 100 * worst,
-             "ahead" if worst > 0 else "behind")
-    ctx.expect(len(pts) >= 20, "at least 20 samples over 4 s (got %d)" % len(pts))
-    ctx.expect(abs(worst) <= 0.10, "every sample within 10%% of the line (worst %.1f%%)"
+    ctx.diag("paced %s of %s over %d ms: %d reports (from %d events), final elapsed %s ms, "
+             "max deviation from the start->deadline line %+.1f%% of the distance (%s)",
+             op, mib(distance * PAGE), deadline, len(pts), len(events.events),
+             c.get("elapsed_ms"), 100 * worst, "ahead" if worst > 0 else "behind")
+    ctx.expect(len(pts) >= deadline // 200, "at least one report per 200 ms (got %d)"
+               % len(pts))
+    ctx.expect(abs(worst) <= 0.10, "every report within 10%% of the line (worst %.1f%%)"
                % (100 * worst))
     el = c.get("elapsed_ms") or 0
     ctx.expect(deadline - 400 <= el <= deadline,
                "finished near the deadline: %d <= elapsed %s <= %d"
                % (deadline - 400, el, deadline))
+
+
+@scenario("driver-paced", "driver")
+def paced(ctx):
+    """paced inflate of 256 MiB over 4 s (and deflate over 2 s) follow the straight line to the deadline within 10%"""
+    st0 = ctx.require_timed_device()
+    start = st0["actual_pages"]
+    target = start + 256 * MIB // PAGE
+    _paced_run(ctx, "inflate", start, target, 4000)
+    _paced_run(ctx, "deflate", target, start, 2000)
     _empty(ctx)
     ctx.check_healthy()
 

@@ -6,7 +6,13 @@
  * runs timed commands: "bring the balloon to N pages within D ms, never push
  * the guest's available memory below F pages", and reports progress and the
  * outcome in config space. Without TIMED it is a standard balloon driver that
- * follows num_pages. Protocol: Documentation/protocol.rst.
+ * follows num_pages; with TIMED it ignores num_pages (the device mirrors the
+ * last command's target there). Protocol: Documentation/protocol.rst.
+ *
+ * Standard features, in both modes: STATS_VQ (the standard tags, refilled
+ * each time the device returns the buffer), DEFLATE_ON_OOM (an OOM notifier
+ * gives TBALLOON_OOM_PAGES back instead of an OOM kill; the balloon then
+ * stays in MemTotal, as upstream), balloon page migration for compaction.
  *
  * Layers, bottom up; each may only call the ones below it:
  *  - buffers: tballoon_send(), tballoon_reap(), tballoon_complete() move PFN

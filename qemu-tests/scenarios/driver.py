@@ -582,6 +582,23 @@ def rmmod(ctx):
     rc, st, _ = ctx.balloon("inflate", 64 * MIB // PAGE, "60s", timeout=120)
     ctx.expect(rc == 0 and st.get("actual_pages") == 64 * MIB // PAGE,
                "a new inflate runs after re-insmod (exit %d)" % rc)
+    # Unbind and bind through sysfs: the same teardown without unloading.
+    dev = g.sh("basename $(readlink -f /sys/bus/virtio/drivers/virtio_tballoon/virtio*)").out.strip()
+    res = g.sh("echo %s > /sys/bus/virtio/drivers/virtio_tballoon/unbind" % dev, timeout=120)
+    mi = g.meminfo()
+    st = ctx.status()
+    ctx.diag("unbind %s with 64 MiB in the balloon: exit %d, MemTotal %d kB, host actual %s",
+             dev, res.rc, mi["MemTotal"], st.get("actual_pages"))
+    ctx.expect(res.rc == 0 and mi["MemTotal"] == boot_total and st.get("actual_pages") == 0,
+               "unbind returned every page")
+    res = g.sh("echo %s > /sys/bus/virtio/drivers/virtio_tballoon/bind" % dev, timeout=60)
+    t0 = time.monotonic()
+    st = ctx.status()
+    while not st.get("driver_ok") and time.monotonic() - t0 < 30:
+        time.sleep(0.2)
+        st = ctx.status()
+    rc, st, _ = ctx.balloon("inflate", 16 * MIB // PAGE, "60s", timeout=120)
+    ctx.expect(rc == 0, "inflate after bind (exit %d)" % rc)
     _empty(ctx)
     ctx.check_healthy()
 

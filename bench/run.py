@@ -499,9 +499,11 @@ class Limit(Mechanism):
         if mode == "kernel":
             mark = "tbbench-mark-%d-%d" % (os.getpid(), r)
             out = g.sh("echo %s > /dev/kmsg; insmod /lib/modules/tbkalloc.ko "
-                       "pages=%d sample_ms=%d; dmesg | sed -n '/%s/,$p' | "
+                       "pages=%d sample_ms=%d && rmmod tbkalloc; dmesg | sed -n '/%s/,$p' | "
                        "grep tbkalloc:" % (mark, MOVE // PAGE, self.args.sample_ms, mark),
                        timeout=600)
+            if out.rc != 0:
+                raise BenchError("tbkalloc: %s %s" % (out.out[-300:], out.err[-300:]))
             a_s, f_s, a_tr, f_tr, pages = parse_tbkalloc(out.out)
             if pages != MOVE // PAGE:
                 raise BenchError("tbkalloc allocated only %d pages" % pages)
@@ -591,27 +593,34 @@ def fail(m, err):
 
 # ---------------------------------------------------------------------------
 
-def pin_parts(e, out):
-    """Copy the module and the tool under test, so a rebuild during the run
-    (other people work in this tree) cannot change them half-way."""
-    parts = out / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
+def pin_parts(e):
+    """Copy the module and the tool under test out of the tree, so a rebuild
+    or a `make clean` during the run (other people work in this tree; kbuild's
+    clean deletes every *.ko below the repository) cannot change them."""
+    root = e.cache / "bench-parts"
     pinned = {}
     for key, src in (("TB_MODULE", e.module), ("TB_TOOL", e.tool)):
-        if key in os.environ and Path(os.environ[key]).resolve().parent == parts.resolve():
-            src = Path(os.environ[key])
         data = src.read_bytes()
-        dst = parts / src.name
-        if dst.resolve() != src.resolve():
-            tmp = parts / (src.name + ".tmp")
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        dst = root / digest / src.name
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.parent / (src.name + ".tmp%d" % os.getpid())
             tmp.write_bytes(data)
             os.chmod(str(tmp), 0o755)
             os.replace(str(tmp), str(dst))
-        pinned[key] = {"source": str(src), "copy": str(dst),
-                       "sha256": hashlib.sha256(data).hexdigest()[:16]}
+        os.utime(str(dst.parent))
+        pinned[key] = {"source": str(src), "copy": str(dst), "sha256": digest}
         os.environ[key] = str(dst)
     e.module = Path(os.environ["TB_MODULE"])
     e.tool = Path(os.environ["TB_TOOL"])
+    old = sorted(root.iterdir(), key=lambda p: p.stat().st_mtime)
+    keep = {Path(p["copy"]).parent for p in pinned.values()}
+    for stale in old[:-8]:
+        if stale not in keep:
+            for f in stale.iterdir():
+                f.unlink()
+            stale.rmdir()
     return pinned
 
 
@@ -688,7 +697,7 @@ def main():
         return 1
     wanted = [MECHANISMS[k.strip()] for k in args.only.split(",") if k.strip()]
 
-    pinned = pin_parts(e, out)
+    pinned = pin_parts(e)
     data = {"meta": meta(args, e), "mechanisms": {}}
     data["meta"]["parts"] = pinned
     data["meta"]["load_before"] = load_average()

@@ -12,8 +12,8 @@
  *   tbkalloc: sample alloc|free T_US PAGES    (about every sample_ms)
  *   tbkalloc: pages N alloc_us A free_us F
  *
- * and then refuses to stay loaded (init returns -ECANCELED), so it can be
- * run again.
+ * then stays loaded, doing nothing, until rmmod (an init that fails makes
+ * busybox insmod retry through init_module(), which would run it twice).
  */
 #include <linux/balloon_compaction.h>
 #include <linux/gfp.h>
@@ -109,9 +109,14 @@ static int __init tbkalloc_init(void)
 	pr_info("tbkalloc: pages %lu alloc_us %lld free_us %lld\n", n, alloc_us,
 		free_us);
 	kfree(samples);
-	return -ECANCELED;
+	return 0;
+}
+
+static void __exit tbkalloc_exit(void)
+{
 }
 
 module_init(tbkalloc_init);
+module_exit(tbkalloc_exit);
 MODULE_LICENSE("GPL");
 MODULE_DESCRIPTION("tballoon bench: in-kernel page allocation limit");

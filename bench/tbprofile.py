@@ -77,6 +77,14 @@ def cpu_delta(before, after):
             if after[k] - before.get(k, 0.0) > 0}
 
 
+def _status_json(res, op):
+    for line in reversed(res.stdout.splitlines()):
+        if line.strip().startswith("{"):
+            return json.loads(line)
+    raise RuntimeError("tballoon %s printed no JSON (exit %d): %s"
+                       % (op, res.returncode, res.stderr.strip()))
+
+
 def timed_op(g, op, to):
     pids = {"qemu": g.qemu.pid, "backend": g.backend.pid}
     before = {k: thread_times(p) for k, p in pids.items()}
@@ -84,7 +92,7 @@ def timed_op(g, op, to):
     res = g.tool(op, "--to", to, "--deadline", "60s", "--wait", "--json", timeout=300)
     wall = time.monotonic() - t0
     after = {k: thread_times(p) for k, p in pids.items()}
-    st = json.loads(res.stdout.strip().splitlines()[-1])
+    st = _status_json(res, op)
     cmd = st["command"]
     cpu = {k: cpu_delta(before[k], after[k]) for k in pids}
     return {"op": op, "exit": res.returncode, "state": cmd["state"], "wall_s": wall,
@@ -186,7 +194,7 @@ def traced_op(g, op, to):
     wall = time.monotonic() - t0
     g.sh("echo 0 > %s/tracing_on" % T)
     text = g.sh("cat %s/trace" % T, timeout=300).out
-    st = json.loads(res.stdout.strip().splitlines()[-1])
+    st = _status_json(res, op)
     out = analyse_trace(text)
     out.update(op=op, wall_s=wall, guest_elapsed_ms=st["command"]["elapsed_ms"],
                reports=st["command"]["reports"], trace_lines=len(text.splitlines()))
@@ -292,6 +300,8 @@ def profile(args, log=say):
     with bguest.BenchGuest(driver="tballoon", device="tballoon", mem=GUEST_RAM,
                            smp=args.smp, keep=args.keep, name="prof-z", log=log,
                            extra_append="init_on_alloc=0") as g:
+        if g.driver_status != "loaded":
+            raise RuntimeError("virtio_tballoon did not load (init_on_alloc=0 guest)")
         prof["init_on_alloc_0"], prof["init_on_alloc_0_no_refill"] = _reps(
             g, args, log, "init_on_alloc=0")
     return prof

@@ -11,8 +11,9 @@
 #   make demo         boot a guest, timed inflate and deflate (same as scripts/demo)
 #   make sparse       the module under sparse (C=2)
 #   make dkms-install install the module with DKMS for KVER (default: the
-#                     linux-headers-amd64 kernel): sources to
-#                     /usr/src/tballoon-<version>/, dkms add, build, install
+#                     linux-headers-amd64 kernel; several: KVER="V1 V2"):
+#                     sources to /usr/src/tballoon-<version>/, dkms add,
+#                     then dkms build and install for each kernel
 #   make dkms-remove  dkms remove --all and delete /usr/src/tballoon-<version>/
 #
 # The kernel build itself reads ./Kbuild; this file only drives it.
@@ -55,8 +56,10 @@ dkms-install: dkms-remove
 	mkdir -p $(DKMS_SRC)
 	cp --parents dkms.conf $(MODULE_SRCS) $(DKMS_SRC)/
 	dkms add -m tballoon -v $(DKMS_VERSION)
-	dkms build -m tballoon -v $(DKMS_VERSION) -k $(KVER)
-	dkms install -m tballoon -v $(DKMS_VERSION) -k $(KVER)
+	for k in $(KVER); do \
+		dkms build -m tballoon -v $(DKMS_VERSION) -k $$k && \
+		dkms install -m tballoon -v $(DKMS_VERSION) -k $$k || exit 1; \
+	done
 
 dkms-remove:
 	if dkms status -m tballoon -v $(DKMS_VERSION) | grep -q .; then \

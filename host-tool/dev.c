@@ -170,6 +170,7 @@ void tb_dev_set_features(struct tb_dev *dev, uint64_t features)
 void tb_dev_session(struct tb_dev *dev, bool up, uint64_t now_ms)
 {
 	dev->connected = up;
+	dev->last_driver_ms = now_ms;
 	dev->driver_ok = false;
 	dev->features = 0;
 	dev->features_set = false;
@@ -267,11 +268,12 @@ static void tb_dev_report(struct tb_dev *dev, uint64_t now_ms)
 		       tb_state_name(state), c->cmd_id);
 		return;
 	}
-	if (!tb_cmd_running(c) && c->state != TB_STATE_UNRESPONSIVE) {
+	dev->last_driver_ms = now_ms;
+	if (!tb_cmd_running(c) && c->state != TB_STATE_UNRESPONSIVE && !c->recovered) {
 		tb_dbg("balloon: late report for ended command %u", ack);
 		return;
 	}
-	if (c->state == TB_STATE_UNRESPONSIVE) {
+	if (!tb_cmd_running(c)) {
 		/* the guest's report is authoritative for the outcome */
 		tb_info("balloon: command %u: the guest reported after all", ack);
 		c->state = TBALLOON_STATE_RUNNING;
@@ -360,14 +362,14 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 
 	if (!dev->connected)
 		tb_refuse("no front-end (QEMU) is connected");
+	if (dev->broken)
+		tb_refuse("the device is broken until the guest resets it: %s",
+			  dev->broken_why);
 	if (!dev->driver_ok)
 		tb_refuse("the guest driver is not ready");
 	if (!dev->notify_ok)
 		tb_refuse("the front-end gave no backend channel: "
 			  "config changes cannot be announced");
-	if (dev->broken)
-		tb_refuse("the device is broken until the guest resets it: %s",
-			  dev->broken_why);
 	switch (op) {
 	case TBALLOON_OP_INFLATE:
 	case TBALLOON_OP_DEFLATE:
@@ -466,7 +468,8 @@ int64_t tb_dev_tick(struct tb_dev *dev, uint64_t now_ms)
 		 * when the balloon (as counted from the PFNs) is at the target.
 		 */
 		if (c->recovered && c->op != TBALLOON_OP_ABORT &&
-		    dev->device_pages == c->target_pages) {
+		    dev->device_pages == c->target_pages && dev->connected &&
+		    now_ms >= dev->last_driver_ms + TB_DEV_RECOVER_QUIET_MS) {
 			tb_put_le32(dev->config + TB_OFF(actual), c->target_pages);
 			tb_info("balloon: recovered command %u reached its target "
 				"(counted from the PFNs)", c->cmd_id);
@@ -475,8 +478,8 @@ int64_t tb_dev_tick(struct tb_dev *dev, uint64_t now_ms)
 		}
 		due = c->issued_ms + c->deadline_ms + dev->grace_ms;
 		if (now_ms < due)
-			return (int64_t)(due - now_ms > 1000 && c->recovered ?
-					 1000 : due - now_ms);
+			return (int64_t)(due - now_ms > 200 && c->recovered ?
+					 200 : due - now_ms);
 		dev->stats.unresponsive++;
 		tb_warn("balloon: command %u: no outcome from the guest %u ms after "
 			"its deadline", c->cmd_id, dev->grace_ms);

@@ -37,6 +37,12 @@
 
 /* default host watchdog grace after the deadline */
 #define TB_DEV_GRACE_MS 5000U
+/*
+ * A command restored from the state file whose balloon (counted from the
+ * PFNs) is at the target ends done once the driver has been quiet this long
+ * (its final report may have been lost while no daemon ran).
+ */
+#define TB_DEV_RECOVER_QUIET_MS 1000U
 /* default period of guest statistics requests on the stats queue */
 #define TB_DEV_STATS_INTERVAL_MS 2000U
 
@@ -171,6 +177,7 @@ struct tb_dev_ops {
  * @stats_wanted: a client asked for fresh statistics (query-stats)
  * @gen: incremented on every change the state file must record
  * @restored: the config and command came from a state file
+ * @last_driver_ms: last driver report, or session start
  */
 struct tb_dev {
 	uint8_t config[VIRTIO_TBALLOON_CONFIG_SIZE];
@@ -197,6 +204,7 @@ struct tb_dev {
 	bool stats_wanted;
 	uint64_t gen;
 	bool restored;
+	uint64_t last_driver_ms;
 };
 
 void tb_dev_init(struct tb_dev *dev, const struct tb_mem *mem,

@@ -25,6 +25,7 @@ int tb_mem_add(struct tb_mem *m, uint64_t gpa, uint64_t size, uint64_t uva,
 	struct tb_mem_region *r;
 	uint64_t pagesz = (uint64_t)sysconf(_SC_PAGESIZE);
 	uint64_t map_off, lead;
+	struct stat st;
 	void *p;
 
 	if (m->nregions >= TB_MEM_MAX_REGIONS)
@@ -42,6 +43,15 @@ int tb_mem_add(struct tb_mem *m, uint64_t gpa, uint64_t size, uint64_t uva,
 		if (gpa < o->gpa + o->size && o->gpa < gpa + size)
 			return -EEXIST;
 	}
+
+	/*
+	 * A region past the end of its file would raise SIGBUS in the daemon
+	 * the first time a ring or PFN there is touched: refuse it.
+	 */
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (S_ISREG(st.st_mode) && fd_offset + size > (uint64_t)st.st_size)
+		return -ERANGE;
 
 	map_off = fd_offset & ~(pagesz - 1);
 	lead = fd_offset - map_off;

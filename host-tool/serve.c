@@ -322,8 +322,13 @@ static int tb_ops_set_config(void *opaque, const uint8_t *buf, uint32_t off,
 {
 	struct tb_serve *s = opaque;
 
+	int rc;
+
 	(void)flags;	/* migration is not supported: same rules */
-	return tb_dev_set_config(&s->dev, buf, off, size, tb_now_ms());
+	rc = tb_dev_set_config(&s->dev, buf, off, size, tb_now_ms());
+	/* on disk before the front-end gets its REPLY_ACK */
+	tb_serve_save(s);
+	return rc;
 }
 
 static void tb_ops_set_features(void *opaque, uint64_t features)

@@ -71,8 +71,8 @@ int tb_vring_pop(struct tb_vring *vr, const struct tb_mem *mem,
 	if (pending == 0)
 		return 0;
 	if (pending > vr->num) {
-		tb_warn("vring: avail index jumped by %u on a ring of %u",
-			pending, vr->num);
+		tb_warn("vring: avail index jumped by %u on a ring of %u (%u -> %u)",
+			pending, vr->num, vr->last_avail, avail_idx);
 		vr->broken = true;
 		return -EIO;
 	}

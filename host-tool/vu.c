@@ -388,7 +388,7 @@ static int tb_vu_set_vring_addr(struct tb_vu *vu, struct tb_vu_msg *m)
 	q = tb_vu_queue_get(vu, m->p.addr.index);
 	if (!q)
 		return -EINVAL;
-	if (q->addr_set && !q->vr.num && q->moved &&
+	if (q->addr_set && !q->started && q->moved &&
 	    (q->addr.desc != m->p.addr.desc || q->addr.avail != m->p.addr.avail ||
 	     q->addr.used != m->p.addr.used))
 		tb_vu_maybe_reset(vu, q, m->p.addr.index, "new ring addresses");
@@ -417,7 +417,7 @@ static int tb_vu_set_vring_base(struct tb_vu *vu, struct tb_vu_msg *m)
 		return -EINVAL;
 	if (m->p.state.num > 0xffff)
 		return -EINVAL;
-	if (!q->vr.num && q->moved && m->p.state.num == 0)
+	if (!q->started && q->moved && m->p.state.num == 0)
 		tb_vu_maybe_reset(vu, q, m->p.state.index, "position 0");
 	q->base = (uint16_t)m->p.state.num;
 	if (q->vr.num) {

@@ -178,6 +178,35 @@ class Guest:
             self.call_u64(SET_VRING_ENABLE, struct.pack("<II", q, 1), need_reply=True)
         return offered, pf, nq, ack, ack2
 
+    def reconnect(self, path):
+        """QEMU re-attaching a restarted back-end: same guest memory and
+        rings, the handshake again, rings resumed at the used index."""
+        self.sock.close()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.sock.settimeout(5)
+        self.be_ours, self.be_theirs = socket.socketpair()
+        features = F_VERSION_1 | F_PROTOCOL | F_TIMED | F_MUST_TELL
+        offered = self.call_u64(GET_FEATURES)
+        pf = self.call_u64(GET_PROTOCOL_FEATURES)
+        self.send(SET_PROTOCOL_FEATURES, struct.pack("<Q", pf & PF))
+        self.call_u64(SET_BACKEND_REQ_FD, fds=[self.be_theirs.fileno()], need_reply=True)
+        self.send(SET_OWNER)
+        self.send(SET_FEATURES, struct.pack("<Q", features & offered))
+        regions = struct.pack("<QQQQ", 0, 8 * MiB, UVA, 0) + \
+            struct.pack("<QQQQ", 16 * MiB, 8 * MiB, UVA + 16 * MiB, 8 * MiB)
+        self.call_u64(SET_MEM_TABLE, struct.pack("<II", 2, 0) + regions,
+                      fds=[self.memfd, self.memfd], need_reply=True)
+        for q in (0, 1):
+            base = RING_GPA[q]
+            self.send(SET_VRING_NUM, struct.pack("<II", q, QSZ))
+            self.send(SET_VRING_BASE, struct.pack("<II", q, self.used_idx(q)))
+            self.send(SET_VRING_ADDR, struct.pack("<IIQQQQ", q, 0, UVA + base,
+                                                  UVA + base + 0x2000, UVA + base + 0x1000, 0))
+            self.send(SET_VRING_KICK, struct.pack("<Q", q), fds=[self.kick[q]])
+            self.send(SET_VRING_CALL, struct.pack("<Q", q), fds=[self.call[q]])
+            self.call_u64(SET_VRING_ENABLE, struct.pack("<II", q, 1), need_reply=True)
+
     # --- rings --------------------------------------------------------
     def add_buf(self, q, descs):
         """descs: list of (gpa, len, flags, next); head is descs[0]'s slot 0.."""
@@ -194,8 +223,10 @@ class Guest:
         return self.r(RING_GPA[q] + 0x2000 + 2, "<H")[0]
 
     def wait_call(self, q, timeout=5):
-        r, _, _ = select.select([self.call[q]], [], [], timeout)
-        if not r:
+        # poll, not select: earlier tests may have pushed fds past 1024
+        pl = select.poll()
+        pl.register(self.call[q], select.POLLIN)
+        if not pl.poll(timeout * 1000):
             return False
         os.eventfd_read(self.call[q])
         return True
@@ -475,6 +506,153 @@ def run(vu, cp):
     g2.close()
     run_fuzz(vu, cp)
     run_fd_mode(os.path.dirname(cp))
+    run_restart(os.path.dirname(cp))
+    run_reset_and_watchdog(os.path.dirname(cp))
+
+
+def start_serve(tmp, name, *extra):
+    vu, cp = os.path.join(tmp, name + "-vu.sock"), os.path.join(tmp, name + "-ctl.sock")
+    for p in (vu, cp):
+        if os.path.exists(p):
+            os.unlink(p)
+    log = open(os.path.join(tmp, name + ".log"), "a")
+    srv = subprocess.Popen([TB, "serve", "--socket-path", vu, "--control", cp, "-v", "-v"] +
+                           list(extra), stderr=log)
+    log.close()
+    wait_for(lambda: os.path.exists(cp) and os.path.exists(vu))
+    return srv, vu, cp
+
+
+def run_restart(tmp):
+    """serve killed mid-inflate and restarted with its state file: the
+    command is recovered and reported, the accounting stays consistent."""
+    state = os.path.join(tmp, "state.json")
+    srv, vu, cp = start_serve(tmp, "restart", "--state-file", state)
+    g = Guest(vu)
+    g.negotiate()
+    p = ctl(cp, "inflate", "--to", "3072p", "--deadline", "20s")
+    g.wait_config_change()
+    cmd = g.cfg(O_CMD)
+    g.report(cmd, ST_RUNNING, 0)
+    g.pfn_buffer(0, list(range(0, 1024)))
+    g.wait_call(0)
+    g.report(cmd, ST_RUNNING, 1024)
+    st = json.load(open(state))
+    tap(p.returncode == 0 and st["command"]["cmd_id"] == cmd and st["device_pages"] == 1024,
+        "restart: the state file follows the running command")
+    srv.kill()
+    srv.wait(5)
+
+    # the guest goes on while no back-end runs: a buffer waits in the ring
+    # (PFNs below 7 MiB or in region B: the rings live at 7 MiB)
+    g.pfn_buffer(0, list(range(4096, 5120)), gpa=BUF_GPA + 0x4000)
+    srv, vu, cp = start_serve(tmp, "restart", "--state-file", state)
+    s = status(cp)
+    c = s["command"]
+    tap(s["restored"] and c["cmd_id"] == cmd and c["state"] == "running" and c["recovered"] and
+        s["actual_pages"] == 1024 and s["device_pages"] == 1024 and
+        s["released_bytes"] == 4 * MiB,
+        "restart: restored before QEMU is back: command %d running, balloon 1024 pages" % cmd)
+    w = subprocess.Popen([TB, "-c", cp, "watch", "-j"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.2)
+    g.reconnect(vu)
+    tap(g.wait_call(0) and g.used_idx(0) == 2,
+        "restart: the buffer queued during the outage is processed after the handshake")
+    g.report(cmd, ST_RUNNING, 2048)
+    g.pfn_buffer(0, list(range(5120, 6144)), gpa=BUF_GPA + 0x8000)
+    g.wait_call(0)
+    g.report(cmd, ST_DONE, 3072, elapsed=900)
+    out, _ = w.communicate(timeout=10)
+    res = json.loads(out) if out.strip() else {}
+    c = res.get("command", {})
+    tap(w.returncode == 0 and c.get("cmd_id") == cmd and c.get("state") == "done" and
+        c.get("elapsed_ms") == 900, "restart: watch reports the recovered command done (exit 0)")
+    if not (w.returncode == 0 and c.get("cmd_id") == cmd and c.get("elapsed_ms") == 900):
+        sys.stderr.write("watch: exit %s, %r\n" % (w.returncode, out))
+    s = status(cp)
+    blocks = os.fstat(g.memfd).st_blocks * 512
+    tap(s["actual_pages"] == 3072 and s["device_pages"] == 3072 and
+        s["released_bytes"] == 12 * MiB and blocks == RAM - 12 * MiB and
+        s["resident_bytes"] == blocks,
+        "restart: accounting consistent (12 MiB released across two daemons, memfd agrees)")
+
+    # killed again; this time the final report is lost in the outage
+    p = ctl(cp, "inflate", "--to", "3584p", "--deadline", "20s")
+    g.wait_config_change()
+    cmd2 = g.cfg(O_CMD)
+    g.report(cmd2, ST_RUNNING, 3072, start=3072)
+    srv.kill()
+    srv.wait(5)
+    g.pfn_buffer(0, list(range(1024, 1536)), gpa=BUF_GPA + 0xC000)
+    srv, vu, cp = start_serve(tmp, "restart", "--state-file", state)
+    g.reconnect(vu)
+    g.wait_call(0)
+    tap(wait_for(lambda: status(cp)["command"]["state"] == "done") and
+        status(cp)["actual_pages"] == 3584 and status(cp)["command"]["cmd_id"] == cmd2,
+        "restart: a command whose final report was lost ends done from the PFN count")
+    tap(cmd2 == cmd + 1 and ctl(cp, "deflate", "--to", "0", "--deadline", "1s").returncode == 0
+        and g.wait_config_change() and g.cfg(O_CMD) == cmd2 + 1,
+        "restart: command ids continue across restarts")
+    srv.terminate()
+    rc = srv.wait(5)
+    st = json.load(open(state))
+    tap(rc == 0 and st["command"]["cmd_id"] == cmd2 + 1 and st["config"] != "00" * 64,
+        "restart: SIGTERM keeps the state file (our exit is not a device reset)")
+    g.close()
+
+
+def run_reset_and_watchdog(tmp):
+    """Guest reboot (rings restarted at 0), host watchdog, broken device."""
+    srv, vu, cp = start_serve(tmp, "reset", "--grace", "300ms")
+    g = Guest(vu)
+    g.negotiate()
+    p = ctl(cp, "inflate", "--to", "1024p", "--deadline", "200ms", "--wait", "-j")
+    res = json.loads(p.stdout) if p.stdout.strip() else {}
+    tap(p.returncode == 7 and res.get("command", {}).get("state") == "guest-unresponsive",
+        "watchdog: no outcome by deadline + grace ends guest-unresponsive, exit 7")
+    g.wait_config_change()
+    cmd = g.cfg(O_CMD)
+    g.report(cmd, ST_DEADLINE, 0)
+    tap(status(cp)["command"]["state"] == "deadline",
+        "watchdog: a late guest report is still authoritative")
+    g.pfn_buffer(0, list(range(0, 256)))
+    g.wait_call(0)
+    g.guest_write(O_ACTUAL, 256)
+    # reboot: QEMU stops the rings, the new driver starts them at 0
+    for q in (0, 1):
+        g.call_u64(GET_VRING_BASE, struct.pack("<II", q, 0))
+    g.negotiate()
+    s = status(cp)
+    tap(s["stats"]["resets"] == 1 and s["actual_pages"] == 0 and s["device_pages"] == 0 and
+        s["command"]["cmd_id"] == cmd, "reset: a guest reboot clears the balloon and driver block")
+    if s["stats"]["resets"] != 1:
+        sys.stderr.write("reset: %r\n" % (s,))
+    # pause/resume (rings resumed where they were) is not a reset
+    for q in (0, 1):
+        g.call_u64(GET_VRING_BASE, struct.pack("<II", q, 0))
+    g.pfn_buffer(0, [5])
+    g.reconnect(vu)
+    g.wait_call(0)
+    s = status(cp)
+    tap(s["stats"]["resets"] == 1 and s["device_pages"] == 1,
+        "reset: rings resumed at their position are not a reset")
+    # a ring broken by the guest marks the device, the daemon keeps serving
+    g.w(RING_GPA[0] + 0x1000 + 2, "<H", (g.avail_idx[0] + 500) & 0xFFFF)
+    os.eventfd_write(g.kick[0], 1)
+    tap(wait_for(lambda: status(cp)["broken"]), "broken: an avail index jump marks the device")
+    s = status(cp)
+    p = ctl(cp, "inflate", "--to", "100p", "--deadline", "1s")
+    tap("queue 0" in s["broken_reason"] and p.returncode == 1 and "broken" in p.stderr,
+        "broken: status says why, commands are refused, the control socket serves")
+    if p.returncode != 1 or "broken" not in p.stderr:
+        sys.stderr.write("broken: %r %r\n" % (s, p.stderr))
+    for q in (0, 1):
+        g.call_u64(GET_VRING_BASE, struct.pack("<II", q, 0))
+    g.negotiate()
+    tap(not status(cp)["broken"], "broken: cleared by the next device reset")
+    g.close()
+    srv.terminate()
+    tap(srv.wait(5) == 0, "reset: clean exit")
 
 
 def run_fd_mode(tmp):

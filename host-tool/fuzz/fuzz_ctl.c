@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * fuzz_ctl.c - libFuzzer target: the control protocol's request handler.
+ *
+ * Input: one request line (without its newline), as a control client sends
+ * it. The device is connected and ready, so valid commands get all the way
+ * to issuing; every response must be a JSON object with "return" or "error".
+ */
+#define _GNU_SOURCE
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "ctl.h"
+#include "dev.h"
+#include "util.h"
+
+static struct tb_mem mem;
+static struct tb_dev dev;
+
+static void f_notify(void *o)
+{
+	(void)o;
+}
+
+static const struct tb_dev_ops f_ops = { .notify_config = f_notify };
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	json_object *resp;
+
+	if (!mem.nregions) {
+		int fd = memfd_create("fuzz-ram", MFD_CLOEXEC);
+
+		tb_log_level = -1;
+		tb_mem_init(&mem);
+		if (fd < 0 || ftruncate(fd, 64 << 20) < 0 ||
+		    tb_mem_add(&mem, 0, 64 << 20, 0x7f0000000000ULL, 0, fd) < 0)
+			__builtin_trap();
+	}
+	if (size > TB_CTL_LINE_MAX + 16)
+		return 0;
+	tb_dev_init(&dev, &mem, &f_ops, NULL);
+	tb_dev_session(&dev, true, 1000);
+	tb_dev_set_features(&dev, TB_BIT(32) | (size && (data[0] & 1) ? TB_DEV_FEATURES : 0));
+	dev.driver_ok = dev.notify_ok = true;
+	/* two requests on one device: the second sees the first's command */
+	for (int i = 0; i < 2; i++) {
+		resp = tb_ctl_handle_line(&dev, (const char *)data, size, 2000 + i);
+		if (!resp || !json_object_is_type(resp, json_type_object) ||
+		    (!json_object_object_get_ex(resp, "return", NULL) &&
+		     !json_object_object_get_ex(resp, "error", NULL)))
+			__builtin_trap();
+		json_object_put(resp);
+		tb_dev_tick(&dev, 1ULL << 40);
+	}
+	return 0;
+}

@@ -13,7 +13,7 @@ trap 'kill $spid 2>/dev/null; rm -rf "$tmp"' EXIT
 
 out=$($TB --help); rc=$?
 check "cli: --help exits 0" '[ $rc -eq 0 ]'
-check "cli: --help lists every command" 'for c in serve inflate deflate status abort; do echo "$out" | grep -q "^  $c " || exit 1; done'
+check "cli: --help lists every command" 'for c in serve inflate deflate status abort watch stats help; do echo "$out" | grep -q "^  $c " || exit 1; done'
 out=$($TB -V); rc=$?
 check "cli: -V prints the version" '[ $rc -eq 0 ] && echo "$out" | grep -q "^tballoon [0-9]"'
 err=$($TB frobnicate 2>&1 >/dev/null); rc=$?
@@ -41,10 +41,22 @@ $TB serve --fd 250 --control "$tmp/c" >/dev/null 2>&1; rc=$?
 check "cli: serve --fd with a closed fd exits 2" '[ $rc -eq 2 ]'
 out=$($TB inflate --help); rc=$?
 check "cli: inflate --help exits 0 on stdout" '[ $rc -eq 0 ] && echo "$out" | grep -q -- "--deadline"'
-if command -v man >/dev/null 2>&1 && [ -f "$(dirname "$0")/../tballoon.1" ]; then
-	w=$(MANWIDTH=80 man --warnings -l "$(dirname "$0")/../tballoon.1" 2>&1 >/dev/null)
+if command -v man >/dev/null 2>&1 && [ -f "$(dirname "$0")/../tballoon.8" ]; then
+	w=$(MANWIDTH=80 man --warnings -l "$(dirname "$0")/../tballoon.8" 2>&1 >/dev/null)
 	check "doc: the man page renders without warnings" '[ -z "$w" ]'
 fi
+$TB inflate --to 101% --deadline 2s >/dev/null 2>&1; rc=$?
+check "cli: a percentage above 100% exits 2" '[ $rc -eq 2 ]'
+$TB inflate --to 25% --deadline 2s -c "$tmp/none.sock" >/dev/null 2>&1; rc=$?
+check "cli: a percentage is resolved by the daemon (none here: exit 1)" '[ $rc -eq 1 ]'
+$TB serve --socket-path "$tmp/x" --control "$tmp/y" --log-level loud >/dev/null 2>&1; rc=$?
+check "cli: serve --log-level with an unknown level exits 2" '[ $rc -eq 2 ]'
+$TB serve --socket-path "$tmp/x" --control "$tmp/y" --grace 2x >/dev/null 2>&1; rc=$?
+check "cli: serve --grace with a bad duration exits 2" '[ $rc -eq 2 ]'
+for c in watch stats; do
+	out=$($TB $c --help); rc=$?
+	check "cli: $c --help exits 0" '[ $rc -eq 0 ] && echo "$out" | grep -q "Usage"'
+done
 $TB -c "$tmp/none.sock" status >/dev/null 2>&1; rc=$?
 check "cli: status without a server exits 1" '[ $rc -eq 1 ]'
 $TB serve --control "$tmp/c" >/dev/null 2>&1; rc=$?
@@ -103,6 +115,16 @@ print(repr(s.recv(100)))
 	chmod 600 "$tmp/ctl.sock"
 	check "serve: SO_PEERCRED turns away other users without a greeting" '[ "$out" = "b'"''"'" ]'
 fi
+out=$($TB -c "$tmp/ctl.sock" watch); rc=$?
+check "serve: watch with no command exits 0" '[ $rc -eq 0 ] && echo "$out" | grep -q "no command"'
+out=$($TB -c "$tmp/ctl.sock" stats -j); rc=$?
+check "serve: stats -j is one JSON object (no front-end: no statistics)" '[ $rc -eq 0 ] && echo "$out" | python3 -c "
+import json, sys
+s = json.loads(sys.stdin.read())
+assert s[\"stats_vq\"] is False and s[\"age_ms\"] == -1 and s[\"guest\"] == {}, s
+"'
+out=$($TB -c "$tmp/ctl.sock" stats); rc=$?
+check "serve: stats (text) says there are no statistics" '[ $rc -eq 0 ] && echo "$out" | grep -q "no statistics"'
 kill -TERM $spid; wait $spid; rc=$?
 check "serve: SIGTERM exits 0" '[ $rc -eq 0 ]'
 check "serve: sockets removed on exit" '[ ! -e "$tmp/ctl.sock" ] && [ ! -e "$tmp/vu.sock" ]'

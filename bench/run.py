@@ -672,6 +672,8 @@ def main():
                     help="skip the tballoon profile (bench/tbprofile.py) at the end")
     ap.add_argument("--profile-reps", type=int, default=3,
                     help="repetitions of the profile's untraced runs (3)")
+    ap.add_argument("--perf", action="store_true",
+                    help="profile: also perf record tballoon serve and QEMU (needs perf)")
     ap.add_argument("--replot", metavar="JSON",
                     help="only redo table and plot from an existing results.json")
     args = ap.parse_args()
@@ -706,7 +708,7 @@ def main():
     if not args.no_profile and "tballoon" in wanted:
         say("profile of tballoon (bench/tbprofile.py)")
         pargs = argparse.Namespace(out=str(out), smp=args.smp, keep=args.keep,
-                                   reps=args.profile_reps)
+                                   reps=args.profile_reps, perf=args.perf)
         try:
             data["profile"] = tbprofile.profile(pargs, log=say)
         except Exception as err:  # noqa: BLE001 - the comparison stands without it

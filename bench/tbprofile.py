@@ -278,6 +278,37 @@ def _reps(g, args, log, label):
     return runs, holes
 
 
+def perf_inflate(g, args, log):
+    """`perf record` tballoon serve and QEMU during one inflate: top symbols."""
+    import shutil
+    import subprocess
+    perf = shutil.which("perf")
+    if perf is None:
+        return {"error": "perf not installed (Debian package linux-perf)"}
+    g.refill(GIB)
+    out = {}
+    procs = {}
+    for name, pid in (("backend", g.backend.pid), ("qemu", g.qemu.pid)):
+        data = Path(args.out) / ("perf-%s.data" % name)
+        procs[name] = (data, subprocess.Popen(
+            [perf, "record", "-q", "-o", str(data), "-p", str(pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)
+    timed_op(g, "inflate", "1G")
+    for name, (data, proc) in procs.items():
+        proc.send_signal(2)
+        proc.wait(timeout=60)
+        rep = subprocess.run([perf, "report", "-i", str(data), "--no-children", "--stdio",
+                              "--sort", "comm,dso,sym"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, universal_newlines=True)
+        top = [ln.strip() for ln in rep.stdout.splitlines()
+               if ln.strip() and not ln.startswith("#") and "%" in ln][:12]
+        out[name] = top
+        log("perf %s: %s" % (name, "; ".join(top[:3])))
+    timed_op(g, "deflate", "0")
+    return out
+
+
 def profile(args, log=say):
     prof = {"reps": args.reps}
     with bguest.BenchGuest(driver="tballoon", device="tballoon", mem=GUEST_RAM,
@@ -285,6 +316,8 @@ def profile(args, log=say):
         if g.driver_status != "loaded":
             raise RuntimeError("virtio_tballoon did not load")
         prof["untraced"], prof["no_refill"] = _reps(g, args, log, "default")
+        if getattr(args, "perf", False):
+            prof["perf"] = perf_inflate(g, args, log)
         missing = setup_trace(g)
         prof["trace_missing_functions"] = missing
         prof["traced"] = []
@@ -369,6 +402,10 @@ def summary(prof):
             lines.append("  %s inflate right after a deflate (free pages are host holes): "
                          "%.2f s wall, host CPU %s" % (label, x[0]["wall_s"],
                                                        x[0]["cpu_total_s"]))
+    for name, top in (prof.get("perf") or {}).items():
+        if isinstance(top, list):
+            lines.append("  perf %s (inflate), top symbols:" % name)
+            lines += ["      " + t for t in top[:8]]
     return "\n".join(lines)
 
 
@@ -378,6 +415,8 @@ def main():
     ap.add_argument("--smp", type=int, default=2)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--perf", action="store_true",
+                    help="also perf record the backend and QEMU during one inflate")
     args = ap.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     prof = profile(args)

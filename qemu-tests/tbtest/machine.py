@@ -300,7 +300,7 @@ class Guest:
             raise GuestError("host tool missing: %s (make -C host-tool)" % self.env.tool)
         sock = self.path("tb.sock")
         argv = [str(self.env.tool), "serve", "--socket-path", str(sock),
-                "--control", str(self.control), "-v"] + list(self.backend_args)
+                "--control", str(self.control), "-v"] + self._backend_args()
         with open(str(self.backend_log), mode) as logf:
             self.backend = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
                                             stderr=subprocess.STDOUT,
@@ -333,7 +333,7 @@ class Guest:
                 time.sleep(0.05)
         try:
             argv = [str(self.env.tool), "serve", "--fd", str(conn.fileno()),
-                    "--control", str(self.control), "-v"] + list(self.backend_args)
+                    "--control", str(self.control), "-v"] + self._backend_args()
             with open(str(self.backend_log), mode) as logf:
                 self.backend = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
                                                 stderr=subprocess.STDOUT,
@@ -349,6 +349,10 @@ class Guest:
             if time.monotonic() > deadline:
                 raise GuestError("tballoon serve did not create %s in 10 s" % self.control.name)
             time.sleep(0.05)
+
+    def _backend_args(self):
+        """backend_args with {rundir} replaced by the run directory."""
+        return [a.replace("{rundir}", str(self.rundir)) for a in self.backend_args]
 
     def kill_backend(self, sig=signal.SIGKILL):
         """Kill `tballoon serve` with SIG (QEMU and the guest keep running)."""

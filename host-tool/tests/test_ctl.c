@@ -249,6 +249,52 @@ static void test_inflate_roundtrip(void **state)
 	assert_int_equal(TB_CFG(&f->dev, op), TBALLOON_OP_DEFLATE);
 }
 
+static void test_query_stats(void **state)
+{
+	struct fx *f = *state;
+	json_object *r, *ret, *g, *v;
+
+	/* before any statistics: age -1, nothing under "guest", no request */
+	r = handle(f, "{\"execute\":\"query-stats\"}");
+	assert_true(json_object_object_get_ex(r, "return", &ret));
+	json_object_object_get_ex(ret, "stats_vq", &v);
+	assert_false(json_object_get_boolean(v));
+	json_object_object_get_ex(ret, "age_ms", &v);
+	assert_int_equal(json_object_get_int64(v), -1);
+	json_object_object_get_ex(ret, "guest", &g);
+	assert_int_equal(json_object_object_length(g), 0);
+	assert_false(f->dev.stats_wanted);
+	json_object_put(r);
+
+	ready(f);
+	f->dev.gstats.updates = 3;
+	f->dev.gstats.updated_ms = 400;
+	f->dev.gstats.have = (1U << TB_GSTAT_MEMFREE) | (1U << TB_GSTAT_MEMTOT);
+	f->dev.gstats.val[TB_GSTAT_MEMFREE] = 1234;
+	f->dev.gstats.val[TB_GSTAT_MEMTOT] = 5678;
+	f->dev.gstats.val[TB_GSTAT_SWAP_IN] = 99;	/* not in the last buffer */
+	r = handle(f, "{\"execute\":\"query-stats\",\"id\":3}");
+	assert_null(err_desc(r));
+	json_object_object_get_ex(r, "return", &ret);
+	json_object_object_get_ex(ret, "stats_vq", &v);
+	assert_true(json_object_get_boolean(v));
+	json_object_object_get_ex(ret, "age_ms", &v);
+	assert_int_equal(json_object_get_int64(v), 600);
+	json_object_object_get_ex(ret, "guest", &g);
+	assert_int_equal(json_object_object_length(g), 2);
+	json_object_object_get_ex(g, "free-memory", &v);
+	assert_int_equal(json_object_get_int64(v), 1234);
+	json_object_object_get_ex(g, "total-memory", &v);
+	assert_int_equal(json_object_get_int64(v), 5678);
+	/* asks the device for fresh statistics */
+	assert_true(f->dev.stats_wanted);
+	json_object_put(r);
+
+	r = handle(f, "{\"execute\":\"query-stats\",\"arguments\":{\"x\":1}}");
+	assert_non_null(err_desc(r));
+	json_object_put(r);
+}
+
 static void test_event(void **state)
 {
 	struct fx *f = *state;
@@ -269,6 +315,7 @@ static void test_event(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		T(test_query_stats),
 		T(test_garbage),
 		T(test_embedded_nul),
 		T(test_too_long),

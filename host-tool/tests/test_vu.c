@@ -20,6 +20,8 @@ struct mock {
 	uint64_t features;
 	unsigned int notified[4];
 	int sessions;
+	unsigned int resets;
+	unsigned int stops[4];
 };
 
 static void m_get_config(void *o, uint8_t *buf, uint32_t off, uint32_t size)
@@ -57,6 +59,16 @@ static void m_session(void *o, bool up)
 	((struct mock *)o)->sessions += up ? 1 : -1;
 }
 
+static void m_queue_stop(void *o, unsigned int idx)
+{
+	((struct mock *)o)->stops[idx]++;
+}
+
+static void m_device_reset(void *o)
+{
+	((struct mock *)o)->resets++;
+}
+
 static const struct tb_vu_ops mock_ops = {
 	.features = TB_BIT(0) | TB_BIT(12),
 	.protocol_features = TB_BIT(TB_VU_PF_MQ) | TB_BIT(TB_VU_PF_REPLY_ACK) |
@@ -68,6 +80,8 @@ static const struct tb_vu_ops mock_ops = {
 	.set_features = m_set_features,
 	.queue_notify = m_queue_notify,
 	.session = m_session,
+	.queue_stop = m_queue_stop,
+	.device_reset = m_device_reset,
 };
 
 struct fx {
@@ -486,6 +500,90 @@ static void test_ring_bringup(void **state)
 	assert_int_equal(f->r.hdr.size, 8);
 }
 
+/* queue 0 on a 1 MiB memfd: NUM, BASE, ADDR (desc at UVA + @off), KICK */
+static void q0_start(struct fx *f, uint16_t base, uint64_t off)
+{
+	msg(f, TB_VU_SET_VRING_NUM, 0, 8);
+	f->m.p.state = (struct tb_vu_vring_state){ 0, 64 };
+	assert_int_equal(dispatch(f), 0);
+	msg(f, TB_VU_SET_VRING_BASE, 0, 8);
+	f->m.p.state = (struct tb_vu_vring_state){ 0, base };
+	assert_int_equal(dispatch(f), 0);
+	msg(f, TB_VU_SET_VRING_ADDR, 0, sizeof(struct tb_vu_vring_addr));
+	f->m.p.addr = (struct tb_vu_vring_addr){ .index = 0, .desc = UVA + off,
+						 .avail = UVA + off + 0x1000,
+						 .used = UVA + off + 0x2000 };
+	assert_int_equal(dispatch(f), 0);
+	msg_u64(f, TB_VU_SET_VRING_KICK, 0, 0);
+	f->m.fds[0] = eventfd(0, EFD_CLOEXEC);
+	f->m.nfds = 1;
+	assert_int_equal(dispatch(f), 0);
+}
+
+static uint32_t q0_stop(struct fx *f, uint16_t pos)
+{
+	f->vu.q[0].vr.last_avail = pos;
+	msg(f, TB_VU_GET_VRING_BASE, 0, 8);
+	f->m.p.state = (struct tb_vu_vring_state){ 0, 0 };
+	assert_int_equal(dispatch(f), 0);
+	return f->r.p.state.num;
+}
+
+static void test_reset_detection(void **state)
+{
+	struct fx *f = *state;
+
+	negotiate(f);
+	msg(f, TB_VU_SET_MEM_TABLE, 0, 8 + 32);
+	f->m.p.mem.nregions = 1;
+	f->m.p.mem.r[0] = (struct tb_vu_mem_region){ 0, MiB, UVA, 0 };
+	f->m.fds[0] = tb_test_memfd(MiB);
+	f->m.nfds = 1;
+	assert_int_equal(dispatch(f), 0);
+
+	q0_start(f, 0, 0);
+	assert_int_equal(f->mock.resets, 0);
+	/* a ring that never moved: restarting at 0 is nothing special */
+	assert_int_equal(q0_stop(f, 0), 0);
+	assert_int_equal(f->mock.stops[0], 1);
+	q0_start(f, 0, 0);
+	assert_int_equal(f->mock.resets, 0);
+	/* pause/resume: back at its position, same ring */
+	assert_int_equal(q0_stop(f, 7), 7);
+	q0_start(f, 7, 0);
+	assert_int_equal(f->mock.resets, 0);
+	/* reboot: the moved ring restarts at 0 (one reset, not two) */
+	q0_stop(f, 9);
+	q0_start(f, 0, 0x10000);
+	assert_int_equal(f->mock.resets, 1);
+	/* reboot landing on the same position but a new ring */
+	q0_stop(f, 3);
+	q0_start(f, 3, 0x20000);
+	assert_int_equal(f->mock.resets, 2);
+	/* explicit resets */
+	msg(f, TB_VU_RESET_DEVICE, 0, 0);
+	assert_int_equal(dispatch(f), 0);
+	assert_int_equal(f->mock.resets, 3);
+	assert_false(tb_vu_queue_ready(&f->vu, 0));
+}
+
+static void test_region_past_file(void **state)
+{
+	struct fx *f = *state;
+	int mfd = tb_test_memfd(MiB);
+
+	negotiate(f);
+	/* 2 MiB region on a 1 MiB file: touching it would SIGBUS the daemon */
+	msg(f, TB_VU_SET_MEM_TABLE, 0, 8 + 32);
+	f->m.p.mem.nregions = 1;
+	f->m.p.mem.r[0] = (struct tb_vu_mem_region){ 0, 2 * MiB, UVA, 0 };
+	f->m.fds[0] = mfd;
+	f->m.nfds = 1;
+	assert_int_equal(dispatch(f), -ERANGE);
+	assert_true(tb_test_fd_closed(mfd));
+	assert_int_equal(f->vu.mem.nregions, 0);
+}
+
 static void test_bad_vring_num(void **state)
 {
 	struct fx *f = *state;
@@ -627,6 +725,8 @@ int main(void)
 		TB_TEST("vu", test_recv_send),
 		T(test_config_change_msg),
 		T(test_detach_closes_everything),
+		T(test_reset_detection),
+		T(test_region_past_file),
 	};
 
 	return tb_test_run("vu", tests);

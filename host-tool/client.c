@@ -101,7 +101,8 @@ static int tb_conn_read(struct tb_conn *c, json_object **out, uint64_t deadline_
 	}
 }
 
-static int tb_conn_open(struct tb_conn *c, const char *path)
+/* connect and read the greeting; errors on stderr unless @quiet */
+static int tb_conn_open_q(struct tb_conn *c, const char *path, bool quiet)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	json_object *g = NULL;
@@ -116,7 +117,9 @@ static int tb_conn_open(struct tb_conn *c, const char *path)
 	strcpy(sa.sun_path, path);
 	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		fprintf(stderr, "tballoon: cannot connect to %s: %s\n", path, strerror(errno));
+		if (!quiet)
+			fprintf(stderr, "tballoon: cannot connect to %s: %s\n", path,
+				strerror(errno));
 		tb_conn_close(c);
 		return -1;
 	}
@@ -135,6 +138,11 @@ static int tb_conn_open(struct tb_conn *c, const char *path)
 	}
 	json_object_put(g);
 	return 0;
+}
+
+static int tb_conn_open(struct tb_conn *c, const char *path)
+{
+	return tb_conn_open_q(c, path, false);
 }
 
 static int tb_conn_send(struct tb_conn *c, json_object *req)
@@ -375,6 +383,46 @@ static bool tb_state_is_terminal(const char *state)
 	return strcmp(state, "running") && strcmp(state, "idle");
 }
 
+/* how long a client waits for a restarted daemon */
+#define TB_REJOIN_MS 30000
+
+/*
+ * The daemon went away while we followed command @id: wait for a restarted
+ * one (serve --state-file) and return its status if it still knows @id, with
+ * @c connected again; NULL otherwise.
+ */
+static json_object *tb_client_rejoin(const struct tb_client_opts *o, struct tb_conn *c,
+				     int64_t id, uint64_t give_up)
+{
+	uint64_t until = tb_now_ms() + TB_REJOIN_MS;
+
+	if (give_up && give_up < until)
+		until = give_up;
+	tb_conn_close(c);
+	fprintf(stderr, "tballoon: waiting for the daemon to come back\n");
+	while (tb_now_ms() < until) {
+		json_object *st;
+
+		usleep(200000);
+		if (tb_conn_open_q(c, o->control, true) < 0)
+			continue;
+		st = tb_conn_execute(c, "query-balloon", NULL, "query-balloon");
+		if (st && tb_jint(tb_jobj(st, "command"), "cmd_id") == id) {
+			fprintf(stderr, "tballoon: the daemon is back and follows command %lld\n",
+				(long long)id);
+			return st;
+		}
+		if (st)
+			fprintf(stderr, "tballoon: the daemon came back without command %lld "
+				"(no --state-file?)\n", (long long)id);
+		json_object_put(st);
+		tb_conn_close(c);
+		return NULL;
+	}
+	fprintf(stderr, "tballoon: the daemon did not come back\n");
+	return NULL;
+}
+
 /*
  * Follow command @id from the status @st (taken) on @c (closed here) until it
  * ends or @give_up (0: never): live progress, then the outcome (text) or the
@@ -395,9 +443,15 @@ static int tb_client_follow(const struct tb_client_opts *o, struct tb_conn *c,
 
 		rc = tb_conn_read(c, &ev, give_up);
 		if (rc < 0) {
+			json_object *again = c->fd >= 0 ? tb_client_rejoin(o, c, id, give_up) : NULL;
+
 			json_object_put(st);
-			tb_conn_close(c);
-			return TB_EXIT_ERROR;
+			if (!again) {
+				tb_conn_close(c);
+				return TB_EXIT_ERROR;
+			}
+			st = again;
+			continue;
 		}
 		if (rc == 0) {
 			if (progress_shown)

@@ -540,6 +540,9 @@ def run_restart(tmp):
     st = json.load(open(state))
     tap(p.returncode == 0 and st["command"]["cmd_id"] == cmd and st["device_pages"] == 1024,
         "restart: the state file follows the running command")
+    w0 = subprocess.Popen([TB, "-c", cp, "watch", "-j"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    time.sleep(0.2)
     srv.kill()
     srv.wait(5)
 
@@ -569,6 +572,11 @@ def run_restart(tmp):
         c.get("elapsed_ms") == 900, "restart: watch reports the recovered command done (exit 0)")
     if not (w.returncode == 0 and c.get("cmd_id") == cmd and c.get("elapsed_ms") == 900):
         sys.stderr.write("watch: exit %s, %r\n" % (w.returncode, out))
+    out0, err0 = w0.communicate(timeout=10)
+    res0 = json.loads(out0) if out0.strip() else {}
+    tap(w0.returncode == 0 and res0.get("command", {}).get("state") == "done" and
+        "follows command" in err0,
+        "restart: a client watching across the restart rejoins and sees done")
     s = status(cp)
     blocks = os.fstat(g.memfd).st_blocks * 512
     tap(s["actual_pages"] == 3072 and s["device_pages"] == 3072 and

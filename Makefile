@@ -10,6 +10,8 @@
 #   make check        every test lane (same as scripts/check)
 #   make demo         boot a guest, timed inflate and deflate (same as scripts/demo)
 #   make sparse       the module under sparse (C=2)
+#   make bench        tballoon vs upstream balloon vs virtio-mem vs the allocator
+#                     (bench/run.py: table, out/bench/results.json, balloon.png)
 #   make dkms-install install the module with DKMS for KVER (default: the
 #                     linux-headers-amd64 kernel; several: KVER="V1 V2"):
 #                     sources to /usr/src/tballoon-<version>/, dkms add,
@@ -27,7 +29,7 @@ MODULE_SRCS := Kbuild Kconfig $(wildcard driver/*.[ch]) $(wildcard proto/*.h)
 DKMS_VERSION := $(shell sed -nE 's/^PACKAGE_VERSION="?([^"]*)"?/\1/p' dkms.conf)
 DKMS_SRC := /usr/src/tballoon-$(DKMS_VERSION)
 
-.PHONY: all module host-tool check demo sparse clean dkms-install dkms-remove
+.PHONY: all module host-tool check demo bench sparse clean dkms-install dkms-remove
 
 all: module host-tool
 
@@ -68,6 +70,9 @@ dkms-remove:
 
 demo:
 	scripts/demo
+
+bench: module host-tool
+	/usr/bin/python3 bench/run.py
 
 clean:
 	-$(MAKE) -C $(KDIR) M=$(CURDIR) clean

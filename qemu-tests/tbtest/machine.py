@@ -182,7 +182,7 @@ class Guest:
     def __init__(self, driver="tballoon", device="tballoon", mem="1G", smp=2,
                  kvm=False, keep=False, name="guest", log=None, boot_timeout=180.0,
                  extra_append="", bzimage=False, reconnect_ms=None, backend_args=(),
-                 qemu_listens=False, stock_props=""):
+                 qemu_listens=False, stock_props="", vu_proxy=False):
         self.env = tbenv.load()
         self.driver = driver
         self.device = device
@@ -204,6 +204,11 @@ class Guest:
         # and hands the socket to `tballoon serve --fd`: a killed backend can
         # be replaced while the guest runs (QEMU re-runs the handshake).
         self.qemu_listens = qemu_listens
+        # QEMU talks to tbtest.vuproxy on tb.sock, which forwards to the
+        # backend on tb-backend.sock and re-attaches a restarted backend
+        # (QEMU 11.1's vhost-user-test-device cannot do it itself).
+        self.vu_proxy = vu_proxy
+        self.proxy = None
         self.kernel = None          # host path of what QEMU boots
         self.rundir = None
         self.backend = None
@@ -285,6 +290,10 @@ class Guest:
         self.listener.listen(1)
         if self.device == "tballoon" and not self.qemu_listens:
             self._start_backend()
+        if self.device == "tballoon" and self.vu_proxy:
+            from . import vuproxy
+            self.proxy = vuproxy.VuProxy(self.path("tb.sock"), self.path("tb-backend.sock"),
+                                         log=self.log)
         t0 = time.monotonic()
         self._start_qemu()
         if self.device == "tballoon" and self.qemu_listens:
@@ -298,7 +307,7 @@ class Guest:
     def _start_backend(self, mode="wb"):
         if not self.env.tool.exists():
             raise GuestError("host tool missing: %s (make -C host-tool)" % self.env.tool)
-        sock = self.path("tb.sock")
+        sock = self.path("tb-backend.sock" if self.vu_proxy else "tb.sock")
         argv = [str(self.env.tool), "serve", "--socket-path", str(sock),
                 "--control", str(self.control), "-v"] + self._backend_args()
         with open(str(self.backend_log), mode) as logf:
@@ -367,7 +376,8 @@ class Guest:
 
     def restart_backend(self):
         """Start `tballoon serve` again with the same sockets (log appended)."""
-        names = ("control.sock",) if self.qemu_listens else ("tb.sock", "control.sock")
+        names = ("control.sock",) if self.qemu_listens else \
+            ("tb-backend.sock" if self.vu_proxy else "tb.sock", "control.sock")
         for name in names:
             try:
                 os.unlink(str(self.path(name)))
@@ -457,6 +467,9 @@ class Guest:
             self.listener.close()
         qrc = _kill_group(self.qemu)
         brc = _kill_group(self.backend)
+        if self.proxy is not None:
+            self.proxy.close()
+            self.proxy = None
         self.qemu = self.backend = None
         if self.rundir is None:
             return

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "client.h"
@@ -403,7 +404,9 @@ static json_object *tb_client_rejoin(const struct tb_client_opts *o, struct tb_c
 	while (tb_now_ms() < until) {
 		json_object *st;
 
-		usleep(200000);
+		struct timespec ts = { .tv_nsec = 200 * 1000 * 1000 };
+
+		nanosleep(&ts, NULL);
 		if (tb_conn_open_q(c, o->control, true) < 0)
 			continue;
 		st = tb_conn_execute(c, "query-balloon", NULL, "query-balloon");

@@ -705,8 +705,16 @@ int64_t tb_dev_stats_due(const struct tb_dev *dev, uint64_t now_ms)
 	return now_ms >= due ? 0 : (int64_t)(due - now_ms);
 }
 
-void tb_dev_queue_stopped(struct tb_dev *dev, unsigned int idx)
+void tb_dev_queue_stopped(struct tb_dev *dev, unsigned int idx, struct tb_vring *vr)
 {
-	if (idx == VIRTIO_TBALLOON_VQ_STATS)
-		dev->gstats.held = false;
+	if (idx != VIRTIO_TBALLOON_VQ_STATS || !dev->gstats.held)
+		return;
+	dev->gstats.held = false;
+	/*
+	 * The driver keeps one statistics buffer in flight and adds the next
+	 * only after it got this one back, so the held buffer is the last one
+	 * popped and its avail entry is still in place.
+	 */
+	if (vr && vr->num)
+		vr->last_avail--;
 }

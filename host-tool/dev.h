@@ -279,8 +279,13 @@ bool tb_dev_stats_request(struct tb_dev *dev, struct tb_vring *vr,
 			  uint64_t now_ms, bool *notify);
 /* ms until the next periodic statistics request is due, or -1 */
 int64_t tb_dev_stats_due(const struct tb_dev *dev, uint64_t now_ms);
-/* the queue is being stopped: forget (without returning) a held buffer */
-void tb_dev_queue_stopped(struct tb_dev *dev, unsigned int idx);
+/*
+ * Queue @idx (ring @vr) is being stopped (VM pause, reset, disconnect): a
+ * held statistics buffer is un-popped (the ring's position moves back by
+ * one), so that the position the front-end gets back makes the device take
+ * it again when the queue restarts; the driver never loses its buffer.
+ */
+void tb_dev_queue_stopped(struct tb_dev *dev, unsigned int idx, struct tb_vring *vr);
 
 /* statistics tag name ("swap-in", ...) or NULL */
 const char *tb_gstat_name(unsigned int tag);

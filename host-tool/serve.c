@@ -355,7 +355,7 @@ static void tb_ops_queue_stop(void *opaque, unsigned int idx)
 {
 	struct tb_serve *s = opaque;
 
-	tb_dev_queue_stopped(&s->dev, idx);
+	tb_dev_queue_stopped(&s->dev, idx, &s->vu.q[idx].vr);
 }
 
 static void tb_ops_device_reset(void *opaque)

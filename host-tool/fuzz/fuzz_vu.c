@@ -65,7 +65,7 @@ static void f_session(void *o, bool up)
 static void f_queue_stop(void *o, unsigned int idx)
 {
 	(void)o;
-	tb_dev_queue_stopped(&dev, idx);
+	tb_dev_queue_stopped(&dev, idx, &vu.q[idx].vr);
 }
 
 static void f_reset(void *o)

@@ -636,12 +636,20 @@ static void test_stats_queue(void **state)
 	assert_int_equal(f->dev.stats.bad_buffers, 1);
 	assert_int_equal(r.vr.used_idx, 2);
 
-	/* a queue stop forgets a held buffer */
+	/* a queue stop un-pops a held buffer: taken again after the restart */
 	ring_publish(&r, 3);
 	assert_int_equal(tb_dev_process_queue(&f->dev, 2, &r.vr, &notify), 0);
 	assert_true(f->dev.gstats.held);
-	tb_dev_queue_stopped(&f->dev, 2);
+	assert_int_equal(r.vr.last_avail, 3);
+	tb_dev_queue_stopped(&f->dev, 2, &r.vr);
 	assert_false(f->dev.gstats.held);
+	assert_int_equal(r.vr.last_avail, 2);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 2, &r.vr, &notify), 0);
+	assert_true(f->dev.gstats.held);
+	assert_int_equal(f->dev.gstats.head, 3);
+	/* other queues and a queue without a held buffer are left alone */
+	tb_dev_queue_stopped(&f->dev, 0, &r.vr);
+	assert_int_equal(r.vr.last_avail, 3);
 	tb_vring_reset(&r.vr);
 }
 

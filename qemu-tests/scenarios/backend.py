@@ -195,3 +195,49 @@ def backend_restart(ctx):
     rc, st4, wall = ctx.balloon("deflate", 0, "120s", timeout=300)
     ctx.expect(rc == 0 and st4.get("actual_pages") == 0, "deflate to 0 afterwards (exit %d)" % rc)
     ctx.check_healthy()
+
+
+@scenario("pause-resume", "restart")
+def pause_resume(ctx):
+    """QMP stop/cont stops and restarts the rings: not a device reset, the balloon stays"""
+    from tbtest import machine
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    target = st0["actual_pages"] + 256 * MIB // PAGE
+    rc, st, wall = ctx.balloon("inflate", target, "120s", timeout=300)
+    ctx.require(rc == 0, "inflate 256 MiB done (exit %d)" % rc)
+    qmp = machine.Qmp(g.path("qmp.sock"))
+    try:
+        qmp.command("stop")
+        time.sleep(1.0)
+        qmp.command("cont")
+    finally:
+        qmp.close()
+    time.sleep(1.0)
+    st1 = ctx.status()
+    ctx.diag("after stop/cont: actual %d, device %d, resets %d, driver_ok %s",
+             st1["actual_pages"], st1.get("device_pages", -1), st1["stats"]["resets"],
+             st1["driver_ok"])
+    ctx.expect(st1["stats"]["resets"] == st0["stats"]["resets"],
+               "no device reset seen (%d -> %d)" % (st0["stats"]["resets"],
+                                                   st1["stats"]["resets"]))
+    ctx.expect(st1["actual_pages"] == target and st1.get("device_pages") == target,
+               "balloon still %d pages (actual %d, device %s)"
+               % (target, st1["actual_pages"], st1.get("device_pages")))
+    rc, gs0, err = g.tool_json("stats")
+    if gs0 is not None and gs0.get("stats_vq"):
+        # the statistics buffer the device held survives the pause
+        deadline = time.monotonic() + 20
+        gs1 = gs0
+        while time.monotonic() < deadline and gs1 and \
+                gs1.get("updates", 0) < gs0.get("updates", 0) + 2:
+            time.sleep(1)
+            rc, gs1, err = g.tool_json("stats")
+        ctx.diag("statistics after the pause: %s -> %s updates", gs0.get("updates"),
+                 gs1 and gs1.get("updates"))
+        ctx.expect(gs1 is not None and gs1.get("updates", 0) >= gs0.get("updates", 0) + 2,
+                   "guest statistics still refreshed after the pause (%s -> %s updates)"
+                   % (gs0.get("updates"), gs1 and gs1.get("updates")))
+    rc, st, wall = ctx.balloon("deflate", 0, "120s", timeout=300)
+    ctx.expect(rc == 0 and st.get("actual_pages") == 0, "deflate to 0 after resume (exit %d)" % rc)
+    ctx.check_healthy()

@@ -203,6 +203,29 @@ u32 tballoon_policy_batch(const struct tballoon_batch_in *in)
 EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_batch);
 
 /**
+ * tballoon_policy_use_block() - may the next allocation of a fill be a block?
+ * @left_pages: pages the batch still wants
+ * @room_pages: pages that may still be allocated above the floor, or
+ *	U32_MAX when no floor applies
+ * @block_pages: pages in one block (0: the driver has no blocks)
+ *
+ * A block is one high-order allocation of @block_pages pages, moved and
+ * accounted as a unit. The driver takes one only when the batch wants all
+ * of it and the guest is far from the floor (at least
+ * TBALLOON_BLOCK_ROOM_BLOCKS blocks of room); near the floor it takes single
+ * pages, which leave the balloon for compaction and come back one by one.
+ *
+ * Return: true to allocate a block, false for a single page.
+ */
+bool tballoon_policy_use_block(u32 left_pages, u32 room_pages, u32 block_pages)
+{
+	if (!block_pages || left_pages < block_pages)
+		return false;
+	return room_pages / TBALLOON_BLOCK_ROOM_BLOCKS >= block_pages;
+}
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_use_block);
+
+/**
  * tballoon_policy_pace_horizon() - when a paced schedule ends
  * @deadline_ms: the command's deadline
  *

@@ -42,6 +42,11 @@
 #define TBALLOON_RESERVE_RAM_DIV	64U
 /* inflating stops (PRESSURE/RECLAIM) after this many direct reclaims */
 #define TBALLOON_RECLAIM_STALLS		512U
+/*
+ * inflate takes whole blocks (2 MiB) only while the room above the floor is
+ * at least this many blocks; closer to the floor it takes single pages
+ */
+#define TBALLOON_BLOCK_ROOM_BLOCKS	4U
 /* "no deadline": remaining time of a command without one */
 #define TBALLOON_NO_DEADLINE		U32_MAX
 
@@ -106,6 +111,7 @@ u32 tballoon_policy_floor_room(u32 floor_pages, u64 avail_pages);
 u32 tballoon_policy_stop(const struct tballoon_cmd *cmd,
 			 const struct tballoon_progress *prog, u32 *reason);
 u32 tballoon_policy_batch(const struct tballoon_batch_in *in);
+bool tballoon_policy_use_block(u32 left_pages, u32 room_pages, u32 block_pages);
 u32 tballoon_policy_pace_horizon(u32 deadline_ms);
 u32 tballoon_policy_paced_due(u32 distance, u32 elapsed_ms, u32 deadline_ms);
 u32 tballoon_policy_paced_time(u32 distance, u32 pages, u32 deadline_ms);

@@ -31,11 +31,13 @@
 #include <linux/jiffies.h>
 #include <linux/ktime.h>
 #include <linux/list.h>
+#include <linux/log2.h>
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/oom.h>
 #include <linux/scatterlist.h>
+#include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/suspend.h>
 #include <linux/spinlock.h>
@@ -63,12 +65,35 @@
 #define TBALLOON_ISOLATED_MS		20
 /* DEFLATE_ON_OOM: 4 KiB pages given back per OOM notification (4 MiB) */
 #define TBALLOON_OOM_PAGES		1024U
+/* largest block: one allocation of up to 2 MiB (a pageblock on x86) */
+#define TBALLOON_BLOCK_MAX_ORDER	ilog2(SZ_2M >> PAGE_SHIFT)
+/*
+ * Blocks: GFP_HIGHUSER without __GFP_RECLAIM. Free memory only: no direct
+ * reclaim, no compaction, no kswapd wake-up (when no free block is left the
+ * fill goes on with single balloon pages, which may reclaim). Unmovable
+ * migratetype on purpose: a block cannot migrate, so it must not sit in
+ * ZONE_MOVABLE or a CMA area (both are for movable allocations only); it
+ * takes a whole pageblock, so it mixes no unmovable page into a movable
+ * pageblock either.
+ */
+#define TBALLOON_BLOCK_GFP	((GFP_HIGHUSER | __GFP_NOWARN | \
+				  __GFP_NOMEMALLOC) & ~__GFP_RECLAIM)
+
+/*
+ * Inflate in blocks. Blocks are not migratable: a balloon made only of
+ * blocks gives compaction nothing to move (and needs nothing moved: each
+ * block is a whole pageblock). Read at the start of each run.
+ */
+static bool blocks = true;
+module_param(blocks, bool, 0644);
+MODULE_PARM_DESC(blocks, "inflate in 2 MiB blocks while free memory has them (default: on)");
 
 /**
  * struct tballoon_buf - one buffer of PFNs for the inflate or deflate queue
  * @pfns: 4 KiB PFNs, little-endian; kmalloc'ed so the device can read it
  * @num_pfns: entries of @pfns in use; 0 when the buffer is free
- * @pages: the guest pages behind @pfns, linked through page->lru
+ * @pages: the single guest pages behind @pfns, linked through page->lru
+ * @blocks: the blocks behind @pfns (first pages, linked through page->lru)
  * @vq: the queue the buffer was last added to
  * @in_flight: added to @vq and not yet returned by the device
  */
@@ -76,6 +101,7 @@ struct tballoon_buf {
 	__le32 *pfns;
 	unsigned int num_pfns;
 	struct list_head pages;
+	struct list_head blocks;
 	struct virtqueue *vq;
 	bool in_flight;
 };
@@ -88,6 +114,8 @@ struct tballoon_buf {
  * @start_pages: balloon size at acceptance
  * @start_stalls: tballoon_direct_reclaims() at acceptance
  * @prev_batch: size of the previous batch (0: none yet)
+ * @room_pages: room above the floor when the current batch was sized
+ * @no_blocks: a block allocation failed: single pages for the rest of the run
  * @state: TBALLOON_STATE_* outcome (RUNNING while it runs)
  * @reason: TBALLOON_REASON_* detail of @state
  * @wait_ms: paced: how long to wait before the next batch is due
@@ -98,6 +126,8 @@ struct tballoon_run {
 	u32 start_pages;
 	u64 start_stalls;
 	u32 prev_batch;
+	u32 room_pages;
+	bool no_blocks;
 	u32 state;
 	u32 reason;
 	u32 wait_ms;
@@ -116,6 +146,9 @@ struct tballoon_run {
  *	standard driver, since the guest may take them back at any time
  * @ram_pages: guest RAM at probe, 4 KiB pages: the bound of target and floor
  * @reserve_pages: MemAvailable inflation never takes (tballoon_policy_reserve())
+ * @block_order: order of a block (one allocation moved and accounted as a
+ *	unit, never migrated); fixed at probe
+ * @block_pfns: 4 KiB pages in a block, 0 when the driver uses no blocks
  * @work: the one worker, on system_freezable_wq
  * @stop_lock: protects @removing, @suspending and @changed; taken from the
  *	config change callback, which runs with interrupts off
@@ -132,13 +165,15 @@ struct tballoon_run {
  * @stats: the statistics buffer (standard tags, virtio endian)
  * @acked: woken by the virtqueue callbacks when the device used a buffer
  * @lock: protects @inflate_vq, @deflate_vq (add, kick, get_buf), @bufs,
- *	@mig_buf, @mig_pfns, @oom_buf, @num_pages, @inflight_pages, @broken. The
- *	worker holds it as long as it has buffers in flight; migration only
- *	tries it. Nests outside @bdi.pages_lock.
+ *	@mig_buf, @mig_pfns, @oom_buf, @blocks, @num_pages, @inflight_pages,
+ *	@broken. The worker holds it as long as it has buffers in flight;
+ *	migration only tries it. Nests outside @bdi.pages_lock.
  * @bufs: the worker's PFN buffers
  * @mig_buf: the buffer of a page migration (one guest page)
  * @mig_pfns: storage of @mig_buf
  * @oom_buf: the buffer of a deflate on OOM (TBALLOON_OOM_PAGES)
+ * @blocks: the balloon's blocks (first pages, linked through page->lru);
+ *	the balloon's single pages are in @bdi
  * @num_pages: balloon size in 4 KiB pages: pages whose inflate buffer the
  *	device used and whose deflate buffer it did not use yet
  * @inflight_pages: 4 KiB pages in @bufs in flight, all in one direction
@@ -162,6 +197,8 @@ struct tballoon {
 	bool adjust_managed;
 	u64 ram_pages;
 	u32 reserve_pages;
+	unsigned int block_order;
+	u32 block_pfns;
 
 	struct work_struct work;
 
@@ -183,6 +220,7 @@ struct tballoon {
 	struct tballoon_buf mig_buf;
 	__le32 mig_pfns[TBALLOON_PAGES_PER_PAGE];
 	struct tballoon_buf oom_buf;
+	struct list_head blocks;
 	u32 num_pages;
 	u32 inflight_pages;
 	bool broken;
@@ -368,16 +406,23 @@ static void tballoon_report(struct tballoon *tb, bool full)
  * ------------------------------------------------------------------------
  */
 
-static void tballoon_buf_add_pfns(struct tballoon_buf *buf, struct page *page)
+/* Add the 4 KiB frames of @nr_pages guest pages from @page on to @buf. */
+static void tballoon_buf_add_range(struct tballoon_buf *buf, struct page *page,
+				   unsigned long nr_pages)
 {
 	unsigned long pfn = page_to_pfn(page);
-	unsigned int i;
+	unsigned long i, n = nr_pages * TBALLOON_PAGES_PER_PAGE;
 
 	BUILD_BUG_ON(PAGE_SHIFT < VIRTIO_TBALLOON_PFN_SHIFT);
 	/* Guest page -> its 4 KiB frames, the first at the start of the page. */
 	pfn *= TBALLOON_PAGES_PER_PAGE;
-	for (i = 0; i < TBALLOON_PAGES_PER_PAGE; i++)
+	for (i = 0; i < n; i++)
 		buf->pfns[buf->num_pfns++] = cpu_to_le32(pfn + i);
+}
+
+static void tballoon_buf_add_pfns(struct tballoon_buf *buf, struct page *page)
+{
+	tballoon_buf_add_range(buf, page, 1);
 }
 
 /**
@@ -462,8 +507,13 @@ static void tballoon_unfill(struct tballoon *tb, struct tballoon_buf *buf,
 			list_del(&page->lru);
 			put_page(page);
 		}
+		list_for_each_entry_safe(page, next, &buf->blocks, lru) {
+			list_del(&page->lru);
+			__free_pages(page, tb->block_order);
+		}
 	} else {
 		balloon_page_list_enqueue(&tb->bdi, &buf->pages);
+		list_splice_init(&buf->blocks, &tb->blocks);
 	}
 	buf->num_pfns = 0;
 }
@@ -474,13 +524,18 @@ static void tballoon_unfill(struct tballoon *tb, struct tballoon_buf *buf,
  */
 static void tballoon_complete(struct tballoon *tb, struct tballoon_buf *buf)
 {
+	long block = 1L << tb->block_order;
 	struct page *page, *next;
 
 	if (buf->vq == tb->inflate_vq) {
-		if (tb->adjust_managed)
+		if (tb->adjust_managed) {
 			list_for_each_entry(page, &buf->pages, lru)
 				adjust_managed_page_count(page, -1);
+			list_for_each_entry(page, &buf->blocks, lru)
+				adjust_managed_page_count(page, -block);
+		}
 		balloon_page_list_enqueue(&tb->bdi, &buf->pages);
+		list_splice_tail_init(&buf->blocks, &tb->blocks);
 		tb->num_pages += buf->num_pfns;
 	} else {
 		list_for_each_entry_safe(page, next, &buf->pages, lru) {
@@ -488,6 +543,12 @@ static void tballoon_complete(struct tballoon *tb, struct tballoon_buf *buf)
 			if (tb->adjust_managed)
 				adjust_managed_page_count(page, 1);
 			put_page(page);
+		}
+		list_for_each_entry_safe(page, next, &buf->blocks, lru) {
+			list_del(&page->lru);
+			if (tb->adjust_managed)
+				adjust_managed_page_count(page, block);
+			__free_pages(page, tb->block_order);
 		}
 		tb->num_pages -= buf->num_pfns;
 	}
@@ -674,6 +735,7 @@ static u32 tballoon_next_batch(struct tballoon *tb)
 		in.room_pages = tballoon_policy_floor_room(cmd->floor_pages,
 							   tballoon_avail_pages(tb));
 	n = tballoon_policy_batch(&in);
+	run->room_pages = in.room_pages;
 
 	if (n && (cmd->flags & TBALLOON_FLAG_PACED)) {
 		u32 distance = tballoon_dist(cmd->target_pages, run->start_pages);
@@ -714,9 +776,11 @@ static u32 tballoon_fill_check(struct tballoon *tb, u32 extra)
  * @buf: a free buffer
  * @n: pages wanted
  *
- * Allocates with the balloon page API (no retry, no warning, no emergency
- * reserves: never the OOM killer) and checks the clock, the floor and the
- * stop flags every TBALLOON_CHECK_PAGES pages.
+ * Takes blocks (TBALLOON_BLOCK_GFP, free memory only) while
+ * tballoon_policy_use_block() allows and until one fails, then single pages
+ * with the balloon page API (no retry, no warning, no emergency reserves:
+ * never the OOM killer). Checks the clock, the floor and the stop flags
+ * after at most TBALLOON_CHECK_PAGES pages or one block.
  *
  * Return: 0 when @n pages are in @buf; -ENOMEM when an allocation failed;
  * -ETIME when the deadline passed, -EINTR when something else says stop
@@ -726,12 +790,15 @@ static u32 tballoon_fill_check(struct tballoon *tb, u32 extra)
 static int tballoon_fill_inflate(struct tballoon *tb, struct tballoon_buf *buf,
 				 u32 n)
 {
+	struct tballoon_run *run = &tb->run;
+	u32 state, checked = 0;
 	struct page *page;
-	u32 state;
 
 	for (;;) {
 		if (buf->num_pfns &&
-		    (!(buf->num_pfns % TBALLOON_CHECK_PAGES) || buf->num_pfns >= n)) {
+		    (buf->num_pfns - checked >= TBALLOON_CHECK_PAGES ||
+		     buf->num_pfns >= n)) {
+			checked = buf->num_pfns;
 			/* Also when full: nothing is sent after the deadline. */
 			state = tballoon_fill_check(tb, buf->num_pfns);
 			if (state == TBALLOON_STATE_DEADLINE)
@@ -741,6 +808,20 @@ static int tballoon_fill_inflate(struct tballoon *tb, struct tballoon_buf *buf,
 			if (state != TBALLOON_STATE_RUNNING)
 				return -EINTR;
 			cond_resched();
+		}
+		if (!run->no_blocks &&
+		    tballoon_policy_use_block(n - buf->num_pfns,
+					      run->room_pages - min(run->room_pages,
+								    buf->num_pfns),
+					      tb->block_pfns)) {
+			page = alloc_pages(TBALLOON_BLOCK_GFP, tb->block_order);
+			if (page) {
+				tballoon_buf_add_range(buf, page,
+						       1UL << tb->block_order);
+				list_add_tail(&page->lru, &buf->blocks);
+				continue;
+			}
+			run->no_blocks = true;
 		}
 		page = balloon_page_alloc();
 		if (!page)
@@ -757,9 +838,28 @@ static bool tballoon_pages_lost(struct tballoon *tb)
 	bool lost;
 
 	spin_lock_irqsave(&tb->bdi.pages_lock, flags);
-	lost = list_empty(&tb->bdi.pages) && !tb->bdi.isolated_pages;
+	lost = list_empty(&tb->bdi.pages) && !tb->bdi.isolated_pages &&
+	       list_empty(&tb->blocks);
 	spin_unlock_irqrestore(&tb->bdi.pages_lock, flags);
 	return WARN_ONCE(lost, "tballoon: %u pages in no list\n", tb->num_pages);
+}
+
+/*
+ * Break the balloon's first block into single balloon pages (they stay in
+ * the balloon, accounted as before), for a deflate that wants less than a
+ * block and finds no single page.
+ */
+static void tballoon_split_block(struct tballoon *tb)
+{
+	struct page *page = list_first_entry(&tb->blocks, struct page, lru);
+	unsigned long i;
+	LIST_HEAD(pages);
+
+	list_del(&page->lru);
+	split_page(page, tb->block_order);
+	for (i = 0; i < 1UL << tb->block_order; i++)
+		list_add_tail(&page[i].lru, &pages);
+	balloon_page_list_enqueue(&tb->bdi, &pages);
 }
 
 /**
@@ -767,6 +867,10 @@ static bool tballoon_pages_lost(struct tballoon *tb)
  * @tb: the balloon
  * @buf: a free buffer
  * @n: pages wanted, at most the balloon size not already in flight
+ *
+ * Takes whole blocks first (one free and one accounting step each on
+ * completion), then single pages; splits a block when single pages are
+ * wanted and there are none.
  *
  * Return: 0 (possibly fewer than @n pages: some may be isolated for
  * migration or locked), -EAGAIN when no page could be taken now, -ENOENT
@@ -776,12 +880,26 @@ static int tballoon_fill_deflate(struct tballoon *tb, struct tballoon_buf *buf,
 				 u32 n)
 {
 	struct page *page;
+	size_t want;
+	LIST_HEAD(pages);
 
-	if (!balloon_page_list_dequeue(&tb->bdi, &buf->pages,
-				       n / TBALLOON_PAGES_PER_PAGE))
-		return tballoon_pages_lost(tb) ? -ENOENT : -EAGAIN;
-	list_for_each_entry(page, &buf->pages, lru)
+	while (tb->block_pfns && n - buf->num_pfns >= tb->block_pfns &&
+	       !list_empty(&tb->blocks)) {
+		page = list_first_entry(&tb->blocks, struct page, lru);
+		list_move_tail(&page->lru, &buf->blocks);
+		tballoon_buf_add_range(buf, page, 1UL << tb->block_order);
+	}
+	want = (n - buf->num_pfns) / TBALLOON_PAGES_PER_PAGE;
+	if (want && !balloon_page_list_dequeue(&tb->bdi, &pages, want) &&
+	    !list_empty(&tb->blocks)) {
+		tballoon_split_block(tb);
+		balloon_page_list_dequeue(&tb->bdi, &pages, want);
+	}
+	list_for_each_entry(page, &pages, lru)
 		tballoon_buf_add_pfns(buf, page);
+	list_splice_tail(&pages, &buf->pages);
+	if (!buf->num_pfns)
+		return tballoon_pages_lost(tb) ? -ENOENT : -EAGAIN;
 	return 0;
 }
 
@@ -832,6 +950,7 @@ static void tballoon_run(struct tballoon *tb)
 	u32 n;
 	int err;
 
+	run->no_blocks = !tb->block_pfns || !READ_ONCE(blocks);
 	mutex_lock(&tb->lock);
 	for (;;) {
 		tballoon_complete_returned(tb);
@@ -1388,12 +1507,18 @@ static int tballoon_probe(struct virtio_device *vdev)
 	init_waitqueue_head(&tb->acked);
 	mutex_init(&tb->lock);
 	balloon_devinfo_init(&tb->bdi);
+	INIT_LIST_HEAD(&tb->blocks);
+	tb->block_order = min_t(unsigned int, pageblock_order,
+				TBALLOON_BLOCK_MAX_ORDER);
+	if (tb->block_order)
+		tb->block_pfns = (1U << tb->block_order) * TBALLOON_PAGES_PER_PAGE;
 #ifdef CONFIG_BALLOON_COMPACTION
 	tb->bdi.migratepage = tballoon_migratepage;
 #endif
 
 	for (i = 0; i < TBALLOON_NR_BUFS; i++) {
 		INIT_LIST_HEAD(&tb->bufs[i].pages);
+		INIT_LIST_HEAD(&tb->bufs[i].blocks);
 		tb->bufs[i].pfns = kmalloc_array(TBALLOON_BUF_PFNS,
 						 sizeof(__le32), GFP_KERNEL);
 		if (!tb->bufs[i].pfns) {
@@ -1402,8 +1527,10 @@ static int tballoon_probe(struct virtio_device *vdev)
 		}
 	}
 	INIT_LIST_HEAD(&tb->mig_buf.pages);
+	INIT_LIST_HEAD(&tb->mig_buf.blocks);
 	tb->mig_buf.pfns = tb->mig_pfns;
 	INIT_LIST_HEAD(&tb->oom_buf.pages);
+	INIT_LIST_HEAD(&tb->oom_buf.blocks);
 	tb->oom_buf.pfns = kmalloc_array(TBALLOON_OOM_PAGES, sizeof(__le32),
 					 GFP_KERNEL);
 	if (!tb->oom_buf.pfns) {

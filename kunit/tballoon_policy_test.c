@@ -303,8 +303,45 @@ static void tballoon_batch_test(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, tballoon_policy_batch(&c->in), c->pages);
 }
 
+struct block_case {
+	const char *desc;
+	u32 left;
+	u32 room;
+	u32 block;
+	bool use;
+};
+
+#define BLK	512U
+#define BROOM	(TBALLOON_BLOCK_ROOM_BLOCKS * BLK)
+
+static const struct block_case block_cases[] = {
+	{ "no blocks", 4096, U32_MAX, 0, false },
+	{ "no blocks, nothing left", 0, U32_MAX, 0, false },
+	{ "whole block left", BLK, U32_MAX, BLK, true },
+	{ "less than a block left", BLK - 1, U32_MAX, BLK, false },
+	{ "nothing left", 0, U32_MAX, BLK, false },
+	{ "full batch", TBALLOON_BATCH_MAX, U32_MAX, BLK, true },
+	{ "room at the limit", BLK, BROOM, BLK, true },
+	{ "room one short", BLK, BROOM - 1, BLK, false },
+	{ "no room", BLK, 0, BLK, false },
+	{ "block of one page", 1, 4, 1, true },
+	{ "block of u32 max", U32_MAX, U32_MAX, U32_MAX, false },
+};
+
+DESC(block_case)
+KUNIT_ARRAY_PARAM(block, block_cases, block_case_desc);
+
+static void tballoon_block_test(struct kunit *test)
+{
+	const struct block_case *c = test->param_value;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_use_block(c->left, c->room, c->block),
+			c->use);
+}
+
 static struct kunit_case tballoon_batch_test_cases[] = {
 	KUNIT_CASE_PARAM(tballoon_batch_test, batch_gen_params),
+	KUNIT_CASE_PARAM(tballoon_block_test, block_gen_params),
 	{}
 };
 

@@ -188,6 +188,7 @@ void tb_dev_session(struct tb_dev *dev, bool up, uint64_t now_ms)
 	memset(dev->config, 0, sizeof(dev->config));
 	dev->last_report_seq = 0;
 	dev->device_pages = 0;
+	memset(dev->counted_valid, 0, sizeof(dev->counted_valid));
 	dev->broken = false;
 	dev->broken_why[0] = 0;
 	memset(&dev->gstats, 0, sizeof(dev->gstats));
@@ -205,6 +206,7 @@ void tb_dev_reset(struct tb_dev *dev, uint64_t now_ms)
 	memset(dev->config, 0, sizeof(dev->config));
 	dev->last_report_seq = 0;
 	dev->device_pages = 0;
+	memset(dev->counted_valid, 0, sizeof(dev->counted_valid));
 	dev->broken = false;
 	dev->broken_why[0] = 0;
 	dev->gstats.held = false;
@@ -582,16 +584,28 @@ static bool tb_dev_chain_stats(struct tb_dev *dev, const struct tb_vring_chain *
 
 /* the PFN queues: release (inflate) or account (deflate) the frames */
 static bool tb_dev_pfn_chain(struct tb_dev *dev, unsigned int idx,
-			     const struct tb_vring_chain *ch)
+			     const struct tb_vring_chain *ch, uint16_t pos, uint32_t num)
 {
 	bool inflate = idx == VIRTIO_TBALLOON_VQ_INFLATE;
 	uint64_t ram = tb_mem_ram_bytes(dev->mem) >> TB_PAGE_SHIFT;
 	struct tb_pfn_batch b;
+	uint16_t ahead = (uint16_t)(dev->counted_pos[idx] - pos);
+	/*
+	 * A buffer counted (and committed to the state file) by a daemon that
+	 * died before returning it comes again after the restart: release it
+	 * again (idempotent) but count it once.
+	 */
+	bool counted = dev->counted_valid[idx] && ahead && ahead <= num;
 
 	tb_pfn_batch_init(&b, dev->mem, inflate ? dev->punch : NULL, dev->punch_opaque);
 	if (!tb_dev_chain_pfns(ch, &b)) {
 		tb_warn("balloon: queue %u chain %u is not a PFN buffer", idx, ch->head);
 		return false;
+	}
+	if (counted) {
+		tb_info("balloon: queue %u buffer at %u was counted before a restart: "
+			"released again, not counted", idx, pos);
+		return true;
 	}
 	if (inflate) {
 		dev->stats.inflated_pages += b.pages;
@@ -605,6 +619,8 @@ static bool tb_dev_pfn_chain(struct tb_dev *dev, unsigned int idx,
 	dev->stats.refused_pfns += b.refused;
 	dev->stats.released_bytes += b.bytes;
 	dev->stats.punch_errors += b.errors;
+	dev->counted_pos[idx] = (uint16_t)(pos + 1);
+	dev->counted_valid[idx] = true;
 	if (b.pages) {
 		dev->gen++;
 		if (dev->ops && dev->ops->commit)
@@ -629,15 +645,19 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 	*notify = false;
 	if (dev->broken)
 		return 0;
-	while ((rc = tb_vring_pop(vr, dev->mem, &ch)) > 0) {
+	for (;;) {
+		uint16_t pos = vr->last_avail;
 		bool ok = false;
 
+		rc = tb_vring_pop(vr, dev->mem, &ch);
+		if (rc <= 0)
+			break;
 		if (ch.err != TB_CHAIN_OK) {
 			tb_warn("balloon: queue %u chain %u refused: %s", idx, ch.head,
 				tb_chain_err_name(ch.err));
 		} else if (idx == VIRTIO_TBALLOON_VQ_INFLATE ||
 			   idx == VIRTIO_TBALLOON_VQ_DEFLATE) {
-			ok = tb_dev_pfn_chain(dev, idx, &ch);
+			ok = tb_dev_pfn_chain(dev, idx, &ch, pos, vr->num);
 		} else if (idx == VIRTIO_TBALLOON_VQ_STATS &&
 			   (dev->features & TB_BIT(TB_BALLOON_F_STATS_VQ))) {
 			ok = tb_dev_chain_stats(dev, &ch, tb_now_ms());

@@ -178,6 +178,10 @@ struct tb_dev_ops {
  * @gen: incremented on every change the state file must record
  * @restored: the config and command came from a state file
  * @last_driver_ms: last driver report, or session start
+ * @counted_pos: per PFN queue, the ring position up to which buffers are in
+ *	@device_pages and the counters (valid if @counted_valid): a restarted
+ *	daemon may see buffers again that its predecessor counted but had not
+ *	returned yet; it releases them again but does not count them twice
  */
 struct tb_dev {
 	uint8_t config[VIRTIO_TBALLOON_CONFIG_SIZE];
@@ -205,6 +209,8 @@ struct tb_dev {
 	uint64_t gen;
 	bool restored;
 	uint64_t last_driver_ms;
+	uint16_t counted_pos[2];
+	bool counted_valid[2];
 };
 
 void tb_dev_init(struct tb_dev *dev, const struct tb_mem *mem,

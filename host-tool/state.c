@@ -50,6 +50,14 @@ json_object *tb_state_to_json(const struct tb_dev *dev)
 	tb_add_u64(o, "last_cmd_id", dev->last_cmd_id);
 	tb_add_u64(o, "last_report_seq", dev->last_report_seq);
 	tb_add_u64(o, "device_pages", dev->device_pages);
+	for (unsigned int q = 0; q < 2; q++) {
+		char k[32];
+
+		snprintf(k, sizeof(k), "counted_pos_%u", q);
+		/* -1: none */
+		json_object_object_add(o, k, json_object_new_int64(
+			dev->counted_valid[q] ? dev->counted_pos[q] : -1));
+	}
 
 	tb_add_u64(jc, "cmd_id", c->cmd_id);
 	tb_add_u64(jc, "op", c->op);
@@ -110,6 +118,7 @@ int tb_state_from_json(struct tb_dev *dev, json_object *o)
 	struct tb_cmd c = { 0 };
 	uint32_t last_cmd_id, last_seq;
 	uint64_t version, pages, timed;
+	int64_t counted[2];
 	const char *hex;
 	char boot[64];
 
@@ -171,7 +180,24 @@ int tb_state_from_json(struct tb_dev *dev, json_object *o)
 	TB_GET64(js, "resets", st.resets);
 	TB_GET64(js, "unresponsive", st.unresponsive);
 
+	for (unsigned int q = 0; q < 2; q++) {
+		char k[32];
+
+		snprintf(k, sizeof(k), "counted_pos_%u", q);
+		counted[q] = -1;
+		if (json_object_object_get_ex(o, k, &m)) {
+			if (!json_object_is_type(m, json_type_int) ||
+			    json_object_get_int64(m) < -1 || json_object_get_int64(m) > 0xffff)
+				return -EINVAL;
+			counted[q] = json_object_get_int64(m);
+		}
+	}
+
 	memcpy(dev->config, config, sizeof(config));
+	for (unsigned int q = 0; q < 2; q++) {
+		dev->counted_valid[q] = counted[q] >= 0;
+		dev->counted_pos[q] = counted[q] >= 0 ? (uint16_t)counted[q] : 0;
+	}
 	dev->last_cmd_id = last_cmd_id;
 	dev->last_report_seq = last_seq;
 	dev->device_pages = pages;

@@ -583,6 +583,42 @@ static void test_device_pages(void **state)
 	tb_vring_reset(&r.vr);
 }
 
+static void test_counted_once_across_restart(void **state)
+{
+	struct fx *f = *state;
+	struct ring r;
+	bool notify;
+	unsigned int punches;
+
+	ring_init(f, &r);
+	put_pfns(r.buf, (const uint32_t[]){ 1, 2, 3, 4 }, 4);
+	ring_add(&r, 0, BUF_GPA, 16, 0, 0);
+	ring_publish(&r, 0);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 0, &r.vr, &notify), 0);
+	assert_int_equal(f->dev.device_pages, 4);
+	assert_true(f->dev.counted_valid[0]);
+	assert_int_equal(f->dev.counted_pos[0], 1);
+	/*
+	 * The daemon died after committing the count but before the used
+	 * ring showed the buffer: the front-end resumes the ring at 0.
+	 */
+	punches = f->punches;
+	r.vr.last_avail = 0;
+	assert_int_equal(tb_dev_process_queue(&f->dev, 0, &r.vr, &notify), 0);
+	assert_int_equal(f->dev.device_pages, 4);		/* not twice */
+	assert_int_equal(f->dev.stats.inflated_pages, 4);
+	assert_true(f->punches > punches);			/* released again */
+	/* the next buffer counts as usual */
+	ring_publish(&r, 0);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 0, &r.vr, &notify), 0);
+	assert_int_equal(f->dev.device_pages, 8);
+	assert_int_equal(f->dev.counted_pos[0], 2);
+	/* a reset forgets the positions */
+	tb_dev_reset(&f->dev, 3000);
+	assert_false(f->dev.counted_valid[0]);
+	tb_vring_reset(&r.vr);
+}
+
 static void put_stat(uint8_t *p, uint16_t tag, uint64_t v)
 {
 	uint16_t t = htole16(tag);
@@ -691,6 +727,7 @@ int main(void)
 		T(test_broken_and_reset),
 		T(test_reset_ends_command),
 		T(test_device_pages),
+		T(test_counted_once_across_restart),
 		T(test_stats_queue),
 		T(test_recovered_command),
 	};

@@ -27,6 +27,8 @@ static void fill(struct tb_dev *d)
 	d->cmd.issued_ms = 123456789;
 	d->stats.released_bytes = 1ULL << 33;
 	d->stats.inflated_pages = 99;
+	d->counted_valid[0] = true;
+	d->counted_pos[0] = 65535;
 }
 
 static void test_round_trip(void **state)
@@ -53,6 +55,9 @@ static void test_round_trip(void **state)
 	assert_true(b.restored);
 	assert_int_equal(b.stats.released_bytes, 1ULL << 33);
 	assert_int_equal(b.stats.inflated_pages, 99);
+	assert_true(b.counted_valid[0]);
+	assert_int_equal(b.counted_pos[0], 65535);
+	assert_false(b.counted_valid[1]);
 }
 
 static void test_refused(void **state)

@@ -113,7 +113,7 @@ def upstream_stats(ctx):
 # keeps QEMU's session and re-runs the handshake on the restarted backend, as
 # a reconnect-capable front-end (vhost-user-blk's) does.
 group("restart", driver="tballoon", device="tballoon", mem="2G", vu_proxy=True,
-      backend_args=("--state-file", "{rundir}/state.json"))
+      allow_reboot=True, backend_args=("--state-file", "{rundir}/state.json"))
 
 
 @scenario("backend-restart", "restart")
@@ -240,4 +240,49 @@ def pause_resume(ctx):
                    % (gs0.get("updates"), gs1 and gs1.get("updates")))
     rc, st, wall = ctx.balloon("deflate", 0, "120s", timeout=300)
     ctx.expect(rc == 0 and st.get("actual_pages") == 0, "deflate to 0 after resume (exit %d)" % rc)
+    ctx.check_healthy()
+
+
+@scenario("guest-reboot", "restart")
+def guest_reboot(ctx):
+    """guest reboots mid-inflate: device reset, balloon and driver block cleared, works again"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    mi0 = g.meminfo()
+    target = st0["actual_pages"] + 256 * MIB // PAGE
+    rc, st, wall = ctx.balloon("inflate", target, "120s", timeout=300)
+    ctx.require(rc == 0, "inflate 256 MiB done (exit %d)" % rc)
+    p = g.tool("inflate", "--to", "%dp" % (target + 512 * MIB // PAGE), "--deadline", "60s",
+               "--paced")
+    ctx.require(p.returncode == 0, "paced inflate not issued: %s" % p.stderr.strip())
+    cmd_id = ctx.status()["command"]["cmd_id"]
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    g.reboot()
+    ctx.diag("rebooted in %.1f s, driver %s", time.monotonic() - t0, g.driver_status)
+    ctx.require(g.driver_status == "loaded", "driver loaded after the reboot (%s)"
+                % g.driver_status)
+    deadline = time.monotonic() + 30
+    st1 = ctx.status()
+    while not st1["driver_ok"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        st1 = ctx.status()
+    c1 = st1["command"]
+    ctx.diag("after the reboot: resets %d, actual %d, device %d, num_pages %d, command %d %s (%s)",
+             st1["stats"]["resets"], st1["actual_pages"], st1.get("device_pages", -1),
+             st1["num_pages"], c1["cmd_id"], c1["state"], c1["reason"])
+    ctx.expect(st1["stats"]["resets"] == st0["stats"]["resets"] + 1, "one device reset seen")
+    ctx.expect(st1["actual_pages"] == 0 and st1.get("device_pages") == 0 and
+               st1["num_pages"] == 0, "balloon accounting reset to 0")
+    ctx.expect(c1["cmd_id"] == cmd_id and c1["state"] == "aborted" and c1["reason"] == "removed",
+               "the running command %d ended aborted (removed)" % cmd_id)
+    mi1 = g.meminfo()
+    ctx.expect(mi1["MemTotal"] == mi0["MemTotal"],
+               "the rebooted guest has all its RAM (MemTotal %d kB, %d before the inflate)"
+               % (mi1["MemTotal"], mi0["MemTotal"]))
+    rc, st, wall = ctx.balloon("inflate", 128 * MIB // PAGE, "120s", timeout=300)
+    ctx.expect(rc == 0 and st["command"]["cmd_id"] > cmd_id,
+               "a new command works after the reboot (exit %d, id %s)"
+               % (rc, st["command"].get("cmd_id")))
+    rc, st, wall = ctx.balloon("deflate", 0, "120s", timeout=300)
     ctx.check_healthy()

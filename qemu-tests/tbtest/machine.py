@@ -182,7 +182,7 @@ class Guest:
     def __init__(self, driver="tballoon", device="tballoon", mem="1G", smp=2,
                  kvm=False, keep=False, name="guest", log=None, boot_timeout=180.0,
                  extra_append="", bzimage=False, reconnect_ms=None, backend_args=(),
-                 qemu_listens=False, stock_props="", vu_proxy=False):
+                 qemu_listens=False, stock_props="", vu_proxy=False, allow_reboot=False):
         self.env = tbenv.load()
         self.driver = driver
         self.device = device
@@ -209,6 +209,7 @@ class Guest:
         # (QEMU 11.1's vhost-user-test-device cannot do it itself).
         self.vu_proxy = vu_proxy
         self.proxy = None
+        self.allow_reboot = allow_reboot    # no -no-reboot: Guest.reboot() works
         self.kernel = None          # host path of what QEMU boots
         self.rundir = None
         self.backend = None
@@ -392,7 +393,7 @@ class Guest:
         run = CHROOT_RUN
         append = "console=ttyS0 panic=-1 tb.driver=%s %s" % (self.driver, self.extra_append)
         argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config",
-                "-display", "none", "-no-reboot",
+                "-display", "none"] + ([] if self.allow_reboot else ["-no-reboot"]) + [
                 "-machine", "q35,memory-backend=mem",
                 "-accel", "kvm" if self.kvm else "tcg",
                 "-smp", str(self.smp), "-m", self.mem,
@@ -489,6 +490,17 @@ class Guest:
     def sh(self, command, timeout=60.0):
         """Run a shell command in the guest; returns Result(rc, out, err)."""
         return self.agent.run(command, timeout)
+
+    def reboot(self, timeout=180.0):
+        """Reboot the guest (allow_reboot=True) and wait for its agent again."""
+        self.agent.seq += 1
+        payload = base64.b64encode(b"sync; reboot -f")
+        self.agent.conn.sendall(b"TBCMD %d %s\n" % (self.agent.seq, payload))
+        deadline = time.monotonic() + timeout
+        while self.agent._recv_line(deadline) != "TBREADY":
+            pass
+        res = self.sh("cat /run/tb-driver")
+        self.driver_status = res.out.split()[1] if res.rc == 0 and res.out.split() else "?"
 
     def meminfo(self):
         """/proc/meminfo of the guest as {key: kB}."""

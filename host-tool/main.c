@@ -34,7 +34,8 @@ static int tb_cmd_watch(int argc, char **argv, struct tb_client_opts *o);
 static int tb_cmd_stats(int argc, char **argv, struct tb_client_opts *o);
 
 static const struct tb_subcmd tb_subcmds[] = {
-	{ "serve", tb_cmd_serve, "--socket-path PATH|--fd FD --control CTRL [-v]",
+	{ "serve", tb_cmd_serve,
+	  "--socket-path PATH|--fd FD --control CTRL [--state-file FILE] [-v|-q]",
 	  "run the vhost-user balloon device backend" },
 	{ "inflate", tb_cmd_inflate,
 	  "--to SIZE --deadline DUR [--floor SIZE] [--paced] [--wait] [-j]",
@@ -58,9 +59,11 @@ static void tb_usage(FILE *f)
 	fprintf(f, "Usage: %s [-c CTRL] COMMAND [OPTIONS]\n\n"
 		"Timed virtio balloon: the vhost-user device backend and its control client.\n\n"
 		"Commands:\n", tb_prog);
-	for (size_t i = 0; i < TB_ARRAY_SIZE(tb_subcmds); i++)
-		fprintf(f, "  %-8s %s\n           %s %s\n", tb_subcmds[i].name,
-			tb_subcmds[i].help, tb_subcmds[i].name, tb_subcmds[i].args);
+	for (size_t i = 0; i < TB_ARRAY_SIZE(tb_subcmds); i++) {
+		fprintf(f, "  %-8s %s\n", tb_subcmds[i].name, tb_subcmds[i].help);
+		if (*tb_subcmds[i].args)
+			fprintf(f, "           %s %s\n", tb_subcmds[i].name, tb_subcmds[i].args);
+	}
 	fprintf(f, "\nGlobal options:\n"
 		"  -c, --control CTRL  control socket (default: $TBALLOON_CONTROL, else %s)\n"
 		"  -h, --help          show this help and exit\n"

@@ -68,15 +68,27 @@
 /* largest block: one allocation of up to 2 MiB (a pageblock on x86) */
 #define TBALLOON_BLOCK_MAX_ORDER	ilog2(SZ_2M >> PAGE_SHIFT)
 /*
- * Blocks: GFP_HIGHUSER without __GFP_RECLAIM. Free memory only: no direct
- * reclaim, no compaction, no kswapd wake-up (when no free block is left the
- * fill goes on with single balloon pages, which may reclaim). Unmovable
- * migratetype on purpose: a block cannot migrate, so it must not sit in
- * ZONE_MOVABLE or a CMA area (both are for movable allocations only); it
- * takes a whole pageblock, so it mixes no unmovable page into a movable
- * pageblock either.
+ * Blocks: free memory only (no __GFP_RECLAIM: no direct reclaim, no
+ * compaction, no kswapd wake-up; when no free block is left the fill goes
+ * on with single balloon pages, which may reclaim), never the emergency
+ * reserves, never ZONE_MOVABLE (no __GFP_HIGHMEM): a block cannot migrate.
+ *
+ * Migratetype: a block is a whole pageblock, so it mixes no unmovable page
+ * into a movable pageblock whatever its type. Movable, so that it comes
+ * from and goes back to the free lists user memory is allocated from: an
+ * unmovable block would turn its pageblock unmovable, and after a deflate
+ * user allocations would avoid it (the guest then reuses other memory and
+ * the next inflate takes back the same host holes, zeroing faults them in
+ * on the host just before they are released again). With CONFIG_CMA a
+ * movable block could sit in a CMA area that cma_alloc() then cannot
+ * empty: unmovable there.
  */
-#define TBALLOON_BLOCK_GFP	((GFP_HIGHUSER | __GFP_NOWARN | \
+#ifdef CONFIG_CMA
+#define TBALLOON_BLOCK_GFP_TYPE	GFP_USER
+#else
+#define TBALLOON_BLOCK_GFP_TYPE	(GFP_USER | __GFP_MOVABLE)
+#endif
+#define TBALLOON_BLOCK_GFP	((TBALLOON_BLOCK_GFP_TYPE | __GFP_NOWARN | \
 				  __GFP_NOMEMALLOC) & ~__GFP_RECLAIM)
 
 /*

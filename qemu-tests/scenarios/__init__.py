@@ -126,6 +126,21 @@ class Ctx:
         return rc, st, wall
 
 
+def available_kb(guest):
+    """MemAvailable plus the pages on the per-CPU free lists, in kB.
+
+    Since 6.7 the per-CPU free lists grow with the allocation and free rate
+    and can hold tens of MiB: free memory that MemAvailable does not count.
+    A balloon that allocates refills them from the buddy lists in batches, so
+    MemAvailable alone drops below what is really free by up to one batch.
+    """
+    avail = guest.meminfo()["MemAvailable"]
+    pcp = sum(int(w[1]) for w in (ln.split() for ln in
+                                  guest.sh("cat /proc/zoneinfo").out.splitlines())
+              if len(w) == 2 and w[0] == "count:")
+    return avail + pcp * PAGE // 1024
+
+
 def mib(nbytes):
     return "%.1f MiB" % (nbytes / MIB)
 

@@ -1010,6 +1010,13 @@ static void tballoon_run(struct tballoon *tb)
 			/* Nothing the device saw: give it back, and decide. */
 			tballoon_unfill(tb, buf, inflate);
 		} else {
+			/*
+			 * Report before the kick rather than after it: a
+			 * config write waits for the device model, which
+			 * answers it between two buffers, and the device has
+			 * most likely finished the other buffer by now.
+			 */
+			tballoon_progress(tb);
 			while ((err = tballoon_send(tb, vq, buf)) == -ENOSPC &&
 			       tb->inflight_pages)
 				wait_event(tb->acked, tballoon_any_returned(tb));

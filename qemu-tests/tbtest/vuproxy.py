@@ -9,6 +9,13 @@ every fd), and when the back-end goes away it waits for a new one and
 re-runs the handshake on it, as a reconnect-capable front-end does: rings
 resume at the used index read from guest memory. QEMU sees a back-end that
 was slow for a moment; requests it sent meanwhile wait and are replayed.
+
+A back-end is only taken once it has answered the replayed handshake: a
+connect() that succeeds proves nothing. When a back-end is SIGKILLed the
+kernel releases its sockets one by one, the session socket (our EOF) before
+its listening socket, so a prompt reconnect can land in the dying daemon's
+listen backlog and be reset a moment later (ECONNRESET on the first reply).
+Such a connection is dropped and the wait goes on.
 """
 
 import os
@@ -175,13 +182,32 @@ class VuProxy:
                 raise TimeoutError("no back-end on %s" % self.back_path)
             time.sleep(0.05)
 
-    def _reattach(self):
+    def _drop_back(self):
         if self.back is not None:
             self.back.close()
             self.back = None
+
+    def _reattach(self, timeout=120):
+        """Wait for a back-end that takes the replayed handshake."""
+        self._drop_back()
         self.log("vuproxy: back-end gone, waiting for a new one")
-        self._connect_back(120)
-        self._replay()
+        deadline = time.monotonic() + timeout
+        while True:
+            self._connect_back(max(0.0, deadline - time.monotonic()))
+            try:
+                self._replay()
+                break
+            except OSError as err:      # ConnectionError, BrokenPipeError included
+                # e.g. connected to the dying daemon's listener (see above)
+                self._drop_back()
+                if self.closing:
+                    raise
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no back-end took the handshake on %s in %d s "
+                                       "(last: %r)" % (self.back_path, timeout, err))
+                self.log("vuproxy: handshake on a new connection failed (%r), retrying"
+                         % (err,))
+                time.sleep(0.05)
         self.reattached += 1
 
     def _forward(self, msg):
@@ -203,7 +229,13 @@ class VuProxy:
                 ready, _, _ = select.select([self.front, self.back], [], [])
                 if self.back in ready and self.front not in ready:
                     # the back-end never speaks unasked: this is its end
-                    if self.back.recv(1, socket.MSG_PEEK) == b"":
+                    # (EOF, or ECONNRESET if it died with a request unread)
+                    try:
+                        gone = self.back.recv(1, socket.MSG_PEEK) == b""
+                    except OSError as err:
+                        self.log("vuproxy: %r" % (err,))
+                        gone = True
+                    if gone:
                         self._reattach()
                     continue
                 msg = _recv_msg(self.front)

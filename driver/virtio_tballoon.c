@@ -36,6 +36,7 @@
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/oom.h>
+#include <linux/reboot.h>
 #include <linux/scatterlist.h>
 #include <linux/sizes.h>
 #include <linux/slab.h>
@@ -171,6 +172,9 @@ struct tballoon_run {
  * @wake: woken when @changed, @removing or @suspending is set; cuts pauses
  *	short
  * @pm_nb: suspend/hibernate notifier that sets and clears @suspending
+ * @reboot_nb: reboot/halt/power-off notifier: sets @suspending and waits
+ *	for the worker, so a running command is reported ABORTED/REMOVED
+ *	before the device is shut down
  * @oom_nb: OOM notifier, registered with VIRTIO_BALLOON_F_DEFLATE_ON_OOM
  * @stats_work: refills @stats and returns the buffer on @stats_vq; queued
  *	from the statsq callback unless @removing
@@ -220,6 +224,7 @@ struct tballoon {
 	bool changed;
 	wait_queue_head_t wake;
 	struct notifier_block pm_nb;
+	struct notifier_block reboot_nb;
 	struct notifier_block oom_nb;
 
 	struct work_struct stats_work;
@@ -1256,6 +1261,24 @@ static int tballoon_pm_notify(struct notifier_block *nb, unsigned long action,
 	return NOTIFY_OK;
 }
 
+/*
+ * The guest is going down: end a running command with its report while the
+ * device still works (device_shutdown() comes after the reboot notifiers),
+ * instead of letting the reset break the run (ABORTED/DEVICE_ERROR).
+ */
+static int tballoon_reboot_notify(struct notifier_block *nb,
+				  unsigned long action, void *data)
+{
+	struct tballoon *tb = container_of(nb, struct tballoon, reboot_nb);
+
+	spin_lock_irq(&tb->stop_lock);
+	tb->suspending = true;
+	spin_unlock_irq(&tb->stop_lock);
+	wake_up(&tb->wake);
+	flush_work(&tb->work);
+	return NOTIFY_DONE;
+}
+
 static void tballoon_ack(struct virtqueue *vq)
 {
 	struct tballoon *tb = vq->vdev->priv;
@@ -1565,11 +1588,15 @@ static int tballoon_probe(struct virtio_device *vdev)
 	err = register_pm_notifier(&tb->pm_nb);
 	if (err)
 		goto err_del_vqs;
+	tb->reboot_nb.notifier_call = tballoon_reboot_notify;
+	err = register_reboot_notifier(&tb->reboot_nb);
+	if (err)
+		goto err_pm;
 	if (!tb->adjust_managed) {
 		tb->oom_nb.notifier_call = tballoon_oom_notify;
 		err = register_oom_notifier(&tb->oom_nb);
 		if (err)
-			goto err_pm;
+			goto err_reboot;
 	}
 
 	tb->ram_pages = (u64)totalram_pages() * TBALLOON_PAGES_PER_PAGE;
@@ -1580,6 +1607,8 @@ static int tballoon_probe(struct virtio_device *vdev)
 		 tb->ram_pages >> (20 - VIRTIO_TBALLOON_PFN_SHIFT));
 	return 0;
 
+err_reboot:
+	unregister_reboot_notifier(&tb->reboot_nb);
 err_pm:
 	unregister_pm_notifier(&tb->pm_nb);
 err_del_vqs:
@@ -1597,6 +1626,7 @@ static void tballoon_remove(struct virtio_device *vdev)
 
 	if (!tb->adjust_managed)
 		unregister_oom_notifier(&tb->oom_nb);
+	unregister_reboot_notifier(&tb->reboot_nb);
 	unregister_pm_notifier(&tb->pm_nb);
 	/* The worker reports a running command ABORTED/REMOVED as it stops. */
 	tballoon_stop_worker(tb);

@@ -115,7 +115,8 @@ int tb_parse_duration_ms(const char *s, uint64_t *ms, const char **why)
 void tb_format_bytes(char *buf, size_t len, int64_t bytes)
 {
 	static const char *const unit[] = { "KiB", "MiB", "GiB", "TiB" };
-	double v = (double)(bytes < 0 ? -bytes : bytes);
+	/* negate as a double: -INT64_MIN does not fit an int64_t */
+	double v = bytes < 0 ? -(double)bytes : (double)bytes;
 	const char *sign = bytes < 0 ? "-" : "";
 	int u = -1;
 

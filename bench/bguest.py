@@ -113,6 +113,11 @@ def bench_initramfs(env, base, log):
     return path
 
 
+# Kernel command line added to every guest of the run (bench/run.py
+# --guest-append), so that all four mechanisms see the same guest kernel.
+COMMON_APPEND = ""
+
+
 class BenchGuest(machine.Guest):
     """A qemu-tests Guest with the bench programs and optional virtio-mem.
 
@@ -121,6 +126,7 @@ class BenchGuest(machine.Guest):
     """
 
     def __init__(self, kind="plain", vmem_size="1G", vmem_block="2M", **kw):
+        kw["extra_append"] = ("%s %s" % (kw.get("extra_append", ""), COMMON_APPEND)).strip()
         super().__init__(**kw)
         self.kind = kind
         self.vmem_size = vmem_size

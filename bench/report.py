@@ -83,10 +83,11 @@ def summarize(data):
             if x and y and y["median"] > 0:
                 ratios["a/%s %s" % (SHORT[other], op)] = x["median"] / y["median"]
     lim = summ.get("limit") or {}
-    for op in ("inflate", "deflate"):
-        x, y = a.get(op + "_s"), lim.get("kernel_%s_s" % op)
-        if x and y and y["median"] > 0:
-            ratios["a/d-kernel %s" % op] = x["median"] / y["median"]
+    for mode in ("kernel", "kernel-mt"):
+        for op in ("inflate", "deflate"):
+            x, y = a.get(op + "_s"), lim.get("%s_%s_s" % (mode, op))
+            if x and y and y["median"] > 0:
+                ratios["a/d-%s %s" % (mode, op)] = x["median"] / y["median"]
     data["ratios"] = ratios
     return data
 
@@ -133,7 +134,8 @@ def table(data):
             _fmt_mib(s.get("inflate_released_bytes")),
             _fmt_mib(s.get("inflate_host_after_bytes"))))
         for mode, label in (("touch", "(d') user space, one write per page"),
-                            ("kernel", "(d\") kernel: balloon_page_alloc + free")):
+                            ("kernel", "(d\") kernel: balloon_page_alloc + free"),
+                            ("kernel-mt", "(d\"') the same on %d vCPUs" % m.get("guest_smp", 0))):
             if name == "limit" and s.get("%s_inflate_s" % mode):
                 lines.append("%-46s %-22s %-22s %-9s %s" % (
                     label, _fmt_s(s.get("%s_inflate_s" % mode)),
@@ -148,6 +150,9 @@ def table(data):
     lines.append("released: drop of the guest-RAM memfds' allocated blocks during the inflate "
                  "(median); host resident: what they still hold afterwards.")
     a = summ.get("tballoon") or {}
+    thr = (data["mechanisms"].get("tballoon") or {}).get("driver_threads")
+    if thr:
+        lines.append("(a) virtio_tballoon threads=%d (CPUs allocating an inflate's blocks)" % thr)
     if a.get("inflate_guest_ms"):
         lines.append("(a) guest clock elapsed_ms: inflate %s, deflate %s" % (
             _fmt_ms(a.get("inflate_guest_ms")), _fmt_ms(a.get("deflate_guest_ms"))))
@@ -166,7 +171,7 @@ def table(data):
     lines.append("ratios of medians (tballoon time / other time; < 1: tballoon is faster):")
     ratios = data.get("ratios") or {}
     for other, label in (("b", "(a)/(b) "), ("c", "(a)/(c) "), ("d", "(a)/(d) "),
-                         ("d-kernel", "(a)/(d\")")):
+                         ("d-kernel", "(a)/(d\")"), ("d-kernel-mt", "(a)/(d\"')")):
         i = ratios.get("a/%s inflate" % other)
         d = ratios.get("a/%s deflate" % other)
         if i is None and d is None:
@@ -211,6 +216,10 @@ def plot(data, png, outdir):
         if name == "limit" and kern:
             curves.append(("d-kernel", "(d\") limit: kernel balloon_page_alloc/free",
                            "#000000", 2, kern))
+        kern = (res.get("variants") or {}).get("kernel-mt")
+        if name == "limit" and kern and kern.get("inflate"):
+            curves.append(("d-kernel-mt", "(d\"') limit: the same on %d vCPUs"
+                           % data["meta"].get("guest_smp", 0), "#000000", 3, kern))
     for tag, title, color, dash, runs in curves:
         for op in ("inflate", "deflate"):
             run = median_run(runs.get(op) or [])
@@ -225,15 +234,15 @@ def plot(data, png, outdir):
             series[op].append((title, color, dash, path, run["seconds"]))
     m = data.get("meta", {})
     script = [
-        "set terminal pngcairo noenhanced size 1400,720 font 'sans,11'",
+        "set terminal pngcairo noenhanced size 1400,820 font 'sans,11'",
         "set output '%s'" % png,
         "set multiplot layout 1,2 title \"Taking %d MiB from a %d MiB guest and giving it "
         "back (QEMU TCG, %d vCPUs, median of %s runs)\" font 'sans,13' "
-        "margins 0.06,0.985,0.22,0.91 spacing 0.07"
+        "margins 0.06,0.985,0.27,0.92 spacing 0.07"
         % (m.get("moved_bytes", 0) // MIB, m.get("guest_ram_bytes", 0) // MIB,
            m.get("guest_smp", 0), m.get("reps")),
         "set grid",
-        "set key outside below center vertical maxrows 5 box",
+        "set key outside below center vertical maxrows 6 box",
         "set xlabel 'time since the command (s)'",
         "set ylabel 'memory taken from the guest (MiB)'",
         "set yrange [0:%d]" % (m.get("moved_bytes", 0) // MIB * 1.05),

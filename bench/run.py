@@ -11,7 +11,7 @@ one run (see bench/README.md):
   (c) Linux virtio_mem + virtio-mem-pci      qom-set requested-size, qom-get size polled
   (d) the limit: tbmem in the guest          populate 1 GiB of 4 KiB pages, unmap it
       (d') the same with one write per page; (d") tbkalloc.ko: balloon_page_alloc()
-      1 GiB in the guest kernel and free it
+      1 GiB in the guest kernel and free it; (d"') the same on every guest vCPU
 Prints a table with min/median/max and ratios; writes out/bench/results.json
 (raw figures) and out/bench/balloon.png (size over time, gnuplot).
 """
@@ -290,6 +290,13 @@ class Tballoon(Mechanism):
         if not (st.get("connected") and st.get("driver_ok") and st.get("timed")):
             raise BenchError("backend not ready: %s" % st)
         self.res["guest_ram_bytes"] = st.get("guest_ram_bytes")
+        param = "/sys/module/virtio_tballoon/parameters/threads"
+        if self.args.tb_threads:
+            out = g.sh("echo %d > %s" % (self.args.tb_threads, param))
+            if out.rc != 0:
+                raise BenchError("cannot set %s: %s" % (param, out.err[-200:]))
+        out = g.sh("cat %s" % param)
+        self.res["driver_threads"] = int(out.out.strip()) if out.rc == 0 else None
         self.listener = ControlListener(g.control)
 
     def round(self, r):
@@ -482,7 +489,7 @@ class Limit(Mechanism):
     """tbmem (user space, 4 KiB pages) and tbkalloc (kernel, balloon_page_alloc)."""
 
     name = "limit"
-    MODES = ("populate", "touch", "kernel")
+    MODES = ("populate", "touch", "kernel", "kernel-mt")
 
     def guest(self):
         return bguest.BenchGuest(driver="none", device="none", mem=GUEST_RAM,
@@ -496,11 +503,13 @@ class Limit(Mechanism):
     def run_mode(self, mode, r):
         g = self.g
         hm0 = g.host_memory()
-        if mode == "kernel":
-            mark = "tbbench-mark-%d-%d" % (os.getpid(), r)
+        if mode.startswith("kernel"):
+            mark = "tbbench-mark-%d-%d-%s" % (os.getpid(), r, mode)
+            nthreads = self.args.smp if mode == "kernel-mt" else 1
             out = g.sh("echo %s > /dev/kmsg; insmod /lib/modules/tbkalloc.ko "
-                       "pages=%d sample_ms=%d && rmmod tbkalloc; dmesg | sed -n '/%s/,$p' | "
-                       "grep tbkalloc:" % (mark, MOVE // PAGE, self.args.sample_ms, mark),
+                       "pages=%d sample_ms=%d threads=%d && rmmod tbkalloc; "
+                       "dmesg | sed -n '/%s/,$p' | grep tbkalloc:"
+                       % (mark, MOVE // PAGE, self.args.sample_ms, nthreads, mark),
                        timeout=600)
             if out.rc != 0:
                 raise BenchError("tbkalloc: %s %s" % (out.out[-300:], out.err[-300:]))
@@ -666,6 +675,12 @@ def main():
     ap.add_argument("--timeout", type=float, default=180.0,
                     help="give up on one QMP-driven move after this many s (180)")
     ap.add_argument("--smp", type=int, default=2, help="guest vCPUs (2)")
+    ap.add_argument("--tb-threads", type=int, default=0, metavar="N",
+                    help="(a): set virtio_tballoon's threads parameter (CPUs that allocate "
+                         "an inflate's blocks) in the guest; default: the module's (2)")
+    ap.add_argument("--guest-append", default="", metavar="ARGS",
+                    help="kernel command line for every guest of the run, e.g. "
+                         "init_on_alloc=0 (Debian's kernel zeroes every allocated page)")
     ap.add_argument("--keep", action="store_true", help="keep guest run directories")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     ap.add_argument("--no-profile", action="store_true",
@@ -700,7 +715,9 @@ def main():
     wanted = [MECHANISMS[k.strip()] for k in args.only.split(",") if k.strip()]
 
     pinned = pin_parts(e)
+    bguest.COMMON_APPEND = args.guest_append
     data = {"meta": meta(args, e), "mechanisms": {}}
+    data["meta"]["guest_append"] = args.guest_append
     data["meta"]["parts"] = pinned
     data["meta"]["load_before"] = load_average()
     t_start = time.monotonic()

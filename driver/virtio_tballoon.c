@@ -66,6 +66,8 @@
 #define TBALLOON_ISOLATED_MS		20
 /* DEFLATE_ON_OOM: 4 KiB pages given back per OOM notification (4 MiB) */
 #define TBALLOON_OOM_PAGES		1024U
+/* helpers: other CPUs that allocate blocks for the worker during a fill */
+#define TBALLOON_HELPERS_MAX		3
 /* largest block: one allocation of up to 2 MiB (a pageblock on x86) */
 #define TBALLOON_BLOCK_MAX_ORDER	ilog2(SZ_2M >> PAGE_SHIFT)
 /*
@@ -101,6 +103,17 @@ static bool blocks = true;
 module_param(blocks, bool, 0644);
 MODULE_PARM_DESC(blocks, "inflate in 2 MiB blocks while free memory has them (default: on)");
 
+/*
+ * CPUs that allocate the blocks of one inflate batch: the worker and up to
+ * threads - 1 helpers on system_unbound_wq. Zeroing the pages
+ * (init_on_alloc) is most of what an inflate costs the guest; it scales
+ * with CPUs. Capped by the online CPUs and 1 + TBALLOON_HELPERS_MAX; read at
+ * the start of each run.
+ */
+static unsigned int threads = 2;
+module_param(threads, uint, 0644);
+MODULE_PARM_DESC(threads, "CPUs that allocate the blocks of an inflate, 1 to 4 (default 2)");
+
 /**
  * struct tballoon_buf - one buffer of PFNs for the inflate or deflate queue
  * @pfns: 4 KiB PFNs, little-endian; kmalloc'ed so the device can read it
@@ -129,6 +142,7 @@ struct tballoon_buf {
  * @prev_batch: size of the previous batch (0: none yet)
  * @room_pages: room above the floor when the current batch was sized
  * @no_blocks: a block allocation failed: single pages for the rest of the run
+ * @threads: CPUs that allocate blocks (the worker and threads - 1 helpers)
  * @state: TBALLOON_STATE_* outcome (RUNNING while it runs)
  * @reason: TBALLOON_REASON_* detail of @state
  * @wait_ms: paced: how long to wait before the next batch is due
@@ -141,9 +155,30 @@ struct tballoon_run {
 	u32 prev_batch;
 	u32 room_pages;
 	bool no_blocks;
+	unsigned int threads;
 	u32 state;
 	u32 reason;
 	u32 wait_ms;
+};
+
+/**
+ * struct tballoon_helper - allocates blocks on another CPU during a fill
+ * @work: tballoon_helper_work() on system_unbound_wq; queued and flushed
+ *	only by the worker, within one tballoon_fill_blocks()
+ * @tb: the balloon
+ * @want: blocks to allocate
+ * @got: blocks on @blocks
+ * @failed: a block allocation failed
+ * @blocks: what it allocated (first pages, linked through page->lru); the
+ *	worker takes them once @work is flushed
+ */
+struct tballoon_helper {
+	struct work_struct work;
+	struct tballoon *tb;
+	unsigned int want;
+	unsigned int got;
+	bool failed;
+	struct list_head blocks;
 };
 
 /**
@@ -176,6 +211,8 @@ struct tballoon_run {
  *	for the worker, so a running command is reported ABORTED/REMOVED
  *	before the device is shut down
  * @oom_nb: OOM notifier, registered with VIRTIO_BALLOON_F_DEFLATE_ON_OOM
+ * @helpers: block allocators for the worker (tballoon_fill_blocks())
+ * @helpers_stop: the worker tells its helpers to stop after the current block
  * @stats_work: refills @stats and returns the buffer on @stats_vq; queued
  *	from the statsq callback unless @removing
  * @stats: the statistics buffer (standard tags, virtio endian)
@@ -217,6 +254,8 @@ struct tballoon {
 	u32 block_pfns;
 
 	struct work_struct work;
+	struct tballoon_helper helpers[TBALLOON_HELPERS_MAX];
+	bool helpers_stop;
 
 	spinlock_t stop_lock;		/* protects removing, suspending, changed */
 	bool removing;
@@ -787,6 +826,128 @@ static u32 tballoon_fill_check(struct tballoon *tb, u32 extra)
 	return tballoon_policy_check(tb, extra, &reason);
 }
 
+/* A helper's stop test: the worker's word, a stop flag, or the deadline. */
+static bool tballoon_helper_stop(struct tballoon *tb)
+{
+	u32 deadline = tb->run.cmd.deadline_ms;
+
+	if (READ_ONCE(tb->helpers_stop) || tballoon_interrupted(tb))
+		return true;
+	return deadline != TBALLOON_NO_DEADLINE &&
+	       tballoon_elapsed_ms(&tb->run) >= deadline;
+}
+
+/*
+ * Allocate up to @want blocks on this CPU, stopping after any block when
+ * tballoon_helper_stop() says so. Does not take tb->lock: the worker holds
+ * it and waits for this in tballoon_fill_blocks().
+ */
+static void tballoon_helper_work(struct work_struct *work)
+{
+	struct tballoon_helper *h = container_of(work, struct tballoon_helper,
+						 work);
+	struct tballoon *tb = h->tb;
+	struct page *page;
+
+	while (h->got < h->want && !tballoon_helper_stop(tb)) {
+		page = alloc_pages(TBALLOON_BLOCK_GFP, tb->block_order);
+		if (!page) {
+			h->failed = true;
+			break;
+		}
+		list_add_tail(&page->lru, &h->blocks);
+		h->got++;
+		cond_resched();
+	}
+}
+
+/* Blocks a fill of @n pages may take, as tballoon_fill_inflate() would. */
+static u32 tballoon_fill_blocks_wanted(struct tballoon *tb, u32 n)
+{
+	u32 room = tb->run.room_pages, k = 0;
+
+	while (tballoon_policy_use_block(n, room, tb->block_pfns)) {
+		n -= tb->block_pfns;
+		room -= min(room, tb->block_pfns);
+		k++;
+	}
+	return k;
+}
+
+/**
+ * tballoon_fill_blocks() - allocate the blocks of a batch on several CPUs
+ * @tb: the balloon
+ * @buf: a free buffer
+ * @n: pages wanted
+ *
+ * With @tb->run.threads > 1 and at least two blocks wanted, helpers take a
+ * share of the blocks on other CPUs while the worker allocates its own
+ * share, checking the clock, the floor and the stop flags after each block
+ * as tballoon_fill_inflate() does; any reason to stop stops the helpers
+ * after their current block (they also watch the deadline and the stop
+ * flags themselves). Every block ends up in @buf. Otherwise does nothing
+ * and leaves the blocks to tballoon_fill_inflate().
+ *
+ * Return: 0, -ETIME or -EINTR as tballoon_fill_inflate().
+ */
+static int tballoon_fill_blocks(struct tballoon *tb, struct tballoon_buf *buf,
+				u32 n)
+{
+	struct tballoon_run *run = &tb->run;
+	u32 k, mine, state = TBALLOON_STATE_RUNNING;
+	unsigned int i, nr_helpers;
+	struct tballoon_helper *h;
+	struct page *page, *next;
+
+	if (run->threads < 2 || run->no_blocks)
+		return 0;
+	k = tballoon_fill_blocks_wanted(tb, n);
+	if (k < 2)
+		return 0;
+	nr_helpers = min(run->threads - 1, k - 1);
+
+	WRITE_ONCE(tb->helpers_stop, false);
+	mine = k;
+	for (i = 0; i < nr_helpers; i++) {
+		h = &tb->helpers[i];
+		h->want = k / (nr_helpers + 1);
+		h->got = 0;
+		h->failed = false;
+		mine -= h->want;
+		queue_work(system_unbound_wq, &h->work);
+	}
+
+	while (mine--) {
+		page = alloc_pages(TBALLOON_BLOCK_GFP, tb->block_order);
+		if (!page) {
+			run->no_blocks = true;
+			break;
+		}
+		tballoon_buf_add_range(buf, page, 1UL << tb->block_order);
+		list_add_tail(&page->lru, &buf->blocks);
+		state = tballoon_fill_check(tb, buf->num_pfns);
+		if (state != TBALLOON_STATE_RUNNING)
+			break;
+	}
+	if (state != TBALLOON_STATE_RUNNING || run->no_blocks)
+		WRITE_ONCE(tb->helpers_stop, true);
+
+	for (i = 0; i < nr_helpers; i++) {
+		h = &tb->helpers[i];
+		flush_work(&h->work);
+		if (h->failed)
+			run->no_blocks = true;
+		list_for_each_entry_safe(page, next, &h->blocks, lru) {
+			tballoon_buf_add_range(buf, page,
+					       1UL << tb->block_order);
+			list_move_tail(&page->lru, &buf->blocks);
+		}
+	}
+	if (state == TBALLOON_STATE_DEADLINE)
+		return -ETIME;
+	return state == TBALLOON_STATE_RUNNING ? 0 : -EINTR;
+}
+
 /**
  * tballoon_fill_inflate() - allocate pages into a buffer
  * @tb: the balloon
@@ -810,7 +971,11 @@ static int tballoon_fill_inflate(struct tballoon *tb, struct tballoon_buf *buf,
 	struct tballoon_run *run = &tb->run;
 	u32 state, checked = 0;
 	struct page *page;
+	int err;
 
+	err = tballoon_fill_blocks(tb, buf, n);
+	if (err)
+		return err;
 	for (;;) {
 		if (buf->num_pfns &&
 		    (buf->num_pfns - checked >= TBALLOON_CHECK_PAGES ||
@@ -968,6 +1133,8 @@ static void tballoon_run(struct tballoon *tb)
 	int err;
 
 	run->no_blocks = !tb->block_pfns || !READ_ONCE(blocks);
+	run->threads = clamp_t(unsigned int, READ_ONCE(threads), 1,
+			       min(num_online_cpus(), 1U + TBALLOON_HELPERS_MAX));
 	mutex_lock(&tb->lock);
 	for (;;) {
 		tballoon_complete_returned(tb);
@@ -1544,6 +1711,11 @@ static int tballoon_probe(struct virtio_device *vdev)
 						 VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
 	INIT_WORK(&tb->work, tballoon_work);
 	INIT_WORK(&tb->stats_work, tballoon_stats_work);
+	for (i = 0; i < TBALLOON_HELPERS_MAX; i++) {
+		tb->helpers[i].tb = tb;
+		INIT_WORK(&tb->helpers[i].work, tballoon_helper_work);
+		INIT_LIST_HEAD(&tb->helpers[i].blocks);
+	}
 	spin_lock_init(&tb->stop_lock);
 	init_waitqueue_head(&tb->wake);
 	init_waitqueue_head(&tb->acked);

@@ -2,11 +2,14 @@
 /*
  * tbkalloc - in-kernel limit for the balloon benchmark.
  *
- *   insmod tbkalloc.ko pages=N [sample_ms=MS]
+ *   insmod tbkalloc.ko pages=N [sample_ms=MS] [threads=T]
  *
  * Allocates N pages the way a balloon driver does (balloon_page_alloc(): no
  * retry, no warning, no emergency reserves), keeps them on a list, then
- * frees them all, and times both loops with ktime_get(). No virtqueue, no
+ * frees them all, and times both loops with ktime_get(). With threads=T the
+ * allocation is split over T kernel threads, at most one per CPU (each keeps its own
+ * list; the time is until the last one finishes): what a driver allocating
+ * on several CPUs can reach. Freeing stays on one CPU. No virtqueue, no
  * config space, no host: what page allocation alone costs the guest. Prints
  *
  *   tbkalloc: sample alloc|free T_US PAGES    (about every sample_ms)
@@ -18,6 +21,8 @@
 #include <linux/balloon_compaction.h>
 #include <linux/gfp.h>
 #include <linux/kernel.h>
+#include <linux/completion.h>
+#include <linux/kthread.h>
 #include <linux/ktime.h>
 #include <linux/list.h>
 #include <linux/mm.h>
@@ -33,7 +38,22 @@ static unsigned int sample_ms = 20;
 module_param(sample_ms, uint, 0444);
 MODULE_PARM_DESC(sample_ms, "progress sample interval in ms (default 20)");
 
+static unsigned int threads = 1;
+module_param(threads, uint, 0444);
+MODULE_PARM_DESC(threads, "allocating threads, one per CPU (default 1)");
+
 #define TBK_MAX_SAMPLES 2048
+#define TBK_MAX_THREADS 64
+
+struct tbk_thread {
+	unsigned long want;
+	unsigned long got;
+	struct list_head list;
+	struct completion done;
+};
+
+static struct tbk_thread tbk_threads[TBK_MAX_THREADS];
+static atomic_long_t tbk_allocated;
 
 struct tbk_sample {
 	char phase;
@@ -50,35 +70,86 @@ static void tbk_record(char phase, s64 t_us, unsigned long n)
 		samples[nsamples++] = (struct tbk_sample){ phase, t_us, n };
 }
 
+/* One allocating thread besides the first: its share, on its own list. */
+static int tbk_alloc_thread(void *arg)
+{
+	struct tbk_thread *th = arg;
+	struct page *page;
+
+	for (th->got = 0; th->got < th->want; th->got++) {
+		page = balloon_page_alloc();
+		if (!page)
+			break;
+		list_add(&page->lru, &th->list);
+		if (th->got % 512 == 511) {
+			atomic_long_add(512, &tbk_allocated);
+			cond_resched();
+		}
+	}
+	complete(&th->done);
+	return 0;
+}
+
 static int __init tbkalloc_init(void)
 {
 	s64 interval_us = (s64)sample_ms * 1000, alloc_us, free_us, last, t;
+	unsigned int i, nthreads;
 	struct page *page, *next;
+	struct task_struct *task;
+	struct tbk_thread *th;
 	unsigned long n, left;
 	ktime_t t0;
 	LIST_HEAD(list);
-	unsigned int i;
 
 	samples = kcalloc(TBK_MAX_SAMPLES, sizeof(*samples), GFP_KERNEL);
 	if (!samples)
 		return -ENOMEM;
 
+	nthreads = clamp_t(unsigned int, threads, 1,
+			   min_t(unsigned int, num_online_cpus(), TBK_MAX_THREADS));
+	for (i = 0; i < nthreads; i++) {
+		th = &tbk_threads[i];
+		th->want = pages / nthreads + (i < pages % nthreads);
+		th->got = 0;
+		INIT_LIST_HEAD(&th->list);
+		init_completion(&th->done);
+	}
+	atomic_long_set(&tbk_allocated, 0);
+
 	t0 = ktime_get();
 	last = 0;
 	tbk_record('a', 0, 0);
-	for (n = 0; n < pages; n++) {
+	for (i = 1; i < nthreads; i++) {
+		task = kthread_create(tbk_alloc_thread, &tbk_threads[i],
+				      "tbkalloc/%u", i);
+		if (IS_ERR(task)) {
+			complete(&tbk_threads[i].done);
+			continue;
+		}
+		wake_up_process(task);
+	}
+	/* thread 0 is this one; it also takes the samples */
+	th = &tbk_threads[0];
+	for (th->got = 0; th->got < th->want; th->got++) {
 		page = balloon_page_alloc();
 		if (!page)
 			break;
-		list_add(&page->lru, &list);
-		if (n % 512 == 511) {
+		list_add(&page->lru, &th->list);
+		if (th->got % 512 == 511) {
+			atomic_long_add(512, &tbk_allocated);
 			cond_resched();
 			t = ktime_us_delta(ktime_get(), t0);
 			if (t - last >= interval_us) {
-				tbk_record('a', t, n + 1);
+				tbk_record('a', t, atomic_long_read(&tbk_allocated));
 				last = t;
 			}
 		}
+	}
+	for (i = 1; i < nthreads; i++)
+		wait_for_completion(&tbk_threads[i].done);
+	for (n = 0, i = 0; i < nthreads; i++) {
+		n += tbk_threads[i].got;
+		list_splice_init(&tbk_threads[i].list, &list);
 	}
 	alloc_us = ktime_us_delta(ktime_get(), t0);
 	tbk_record('a', alloc_us, n);
@@ -106,6 +177,7 @@ static int __init tbkalloc_init(void)
 		pr_info("tbkalloc: sample %s %lld %lu\n",
 			samples[i].phase == 'a' ? "alloc" : "free",
 			samples[i].t_us, samples[i].pages);
+	pr_info("tbkalloc: threads %u\n", nthreads);
 	pr_info("tbkalloc: pages %lu alloc_us %lld free_us %lld\n", n, alloc_us,
 		free_us);
 	kfree(samples);

@@ -226,6 +226,32 @@ bool tballoon_policy_use_block(u32 left_pages, u32 room_pages, u32 block_pages)
 EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_use_block);
 
 /**
+ * tballoon_policy_blocks() - blocks a fill may take in a row
+ * @left_pages: pages the batch wants
+ * @room_pages: pages that may be allocated above the floor, or U32_MAX
+ * @block_pages: pages in one block (0: the driver has no blocks)
+ *
+ * How many times in a row tballoon_policy_use_block() says yes when every
+ * block taken lowers both @left_pages and @room_pages by @block_pages: the
+ * blocks of a batch that may be allocated on several CPUs at once.
+ *
+ * Return: the number of blocks, at most @left_pages / @block_pages.
+ */
+u32 tballoon_policy_blocks(u32 left_pages, u32 room_pages, u32 block_pages)
+{
+	u64 need;
+
+	if (!block_pages)
+		return 0;
+	need = (u64)TBALLOON_BLOCK_ROOM_BLOCKS * block_pages;
+	if (room_pages < need)
+		return 0;
+	return min_t(u64, left_pages / block_pages,
+		     (room_pages - need) / block_pages + 1);
+}
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_blocks);
+
+/**
  * tballoon_policy_pace_horizon() - when a paced schedule ends
  * @deadline_ms: the command's deadline
  *

@@ -112,6 +112,7 @@ u32 tballoon_policy_stop(const struct tballoon_cmd *cmd,
 			 const struct tballoon_progress *prog, u32 *reason);
 u32 tballoon_policy_batch(const struct tballoon_batch_in *in);
 bool tballoon_policy_use_block(u32 left_pages, u32 room_pages, u32 block_pages);
+u32 tballoon_policy_blocks(u32 left_pages, u32 room_pages, u32 block_pages);
 u32 tballoon_policy_pace_horizon(u32 deadline_ms);
 u32 tballoon_policy_paced_due(u32 distance, u32 elapsed_ms, u32 deadline_ms);
 u32 tballoon_policy_paced_time(u32 distance, u32 pages, u32 deadline_ms);

@@ -106,13 +106,15 @@ MODULE_PARM_DESC(blocks, "inflate in 2 MiB blocks while free memory has them (de
 /*
  * CPUs that allocate the blocks of one inflate batch: the worker and up to
  * threads - 1 helpers on system_unbound_wq. Zeroing the pages
- * (init_on_alloc) is most of what an inflate costs the guest; it scales
- * with CPUs. Capped by the online CPUs and 1 + TBALLOON_HELPERS_MAX; read at
- * the start of each run.
+ * (init_on_alloc) is most of what an inflate costs the guest, and it scales
+ * with CPUs when the host has cores to spare for the extra vCPUs; on a host
+ * that is already busy with the vCPUs and the backend it buys nothing, so a
+ * single CPU is the default. Capped by the online CPUs and
+ * 1 + TBALLOON_HELPERS_MAX; read at the start of each run.
  */
-static unsigned int threads = 2;
+static unsigned int threads = 1;
 module_param(threads, uint, 0644);
-MODULE_PARM_DESC(threads, "CPUs that allocate the blocks of an inflate, 1 to 4 (default 2)");
+MODULE_PARM_DESC(threads, "CPUs that allocate the blocks of an inflate, 1 to 4 (default 1)");
 
 /**
  * struct tballoon_buf - one buffer of PFNs for the inflate or deflate queue
@@ -861,19 +863,6 @@ static void tballoon_helper_work(struct work_struct *work)
 	}
 }
 
-/* Blocks a fill of @n pages may take, as tballoon_fill_inflate() would. */
-static u32 tballoon_fill_blocks_wanted(struct tballoon *tb, u32 n)
-{
-	u32 room = tb->run.room_pages, k = 0;
-
-	while (tballoon_policy_use_block(n, room, tb->block_pfns)) {
-		n -= tb->block_pfns;
-		room -= min(room, tb->block_pfns);
-		k++;
-	}
-	return k;
-}
-
 /**
  * tballoon_fill_blocks() - allocate the blocks of a batch on several CPUs
  * @tb: the balloon
@@ -901,7 +890,7 @@ static int tballoon_fill_blocks(struct tballoon *tb, struct tballoon_buf *buf,
 
 	if (run->threads < 2 || run->no_blocks)
 		return 0;
-	k = tballoon_fill_blocks_wanted(tb, n);
+	k = tballoon_policy_blocks(n, run->room_pages, tb->block_pfns);
 	if (k < 2)
 		return 0;
 	nr_helpers = min(run->threads - 1, k - 1);

@@ -339,9 +339,56 @@ static void tballoon_block_test(struct kunit *test)
 			c->use);
 }
 
+struct blocks_case {
+	const char *desc;
+	u32 left;
+	u32 room;
+	u32 block;
+	u32 blocks;
+};
+
+static const struct blocks_case blocks_cases[] = {
+	{ "no blocks", 4096, U32_MAX, 0, 0 },
+	{ "nothing left", 0, U32_MAX, BLK, 0 },
+	{ "less than a block", BLK - 1, U32_MAX, BLK, 0 },
+	{ "one block", BLK, U32_MAX, BLK, 1 },
+	{ "full batch", TBALLOON_BATCH_MAX, U32_MAX, BLK, TBALLOON_BATCH_MAX / BLK },
+	{ "partial block at the end", 3 * BLK + 7, U32_MAX, BLK, 3 },
+	{ "room at the limit", 8 * BLK, BROOM, BLK, 1 },
+	{ "room one short", 8 * BLK, BROOM - 1, BLK, 0 },
+	{ "room for two", 8 * BLK, BROOM + BLK, BLK, 2 },
+	{ "room one short of two", 8 * BLK, BROOM + BLK - 1, BLK, 1 },
+	{ "no room", 8 * BLK, 0, BLK, 0 },
+	{ "block of one page", U32_MAX, U32_MAX, 1, U32_MAX - 3 },
+	{ "block of u32 max", U32_MAX, U32_MAX, U32_MAX, 0 },
+	{ "room near u32 max", U32_MAX, U32_MAX - 1, BLK, (U32_MAX - 1 - BROOM) / BLK + 1 },
+};
+
+DESC(blocks_case)
+KUNIT_ARRAY_PARAM(blocks, blocks_cases, blocks_case_desc);
+
+/* The count, and the same count by asking use_block() block by block. */
+static void tballoon_blocks_test(struct kunit *test)
+{
+	const struct blocks_case *c = test->param_value;
+	u32 left = c->left, room = c->room, k = 0;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_blocks(c->left, c->room, c->block),
+			c->blocks);
+	if (c->blocks > TBALLOON_BATCH_MAX)
+		return;
+	while (tballoon_policy_use_block(left, room, c->block)) {
+		left -= c->block;
+		room -= min(room, c->block);
+		k++;
+	}
+	KUNIT_EXPECT_EQ(test, k, c->blocks);
+}
+
 static struct kunit_case tballoon_batch_test_cases[] = {
 	KUNIT_CASE_PARAM(tballoon_batch_test, batch_gen_params),
 	KUNIT_CASE_PARAM(tballoon_block_test, block_gen_params),
+	KUNIT_CASE_PARAM(tballoon_blocks_test, blocks_gen_params),
 	{}
 };
 

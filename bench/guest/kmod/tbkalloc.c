@@ -70,10 +70,13 @@ static void tbk_record(char phase, s64 t_us, unsigned long n)
 		samples[nsamples++] = (struct tbk_sample){ phase, t_us, n };
 }
 
-/* One allocating thread besides the first: its share, on its own list. */
-static int tbk_alloc_thread(void *arg)
+/*
+ * Allocate @th's share on to its own list; @t0 non-NULL: also record a
+ * sample of the total about every sample_ms (the first thread does).
+ */
+static void tbk_alloc_share(struct tbk_thread *th, const ktime_t *t0)
 {
-	struct tbk_thread *th = arg;
+	s64 interval_us = (s64)sample_ms * 1000, last = 0, t;
 	struct page *page;
 
 	for (th->got = 0; th->got < th->want; th->got++) {
@@ -81,11 +84,26 @@ static int tbk_alloc_thread(void *arg)
 		if (!page)
 			break;
 		list_add(&page->lru, &th->list);
-		if (th->got % 512 == 511) {
-			atomic_long_add(512, &tbk_allocated);
-			cond_resched();
+		if (th->got % 512 != 511)
+			continue;
+		atomic_long_add(512, &tbk_allocated);
+		cond_resched();
+		if (!t0)
+			continue;
+		t = ktime_us_delta(ktime_get(), *t0);
+		if (t - last >= interval_us) {
+			tbk_record('a', t, atomic_long_read(&tbk_allocated));
+			last = t;
 		}
 	}
+}
+
+/* One allocating thread besides the first. */
+static int tbk_alloc_thread(void *arg)
+{
+	struct tbk_thread *th = arg;
+
+	tbk_alloc_share(th, NULL);
 	complete(&th->done);
 	return 0;
 }
@@ -117,7 +135,6 @@ static int __init tbkalloc_init(void)
 	atomic_long_set(&tbk_allocated, 0);
 
 	t0 = ktime_get();
-	last = 0;
 	tbk_record('a', 0, 0);
 	for (i = 1; i < nthreads; i++) {
 		task = kthread_create(tbk_alloc_thread, &tbk_threads[i],
@@ -129,22 +146,7 @@ static int __init tbkalloc_init(void)
 		wake_up_process(task);
 	}
 	/* thread 0 is this one; it also takes the samples */
-	th = &tbk_threads[0];
-	for (th->got = 0; th->got < th->want; th->got++) {
-		page = balloon_page_alloc();
-		if (!page)
-			break;
-		list_add(&page->lru, &th->list);
-		if (th->got % 512 == 511) {
-			atomic_long_add(512, &tbk_allocated);
-			cond_resched();
-			t = ktime_us_delta(ktime_get(), t0);
-			if (t - last >= interval_us) {
-				tbk_record('a', t, atomic_long_read(&tbk_allocated));
-				last = t;
-			}
-		}
-	}
+	tbk_alloc_share(&tbk_threads[0], &t0);
 	for (i = 1; i < nthreads; i++)
 		wait_for_completion(&tbk_threads[i].done);
 	for (n = 0, i = 0; i < nthreads; i++) {

@@ -677,7 +677,7 @@ def main():
     ap.add_argument("--smp", type=int, default=2, help="guest vCPUs (2)")
     ap.add_argument("--tb-threads", type=int, default=0, metavar="N",
                     help="(a): set virtio_tballoon's threads parameter (CPUs that allocate "
-                         "an inflate's blocks) in the guest; default: the module's (1)")
+                         "an inflate's blocks) in the guest; default: the module's (2)")
     ap.add_argument("--guest-append", default="", metavar="ARGS",
                     help="kernel command line for every guest of the run, e.g. "
                          "init_on_alloc=0 (Debian's kernel zeroes every allocated page)")

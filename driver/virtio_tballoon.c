@@ -106,15 +106,14 @@ MODULE_PARM_DESC(blocks, "inflate in 2 MiB blocks while free memory has them (de
 /*
  * CPUs that allocate the blocks of one inflate batch: the worker and up to
  * threads - 1 helpers on system_unbound_wq. Zeroing the pages
- * (init_on_alloc) is most of what an inflate costs the guest, and it scales
- * with CPUs when the host has cores to spare for the extra vCPUs; on a host
- * that is already busy with the vCPUs and the backend it buys nothing, so a
- * single CPU is the default. Capped by the online CPUs and
- * 1 + TBALLOON_HELPERS_MAX; read at the start of each run.
+ * (init_on_alloc), and on the host faulting in the pages that a deflate left
+ * as holes, is most of what an inflate costs; both scale with CPUs. Capped
+ * by the online CPUs and 1 + TBALLOON_HELPERS_MAX; read at the start of
+ * each run.
  */
-static unsigned int threads = 1;
+static unsigned int threads = 2;
 module_param(threads, uint, 0644);
-MODULE_PARM_DESC(threads, "CPUs that allocate the blocks of an inflate, 1 to 4 (default 1)");
+MODULE_PARM_DESC(threads, "CPUs that allocate the blocks of an inflate, 1 to 4 (default 2)");
 
 /**
  * struct tballoon_buf - one buffer of PFNs for the inflate or deflate queue

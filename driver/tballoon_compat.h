@@ -3,12 +3,15 @@
  * tballoon_compat.h - kernel API differences between supported kernels
  *
  * The driver builds against Linux 6.1 (Debian 12) and 6.12 (Debian 12
- * bookworm-backports). Every LINUX_VERSION_CODE test of the driver lives in
- * this file; the driver calls the tballoon_*() wrappers below.
+ * bookworm-backports). Every API difference of the driver is handled in
+ * this file, keyed on TBALLOON_HAVE_* macros that Kbuild defines by probing
+ * the kernel headers (feature tests, not version tests); the driver calls
+ * the tballoon_*() wrappers below.
  *
  * Differences handled:
- *  - virtio_find_vqs() takes one struct virtqueue_info array since 6.11
- *    instead of separate callback and name arrays.
+ *  - TBALLOON_HAVE_VIRTQUEUE_INFO: virtio_find_vqs() takes one struct
+ *    virtqueue_info array (since 6.11) instead of separate callback and
+ *    name arrays.
  *
  * Not differences (checked, same API on 6.1 and 6.12): the balloon page
  * API (balloon_page_alloc/list_enqueue/list_dequeue/insert/finalize,
@@ -21,7 +24,6 @@
 
 #include <linux/bug.h>
 #include <linux/kernel.h>
-#include <linux/version.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 
@@ -53,7 +55,7 @@ static inline int tballoon_find_vqs(struct virtio_device *vdev,
 				    unsigned int nvqs, struct virtqueue *vqs[],
 				    const struct tballoon_vq_info *info)
 {
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 11, 0)
+#ifdef TBALLOON_HAVE_VIRTQUEUE_INFO
 	struct virtqueue_info vqs_info[TBALLOON_COMPAT_MAX_VQS] = {};
 	unsigned int i;
 

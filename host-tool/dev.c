@@ -167,6 +167,27 @@ void tb_dev_set_features(struct tb_dev *dev, uint64_t features)
 		(unsigned long long)features, tb_dev_timed(dev) ? "yes" : "no");
 }
 
+/*
+ * A device reset, whether the session ended or the driver reset the device:
+ * a running command ends ABORTED/REMOVED, the config, the balloon count and
+ * the broken mark are cleared. cmd_id 0 means "no command ever", so a guest
+ * probing afterwards does not pick up a stale command; the id sequence
+ * itself (last_cmd_id) continues, so the next command is still new to a
+ * guest that survived a reconnect.
+ */
+static void tb_dev_clear(struct tb_dev *dev, uint64_t now_ms)
+{
+	if (tb_cmd_running(&dev->cmd))
+		tb_dev_finish(dev, TBALLOON_STATE_ABORTED, TBALLOON_REASON_REMOVED, now_ms);
+	memset(dev->config, 0, sizeof(dev->config));
+	dev->last_report_seq = 0;
+	dev->device_pages = 0;
+	memset(dev->counted_valid, 0, sizeof(dev->counted_valid));
+	dev->broken = false;
+	dev->broken_why[0] = 0;
+	dev->gen++;
+}
+
 void tb_dev_session(struct tb_dev *dev, bool up, uint64_t now_ms)
 {
 	dev->connected = up;
@@ -176,23 +197,9 @@ void tb_dev_session(struct tb_dev *dev, bool up, uint64_t now_ms)
 	dev->features_set = false;
 	if (up)
 		return;
-	if (tb_cmd_running(&dev->cmd))
-		tb_dev_finish(dev, TBALLOON_STATE_ABORTED, TBALLOON_REASON_REMOVED, now_ms);
-	/*
-	 * The session is gone: a device reset (Documentation/protocol.rst).
-	 * cmd_id 0 means "no command ever", so a guest probing on the next
-	 * session does not pick up a stale command; the id sequence itself
-	 * (last_cmd_id) continues, so the next command is still new to a guest
-	 * that survived a reconnect.
-	 */
-	memset(dev->config, 0, sizeof(dev->config));
-	dev->last_report_seq = 0;
-	dev->device_pages = 0;
-	memset(dev->counted_valid, 0, sizeof(dev->counted_valid));
-	dev->broken = false;
-	dev->broken_why[0] = 0;
+	/* The session is gone: a device reset (Documentation/protocol.rst). */
+	tb_dev_clear(dev, now_ms);
 	memset(&dev->gstats, 0, sizeof(dev->gstats));
-	dev->gen++;
 }
 
 void tb_dev_reset(struct tb_dev *dev, uint64_t now_ms)
@@ -200,17 +207,8 @@ void tb_dev_reset(struct tb_dev *dev, uint64_t now_ms)
 	dev->stats.resets++;
 	tb_info("balloon: device reset (guest reboot or driver reload): "
 		"driver block, actual and balloon count cleared");
-	if (tb_cmd_running(&dev->cmd))
-		tb_dev_finish(dev, TBALLOON_STATE_ABORTED, TBALLOON_REASON_REMOVED, now_ms);
-	/* as on a new session; cmd_id 0 = no command for the new driver */
-	memset(dev->config, 0, sizeof(dev->config));
-	dev->last_report_seq = 0;
-	dev->device_pages = 0;
-	memset(dev->counted_valid, 0, sizeof(dev->counted_valid));
-	dev->broken = false;
-	dev->broken_why[0] = 0;
+	tb_dev_clear(dev, now_ms);
 	dev->gstats.held = false;
-	dev->gen++;
 }
 
 void tb_dev_set_broken(struct tb_dev *dev, const char *why, uint64_t now_ms)

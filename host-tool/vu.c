@@ -231,6 +231,15 @@ static bool tb_vu_payload_ok(const struct tb_vu_msg *m, size_t need)
 	return true;
 }
 
+/* The queue a vring state message names; NULL when its payload or index is bad. */
+static struct tb_vu_queue *tb_vu_state_queue(struct tb_vu *vu,
+					     const struct tb_vu_msg *m)
+{
+	if (!tb_vu_payload_ok(m, sizeof(m->p.state)))
+		return NULL;
+	return tb_vu_queue_get(vu, m->p.state.index);
+}
+
 static void tb_vu_reply_u64(struct tb_vu_msg *r, uint64_t v)
 {
 	r->p.u64 = v;
@@ -363,9 +372,7 @@ static int tb_vu_set_vring_num(struct tb_vu *vu, struct tb_vu_msg *m)
 {
 	struct tb_vu_queue *q;
 
-	if (!tb_vu_payload_ok(m, sizeof(m->p.state)))
-		return -EINVAL;
-	q = tb_vu_queue_get(vu, m->p.state.index);
+	q = tb_vu_state_queue(vu, m);
 	if (!q)
 		return -EINVAL;
 	if (m->p.state.num == 0 || m->p.state.num > TB_VRING_MAX_NUM) {
@@ -410,9 +417,7 @@ static int tb_vu_set_vring_base(struct tb_vu *vu, struct tb_vu_msg *m)
 {
 	struct tb_vu_queue *q;
 
-	if (!tb_vu_payload_ok(m, sizeof(m->p.state)))
-		return -EINVAL;
-	q = tb_vu_queue_get(vu, m->p.state.index);
+	q = tb_vu_state_queue(vu, m);
 	if (!q)
 		return -EINVAL;
 	if (m->p.state.num > 0xffff)
@@ -437,9 +442,7 @@ static int tb_vu_get_vring_base(struct tb_vu *vu, struct tb_vu_msg *m,
 	r->p.state.index = idx;
 	r->p.state.num = 0;
 	r->hdr.size = sizeof(r->p.state);
-	if (!tb_vu_payload_ok(m, sizeof(m->p.state)))
-		return -EINVAL;
-	q = tb_vu_queue_get(vu, idx);
+	q = tb_vu_state_queue(vu, m);
 	if (!q)
 		return -EINVAL;
 	tb_vu_queue_stopping(vu, idx);
@@ -507,9 +510,7 @@ static int tb_vu_set_vring_enable(struct tb_vu *vu, struct tb_vu_msg *m)
 {
 	struct tb_vu_queue *q;
 
-	if (!tb_vu_payload_ok(m, sizeof(m->p.state)))
-		return -EINVAL;
-	q = tb_vu_queue_get(vu, m->p.state.index);
+	q = tb_vu_state_queue(vu, m);
 	if (!q || m->p.state.num > 1)
 		return -EINVAL;
 	q->enabled = m->p.state.num;

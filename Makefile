@@ -17,6 +17,9 @@
 #                     sources to /usr/src/tballoon-<version>/, dkms add,
 #                     then dkms build and install for each kernel
 #   make dkms-remove  dkms remove --all and delete /usr/src/tballoon-<version>/
+#   make install      the host side: tballoon, its man page and the systemd
+#                     units under $(DESTDIR)$(PREFIX) (PREFIX=/usr/local);
+#                     make uninstall removes exactly those files
 #
 # The kernel build itself reads ./Kbuild; this file only drives it.
 
@@ -29,7 +32,17 @@ MODULE_SRCS := Kbuild Kconfig $(wildcard driver/*.[ch]) $(wildcard proto/*.h)
 DKMS_VERSION := $(shell sed -nE 's/^PACKAGE_VERSION="?([^"]*)"?/\1/p' dkms.conf)
 DKMS_SRC := /usr/src/tballoon-$(DKMS_VERSION)
 
-.PHONY: all module host-tool check demo bench sparse clean dkms-install dkms-remove
+.PHONY: all module host-tool check demo bench sparse clean dkms-install dkms-remove \
+	install uninstall
+
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+# systemd reads /usr/local/lib/systemd/system as well as /lib/systemd/system
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+UNITS := tballoon-serve@.service tballoon-serve@.socket
+INSTALLED := $(DESTDIR)$(BINDIR)/tballoon $(DESTDIR)$(MANDIR)/man8/tballoon.8 \
+	$(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))
 
 all: module host-tool
 
@@ -70,6 +83,18 @@ dkms-remove:
 
 demo:
 	scripts/demo
+
+install: host-tool
+	install -D -m 0755 host-tool/tballoon $(DESTDIR)$(BINDIR)/tballoon
+	install -D -m 0644 host-tool/tballoon.8 $(DESTDIR)$(MANDIR)/man8/tballoon.8
+	install -d $(DESTDIR)$(UNITDIR)
+	sed 's|@BINDIR@|$(BINDIR)|g' host-tool/systemd/tballoon-serve@.service.in \
+		>$(DESTDIR)$(UNITDIR)/tballoon-serve@.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/tballoon-serve@.service
+	install -m 0644 host-tool/systemd/tballoon-serve@.socket $(DESTDIR)$(UNITDIR)/
+
+uninstall:
+	rm -f $(INSTALLED)
 
 bench: module host-tool
 	/usr/bin/python3 bench/run.py

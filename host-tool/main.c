@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "client.h"
 #include "dev.h"
 #include "parse.h"
+#include "sd.h"
 #include "serve.h"
 #include "util.h"
 #include "virtio_tballoon.h"
@@ -113,6 +115,8 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		{ "log-level", required_argument, NULL, 'L' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "quiet", no_argument, NULL, 'q' },
+		{ "socket-mode", required_argument, NULL, 'M' },
+		{ "socket-group", required_argument, NULL, 'G' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -120,6 +124,7 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 	struct tb_serve_opts so = {
 		.vu_fd = -1, .grace_ms = TB_DEV_GRACE_MS,
 		.stats_interval_ms = TB_DEV_STATS_INTERVAL_MS,
+		.listen = { .mode = 0600 },
 	};
 	const char *sock = NULL, *ctrl = o->control, *why;
 	struct stat st;
@@ -178,6 +183,36 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 			tb_log_level = (int)i;
 			break;
 		}
+		case 'M': {
+			unsigned long m;
+
+			errno = 0;
+			m = strtoul(optarg, &end, 8);
+			if (errno || *end || !*optarg || m > 0777 || (m & 0600) != 0600 || (m & 0007))
+				return tb_usage_error("serve: --socket-mode %s: an octal mode with "
+						      "rw for the owner and nothing for others, "
+						      "e.g. 0660", optarg);
+			so.listen.mode = (mode_t)m;
+			break;
+		}
+		case 'G': {
+			struct group *gr = getgrnam(optarg);
+
+			if (!gr) {
+				unsigned long g;
+
+				errno = 0;
+				g = strtoul(optarg, &end, 10);
+				if (errno || *end || !*optarg || g > INT32_MAX)
+					return tb_usage_error("serve: --socket-group %s: no such "
+							      "group", optarg);
+				so.listen.gid = (gid_t)g;
+			} else {
+				so.listen.gid = gr->gr_gid;
+			}
+			so.listen.gid_set = true;
+			break;
+		}
 		case 'v':
 			if (tb_log_level < TB_LOG_DEBUG)
 				tb_log_level++;
@@ -204,7 +239,16 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 			       "  -L, --log-level LEVEL   error, warning, info (default) or debug\n"
 			       "  -v, --verbose           one level more (debug)\n"
 			       "  -q, --quiet             errors only\n"
-			       "  -h, --help              show this help and exit\n", tb_prog);
+			       "      --socket-mode MODE  mode of both sockets (octal, default 0600;\n"
+			       "                          0660 with --socket-group)\n"
+			       "      --socket-group GROUP  group of both sockets; members may use\n"
+			       "                          the control socket (e.g. libvirt-qemu)\n"
+			       "  -h, --help              show this help and exit\n\n"
+			       "Under systemd (tballoon-serve@.service): READY=1 once the sockets\n"
+			       "accept, sockets passed in LISTEN_FDS are used (matched by path),\n"
+			       "and with a state file the vhost-user session is kept in the fd\n"
+			       "store, so a restarted daemon takes the same QEMU connection back.\n",
+			       tb_prog);
 			return TB_EXIT_OK;
 		default:
 			return tb_usage_error("serve: invalid option%s", "");
@@ -217,6 +261,9 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 				      "is required%s", "");
 	if (!ctrl)
 		return tb_usage_error("serve: --control is required%s", "");
+	if (so.listen.gid_set && so.listen.mode == 0600)
+		so.listen.mode = 0660;
+	tb_log_syslog_prefix = tb_sd_stderr_is_journal();
 	so.socket_path = sock;
 	so.vu_fd = fd;
 	so.control_path = ctrl;

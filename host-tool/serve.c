@@ -19,9 +19,16 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <grp.h>
+#include <libgen.h>
+#include <limits.h>
+#include <sys/file.h>
+
 #include "ctl.h"
 #include "dev.h"
+#include "sd.h"
 #include "serve.h"
+#include "session.h"
 #include "state.h"
 #include "util.h"
 #include "vu.h"
@@ -54,16 +61,54 @@ struct tb_serve {
 	const char *state_path;
 	uint64_t saved_gen;
 	bool save_failed;
+	/* systemd: passed sockets, notifications, the session's fd store */
+	struct tb_sd sd;
+	/* the session snapshot as last written, and whether it changed since */
+	char *session_saved;
+	bool session_dirty;
+	/* who may use the control socket besides root and our own uid */
+	gid_t peer_gid;
+	bool peer_gid_set;
 };
+
+/*
+ * Keep the fd store and the session snapshot in step with the vhost-user
+ * session (only with a state file: without one a restart cannot resume).
+ */
+static void tb_serve_track_session(struct tb_serve *s)
+{
+	json_object *snap;
+	const char *str;
+
+	if (!s->state_path)
+		return;
+	if (tb_session_store_fds(&s->vu, &s->sd))
+		s->session_dirty = true;
+	snap = tb_session_to_json(&s->vu);
+	str = snap ? json_object_to_json_string_ext(snap, JSON_C_TO_STRING_PLAIN) : "";
+	if (!s->session_saved || strcmp(str, s->session_saved)) {
+		free(s->session_saved);
+		s->session_saved = strdup(str);
+		s->session_dirty = true;
+	}
+	json_object_put(snap);
+}
 
 /* write the state file if anything changed since the last write */
 static void tb_serve_save(struct tb_serve *s)
 {
+	json_object *snap = NULL;
 	int rc;
 
-	if (!s->state_path || s->saved_gen == s->dev.gen)
+	if (!s->state_path)
 		return;
-	rc = tb_state_save(&s->dev, s->state_path);
+	tb_serve_track_session(s);
+	if (s->saved_gen == s->dev.gen && !s->session_dirty)
+		return;
+	if (s->session_saved && *s->session_saved)
+		snap = json_tokener_parse(s->session_saved);
+	rc = tb_state_write(&s->dev, snap, s->state_path);
+	json_object_put(snap);
 	if (rc < 0) {
 		if (!s->save_failed)
 			tb_err("state file %s: %s", s->state_path, strerror(-rc));
@@ -72,6 +117,7 @@ static void tb_serve_save(struct tb_serve *s)
 	}
 	s->save_failed = false;
 	s->saved_gen = s->dev.gen;
+	s->session_dirty = false;
 }
 
 /* ------------------------------------------------------------------------
@@ -167,6 +213,24 @@ static void tb_serve_flush_deferred(struct tb_serve *s)
 	s->deferred = NULL;
 }
 
+/* the peer's primary or a supplementary group is --socket-group */
+static bool tb_serve_peer_in_group(const struct tb_serve *s, int fd, const struct ucred *cred)
+{
+	gid_t groups[256];
+	socklen_t len = sizeof(groups);
+
+	if (!s->peer_gid_set)
+		return false;
+	if (cred->gid == s->peer_gid)
+		return true;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+		return false;
+	for (size_t i = 0; i < len / sizeof(groups[0]); i++)
+		if (groups[i] == s->peer_gid)
+			return true;
+	return false;
+}
+
 static void tb_serve_accept_client(struct tb_serve *s)
 {
 	struct ucred cred;
@@ -179,7 +243,7 @@ static void tb_serve_accept_client(struct tb_serve *s)
 	if (fd < 0)
 		return;
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0 ||
-	    (cred.uid != 0 && cred.uid != geteuid())) {
+	    (cred.uid != 0 && cred.uid != geteuid() && !tb_serve_peer_in_group(s, fd, &cred))) {
 		tb_warn("control: connection from uid %d refused",
 			clen == sizeof(cred) ? (int)cred.uid : -1);
 		close(fd);
@@ -370,6 +434,11 @@ static void tb_ops_commit(void *opaque)
 	tb_serve_save(opaque);
 }
 
+static void tb_ops_before_reply(void *opaque)
+{
+	tb_serve_save(opaque);
+}
+
 /* ask the driver for fresh statistics when due; ms until next, or -1 */
 static int64_t tb_serve_stats(struct tb_serve *s, uint64_t now)
 {
@@ -428,6 +497,7 @@ static const struct tb_vu_ops tb_serve_vu_ops = {
 	.session = tb_ops_session,
 	.queue_stop = tb_ops_queue_stop,
 	.device_reset = tb_ops_device_reset,
+	.before_reply = tb_ops_before_reply,
 };
 
 static const struct tb_dev_ops tb_serve_dev_ops = {
@@ -441,34 +511,137 @@ static const struct tb_dev_ops tb_serve_dev_ops = {
  * ------------------------------------------------------------------------
  */
 
-int tb_listen_unix(const char *path)
+/*
+ * One daemon per socket: PATH.lock is held (flock) for the daemon's life. A
+ * second daemon on the same path is refused while the first lives, instead
+ * of unlinking its live socket. Lock files stay: unlinking one would let two
+ * daemons lock two different files of the same name.
+ */
+static int tb_lock_path(const char *path)
+{
+	char lock[PATH_MAX];
+	int fd;
+
+	if (snprintf(lock, sizeof(lock), "%s.lock", path) >= (int)sizeof(lock))
+		return -ENAMETOOLONG;
+	fd = open(lock, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
+	if (fd < 0)
+		return -errno;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int rc = errno == EWOULDBLOCK ? -EADDRINUSE : -errno;
+
+		close(fd);
+		return rc;
+	}
+	return fd;
+}
+
+int tb_listen_unix_opts(const char *path, const struct tb_listen_opts *lo,
+			struct tb_listener *l)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct stat st;
 	mode_t old;
 	int fd, rc;
 
+	l->fd = l->lock_fd = -1;
+	l->passed = false;
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return -ENAMETOOLONG;
 	strcpy(sa.sun_path, path);
-	/* replace a stale socket, never any other kind of file */
+	rc = tb_lock_path(path);
+	if (rc < 0)
+		return rc;
+	l->lock_fd = rc;
+	/* with the lock held, a socket at @path is a dead daemon's: replace it,
+	 * never any other kind of file
+	 */
 	if (lstat(path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode))
-			return -EEXIST;
+		if (!S_ISSOCK(st.st_mode)) {
+			rc = -EEXIST;
+			goto fail;
+		}
 		unlink(path);
 	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -errno;
+	if (fd < 0) {
+		rc = -errno;
+		goto fail;
+	}
 	old = umask(0077);
 	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
 	umask(old);
-	if (rc < 0 || chmod(path, 0600) < 0 || listen(fd, 16) < 0) {
+	if (rc < 0 || (lo && lo->gid_set && chown(path, (uid_t)-1, lo->gid) < 0) ||
+	    chmod(path, lo ? lo->mode : 0600) < 0 || listen(fd, 16) < 0 ||
+	    lstat(path, &st) < 0) {
 		rc = -errno;
 		close(fd);
-		return rc;
+		goto fail;
 	}
-	return fd;
+	l->fd = fd;
+	l->dev = st.st_dev;
+	l->ino = st.st_ino;
+	return 0;
+fail:
+	tb_close_fd(&l->lock_fd);
+	return rc;
+}
+
+int tb_listen_unix(const char *path)
+{
+	struct tb_listener l;
+	int rc = tb_listen_unix_opts(path, NULL, &l);
+
+	if (rc < 0)
+		return rc;
+	/* the caller owns the socket; the lock goes with this process */
+	return l.fd;
+}
+
+/* close a listener; remove its socket file only if it is still ours */
+static void tb_listener_close(struct tb_listener *l, const char *path)
+{
+	struct stat st;
+
+	if (l->fd < 0)
+		return;
+	if (!l->passed && lstat(path, &st) == 0 && st.st_dev == l->dev && st.st_ino == l->ino)
+		unlink(path);
+	tb_close_fd(&l->fd);
+	tb_close_fd(&l->lock_fd);
+}
+
+/* the listener for @path: passed in by systemd, or bound here */
+static int tb_serve_listener(struct tb_serve *s, const char *path,
+			     const struct tb_listen_opts *lo, struct tb_listener *l)
+{
+	int fd = tb_sd_take_listener(&s->sd, path);
+
+	if (fd >= 0) {
+		*l = (struct tb_listener){ .fd = fd, .lock_fd = -1, .passed = true };
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+		tb_info("%s: socket passed in by the service manager", path);
+		return 0;
+	}
+	return tb_listen_unix_opts(path, lo, l);
+}
+
+/* a state file needs a directory we can create files in: say so at start */
+static int tb_serve_check_state_dir(const char *path)
+{
+	char *copy = strdup(path);
+	const char *dir;
+	int rc = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	dir = dirname(copy);
+	if (access(dir, W_OK | X_OK) < 0) {
+		rc = -errno;
+		tb_err("--state-file %s: directory %s: %s", path, dir, strerror(errno));
+	}
+	free(copy);
+	return rc;
 }
 
 static int tb_serve_signals(void)
@@ -521,16 +694,28 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	static struct tb_serve s;
 	struct pollfd pfd[8 + TB_VU_MAX_QUEUES + TB_MAX_CLIENTS];
 	struct tb_pfd_tag tag[TB_ARRAY_SIZE(pfd)];
-	int exit_code = 0;
+	struct tb_listener vu_l = { .fd = -1, .lock_fd = -1 };
+	struct tb_listener ctl_l = { .fd = -1, .lock_fd = -1 };
+	json_object *session = NULL;
+	int exit_code = 0, rc0;
 
 	tb_vu_init(&s.vu, &tb_serve_vu_ops, &s);
 	tb_dev_init(&s.dev, &s.vu.mem, &tb_serve_dev_ops, &s);
 	s.dev.grace_ms = o->grace_ms;
 	s.dev.stats_interval_ms = o->stats_interval_ms;
 	s.vu_listen_fd = s.ctl_listen_fd = -1;
+	s.peer_gid = o->listen.gid;
+	s.peer_gid_set = o->listen.gid_set;
+	rc0 = tb_sd_init(&s.sd);
+	if (rc0 < 0)
+		tb_warn("systemd: LISTEN_FDS: %s", strerror(-rc0));
+	if (o->state_path && tb_serve_check_state_dir(o->state_path) < 0) {
+		tb_sd_close_unused(&s.sd);
+		return 1;
+	}
 	s.state_path = o->state_path;
 	if (s.state_path) {
-		int rc = tb_state_load(&s.dev, s.state_path);
+		int rc = tb_state_read(&s.dev, s.state_path, &session);
 
 		if (rc == 0)
 			tb_info("state restored from %s: balloon %u pages (device count "
@@ -546,24 +731,39 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	s.sig_fd = tb_serve_signals();
 	if (s.sig_fd < 0) {
 		tb_err("signals: %s", strerror(errno));
-		return 1;
+		goto out_early;
 	}
 	if (vu_fd < 0) {
-		s.vu_listen_fd = tb_listen_unix(socket_path);
-		if (s.vu_listen_fd < 0) {
-			tb_err("%s: %s", socket_path, strerror(-s.vu_listen_fd));
-			return 1;
+		rc0 = tb_serve_listener(&s, socket_path, &o->listen, &vu_l);
+		if (rc0 < 0) {
+			tb_err("%s: %s", socket_path, rc0 == -EADDRINUSE ?
+			       "another tballoon serve is running on this socket (its lock "
+			       "file is held); stop that one first" : strerror(-rc0));
+			goto out_early;
 		}
+		s.vu_listen_fd = vu_l.fd;
 	}
-	s.ctl_listen_fd = tb_listen_unix(control_path);
-	if (s.ctl_listen_fd < 0) {
-		tb_err("%s: %s", control_path, strerror(-s.ctl_listen_fd));
-		if (vu_fd < 0) {
-			close(s.vu_listen_fd);
-			unlink(socket_path);
-		}
-		return 1;
+	rc0 = tb_serve_listener(&s, control_path, &o->listen, &ctl_l);
+	if (rc0 < 0) {
+		tb_err("%s: %s", control_path, rc0 == -EADDRINUSE ?
+		       "another tballoon serve is running on this socket (its lock "
+		       "file is held); stop that one first" : strerror(-rc0));
+		tb_listener_close(&vu_l, socket_path);
+		goto out_early;
 	}
+	s.ctl_listen_fd = ctl_l.fd;
+
+	/* the fd store gave a connection back: take its session up again */
+	if (session && vu_fd < 0 && tb_sd_has_passed(&s.sd, TB_SESSION_FD_PREFIX "sock")) {
+		rc0 = tb_session_resume(&s.vu, session, &s.sd);
+		if (rc0 < 0)
+			tb_err("session: the vhost-user session could not be resumed (%s); "
+			       "the front-end has to connect again", strerror(-rc0));
+	}
+	json_object_put(session);
+	session = NULL;
+	tb_sd_close_unused(&s.sd);
+
 	if (vu_fd >= 0) {
 		tb_info("serving vhost-user on fd %d, control on %s", vu_fd, control_path);
 		tb_vu_attach(&s.vu, vu_fd);
@@ -571,6 +771,10 @@ int tb_serve_run(const struct tb_serve_opts *o)
 		tb_info("serving vhost-user on %s, control on %s", socket_path,
 			control_path);
 	}
+	tb_serve_update_driver_ok(&s);
+	tb_serve_save(&s);
+	tb_sd_notify(&s.sd, "READY=1\nSTATUS=%s", s.vu.sock_fd >= 0 ?
+		     "serving the VM's balloon" : "waiting for the VM to connect");
 
 	for (;;) {
 		unsigned int n = 0;
@@ -686,8 +890,9 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	/*
 	 * Our own exit is not a device reset: the state file keeps the guest's
 	 * balloon and command for the next daemon (the session teardown below
-	 * must not overwrite it).
+	 * must not overwrite it), and the fd store keeps the session.
 	 */
+	tb_sd_notify(&s.sd, "STOPPING=1");
 	tb_serve_save(&s);
 	s.state_path = NULL;
 
@@ -696,12 +901,18 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	s.nclients = 0;
 	tb_vu_detach(&s.vu);
 	json_object_put(s.deferred);
-	close(s.ctl_listen_fd);
+	s.deferred = NULL;
+	free(s.session_saved);
+	s.session_saved = NULL;
 	close(s.sig_fd);
-	unlink(control_path);
-	if (s.vu_listen_fd >= 0) {
-		close(s.vu_listen_fd);
-		unlink(socket_path);
-	}
+	tb_listener_close(&ctl_l, control_path);
+	tb_listener_close(&vu_l, socket_path);
 	return exit_code;
+
+out_early:
+	json_object_put(session);
+	tb_sd_close_unused(&s.sd);
+	if (s.sig_fd >= 0)
+		close(s.sig_fd);
+	return 1;
 }

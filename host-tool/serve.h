@@ -6,7 +6,36 @@
 #ifndef TB_SERVE_H
 #define TB_SERVE_H
 
+#include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
+
+/**
+ * struct tb_listen_opts - how the daemon's own sockets are created
+ * @mode: permission bits (default 0600)
+ * @gid: group of the sockets, and a group the control socket accepts
+ *	peers of (with @gid_set)
+ */
+struct tb_listen_opts {
+	mode_t mode;
+	gid_t gid;
+	bool gid_set;
+};
+
+/**
+ * struct tb_listener - a listening socket of the daemon
+ * @fd: the socket, -1 if none
+ * @lock_fd: PATH.lock, held while we serve (-1 when passed in)
+ * @passed: came from the service manager, which owns the file
+ * @dev, @ino: the socket file we bound (removed at exit only if still it)
+ */
+struct tb_listener {
+	int fd;
+	int lock_fd;
+	bool passed;
+	dev_t dev;
+	ino_t ino;
+};
 
 /**
  * struct tb_serve_opts - how `tballoon serve` runs
@@ -16,6 +45,7 @@
  * @state_path: state file (NULL: none); loaded at start if present
  * @grace_ms: host watchdog grace after a command's deadline
  * @stats_interval_ms: guest statistics request period (0: on demand only)
+ * @listen: mode and group of the sockets the daemon creates
  */
 struct tb_serve_opts {
 	const char *socket_path;
@@ -24,6 +54,7 @@ struct tb_serve_opts {
 	const char *state_path;
 	uint32_t grace_ms;
 	uint32_t stats_interval_ms;
+	struct tb_listen_opts listen;
 };
 
 /*
@@ -33,7 +64,17 @@ struct tb_serve_opts {
  */
 int tb_serve_run(const struct tb_serve_opts *o);
 
-/* listen on a fresh UNIX socket at @path with mode 0600; fd or -errno */
+/*
+ * Listen on a fresh UNIX socket at @path (mode and group from @lo, 0600 if
+ * NULL), holding PATH.lock so that a second daemon on @path is refused with
+ * -EADDRINUSE. 0 or -errno.
+ */
+int tb_listen_unix_opts(const char *path, const struct tb_listen_opts *lo,
+			struct tb_listener *l);
+
+/* the same with mode 0600, returning the socket (its lock lives as long as
+ * the process); fd or -errno
+ */
 int tb_listen_unix(const char *path);
 
 #endif /* TB_SERVE_H */

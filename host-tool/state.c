@@ -210,12 +210,20 @@ int tb_state_from_json(struct tb_dev *dev, json_object *o)
 
 int tb_state_save(const struct tb_dev *dev, const char *path)
 {
+	return tb_state_write(dev, NULL, path);
+}
+
+int tb_state_write(const struct tb_dev *dev, json_object *session, const char *path)
+{
 	json_object *o = tb_state_to_json(dev);
 	size_t len, plen = strlen(path);
-	const char *s = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN, &len);
+	const char *s;
 	char *tmp = malloc(plen + 8);
 	int fd, rc = 0;
 
+	if (session)
+		json_object_object_add(o, "session", json_object_get(session));
+	s = json_object_to_json_string_length(o, JSON_C_TO_STRING_PLAIN, &len);
 	if (!tmp) {
 		json_object_put(o);
 		return -ENOMEM;
@@ -255,15 +263,24 @@ int tb_state_save(const struct tb_dev *dev, const char *path)
 
 int tb_state_load(struct tb_dev *dev, const char *path)
 {
-	json_object *o;
+	return tb_state_read(dev, path, NULL);
+}
+
+int tb_state_read(struct tb_dev *dev, const char *path, json_object **session)
+{
+	json_object *o, *m;
 	int rc;
 
+	if (session)
+		*session = NULL;
 	if (access(path, F_OK) < 0)
 		return -errno;
 	o = json_object_from_file(path);
 	if (!o)
 		return -EINVAL;
 	rc = tb_state_from_json(dev, o);
+	if (!rc && session && json_object_object_get_ex(o, "session", &m))
+		*session = json_object_get(m);
 	json_object_put(o);
 	return rc;
 }

@@ -31,4 +31,12 @@ int tb_state_save(const struct tb_dev *dev, const char *path);
 /* load @path into @dev; 0, -ENOENT (no file) or another -errno */
 int tb_state_load(struct tb_dev *dev, const char *path);
 
+/*
+ * The same with the vhost-user session snapshot (session.h) stored beside
+ * the device state: @session may be NULL (none); on read *@session gets a
+ * new reference to it, or NULL.
+ */
+int tb_state_write(const struct tb_dev *dev, json_object *session, const char *path);
+int tb_state_read(struct tb_dev *dev, const char *path, json_object **session);
+
 #endif /* TB_STATE_H */

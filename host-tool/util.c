@@ -10,6 +10,15 @@
 #include "util.h"
 
 int tb_log_level = TB_LOG_INFO;
+bool tb_log_syslog_prefix;
+
+/* syslog(3) priorities of the levels, for journald's "<N>" prefixes */
+static const int tb_log_priority[TB_LOG_COUNT] = {
+	[TB_LOG_ERR] = 3,
+	[TB_LOG_WARN] = 4,
+	[TB_LOG_INFO] = 6,
+	[TB_LOG_DEBUG] = 7,
+};
 
 static const char *const tb_log_prefix[TB_LOG_COUNT] = {
 	[TB_LOG_ERR] = "error",
@@ -29,7 +38,10 @@ void tb_log(int level, const char *fmt, ...)
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
 	/* one fprintf per line so concurrent writers do not interleave */
-	fprintf(stderr, "tballoon: %s: %s\n", tb_log_prefix[level], buf);
+	if (tb_log_syslog_prefix)
+		fprintf(stderr, "<%d>%s: %s\n", tb_log_priority[level], tb_log_prefix[level], buf);
+	else
+		fprintf(stderr, "tballoon: %s: %s\n", tb_log_prefix[level], buf);
 }
 
 uint64_t tb_now_ms(void)

@@ -33,6 +33,9 @@ enum tb_log_level {
 /* current threshold; serve -v raises it */
 extern int tb_log_level;
 
+/* prefix lines with "<N>" syslog priorities (stderr is journald's) */
+extern bool tb_log_syslog_prefix;
+
 /* Log one line to stderr with a level prefix (no trailing newline needed). */
 void tb_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

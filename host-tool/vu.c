@@ -844,6 +844,9 @@ int tb_vu_serve_one(struct tb_vu *vu)
 	       tb_vu_request_name(msg.hdr.request), msg.hdr.size, msg.hdr.flags,
 	       msg.nfds);
 	tb_vu_dispatch(vu, &msg, &reply, &send_reply);
+	/* whatever must outlive us is durable before the front-end hears back */
+	if (vu->ops->before_reply)
+		vu->ops->before_reply(vu->opaque);
 	if (send_reply) {
 		rc = tb_vu_send(vu->sock_fd, &reply);
 		if (rc < 0) {
@@ -866,6 +869,43 @@ void tb_vu_attach(struct tb_vu *vu, int fd)
 	vu->sock_fd = fd;
 	if (vu->ops->session)
 		vu->ops->session(vu->opaque, true);
+}
+
+void tb_vu_attach_resumed(struct tb_vu *vu, int fd, bool features_set,
+			  uint64_t features)
+{
+	struct tb_vu_queue *q;
+	unsigned int i;
+
+	tb_close_fd(&vu->sock_fd);
+	{
+		struct timeval tv = { .tv_sec = 5 };
+
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	}
+	vu->sock_fd = fd;
+	if (vu->ops->session)
+		vu->ops->session(vu->opaque, true);
+	vu->features = features & tb_vu_offered_features(vu);
+	vu->features_set = features_set;
+	if (features_set && vu->ops->set_features)
+		vu->ops->set_features(vu->opaque, vu->features);
+	for (i = 0; i < vu->ops->nqueues; i++) {
+		q = &vu->q[i];
+		if (!q->addr_set)
+			continue;
+		tb_vu_queue_map(vu, q);
+		/*
+		 * Buffers complete in order here: the used index is where the
+		 * previous process's work ended; one it popped but never
+		 * returned is read again.
+		 */
+		if (q->started && q->vr.num)
+			q->vr.last_avail = q->vr.used_idx;
+	}
+	for (i = 0; i < vu->ops->nqueues; i++)
+		tb_vu_notify_queue(vu, i);
 }
 
 void tb_vu_detach(struct tb_vu *vu)

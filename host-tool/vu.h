@@ -203,6 +203,8 @@ struct tb_vu;
  *	false all memory and queues are already gone
  * @queue_stop: queue @idx is about to stop (GET_VRING_BASE, reset); its ring
  *	is still mapped
+ * @before_reply: a request was handled, its reply (if any) not sent yet:
+ *	the moment to make the session's new state durable (optional)
  * @device_reset: the front-end reset the device on a live session: an
  *	explicit RESET_DEVICE/RESET_OWNER, or the inflate queue restarted as a
  *	new ring (position 0 after it had moved, or new ring addresses): a
@@ -221,6 +223,7 @@ struct tb_vu_ops {
 	void (*session)(void *opaque, bool up);
 	void (*queue_stop)(void *opaque, unsigned int idx);
 	void (*device_reset)(void *opaque);
+	void (*before_reply)(void *opaque);
 };
 
 /**
@@ -274,6 +277,15 @@ int tb_vu_serve_one(struct tb_vu *vu);
 
 /* start a session on a connected socket */
 void tb_vu_attach(struct tb_vu *vu, int fd);
+/*
+ * Take up a session a previous process left (session.c): @vu already holds
+ * the memory table, queues and backend channel; @fd is the connection.
+ * Announces the session and the features to the device model, maps every
+ * ring and resumes a started one at its used index, then lets the device
+ * look at every ready queue.
+ */
+void tb_vu_attach_resumed(struct tb_vu *vu, int fd, bool features_set,
+			  uint64_t features);
 /* end the session: close every fd, unmap memory, forget rings */
 void tb_vu_detach(struct tb_vu *vu);
 

@@ -182,7 +182,7 @@ class Guest:
     def __init__(self, driver="tballoon", device="tballoon", mem="1G", smp=2,
                  kvm=False, keep=False, name="guest", log=None, boot_timeout=180.0,
                  extra_append="", bzimage=False, reconnect_ms=None, backend_args=(),
-                 qemu_listens=False, stock_props="", vu_proxy=False, allow_reboot=False):
+                 qemu_listens=False, stock_props="", fd_holder=False, allow_reboot=False):
         self.env = tbenv.load()
         self.driver = driver
         self.device = device
@@ -204,11 +204,12 @@ class Guest:
         # and hands the socket to `tballoon serve --fd`: a killed backend can
         # be replaced while the guest runs (QEMU re-runs the handshake).
         self.qemu_listens = qemu_listens
-        # QEMU talks to tbtest.vuproxy on tb.sock, which forwards to the
-        # backend on tb-backend.sock and re-attaches a restarted backend
-        # (QEMU 11.1's vhost-user-test-device cannot do it itself).
-        self.vu_proxy = vu_proxy
-        self.proxy = None
+        # `tballoon serve` runs under tbtest.fdholder, the stand-in for
+        # systemd: it holds tb.sock and control.sock, reads READY=1 and keeps
+        # the fd store, so a restarted backend takes QEMU's connection back
+        # (QEMU 11.1's vhost-user-test-device cannot re-attach by itself).
+        self.fd_holder = fd_holder
+        self.holder = None
         self.allow_reboot = allow_reboot    # no -no-reboot: Guest.reboot() works
         self.kernel = None          # host path of what QEMU boots
         self.rundir = None
@@ -291,10 +292,6 @@ class Guest:
         self.listener.listen(1)
         if self.device == "tballoon" and not self.qemu_listens:
             self._start_backend()
-        if self.device == "tballoon" and self.vu_proxy:
-            from . import vuproxy
-            self.proxy = vuproxy.VuProxy(self.path("tb.sock"), self.path("tb-backend.sock"),
-                                         log=self.log)
         t0 = time.monotonic()
         self._start_qemu()
         if self.device == "tballoon" and self.qemu_listens:
@@ -308,9 +305,20 @@ class Guest:
     def _start_backend(self, mode="wb"):
         if not self.env.tool.exists():
             raise GuestError("host tool missing: %s (make -C host-tool)" % self.env.tool)
-        sock = self.path("tb-backend.sock" if self.vu_proxy else "tb.sock")
+        sock = self.path("tb.sock")
         argv = [str(self.env.tool), "serve", "--socket-path", str(sock),
                 "--control", str(self.control), "-v"] + self._backend_args()
+        if self.fd_holder:
+            if self.holder is None:
+                from . import fdholder
+                self.holder = fdholder.FdHolder(argv, [sock, self.control],
+                                                self.path("notify.sock"), self.backend_log)
+            try:
+                self.backend = self.holder.start()
+            except RuntimeError as e:
+                raise GuestError("tballoon serve under the fd holder: %s\n%s" % (
+                    e, "\n".join(tail(self.backend_log, 20))))
+            return
         with open(str(self.backend_log), mode) as logf:
             self.backend = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
                                             stderr=subprocess.STDOUT,
@@ -369,6 +377,8 @@ class Guest:
         proc, self.backend = self.backend, None
         if proc is None:
             return None
+        if self.holder is not None:
+            return self.holder.kill(sig)
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -377,8 +387,11 @@ class Guest:
 
     def restart_backend(self):
         """Start `tballoon serve` again with the same sockets (log appended)."""
-        names = ("control.sock",) if self.qemu_listens else \
-            ("tb-backend.sock" if self.vu_proxy else "tb.sock", "control.sock")
+        if self.fd_holder:
+            # the holder keeps the sockets and the fd store: nothing to unlink
+            self._start_backend(mode="ab")
+            return
+        names = ("control.sock",) if self.qemu_listens else ("tb.sock", "control.sock")
         for name in names:
             try:
                 os.unlink(str(self.path(name)))
@@ -468,9 +481,9 @@ class Guest:
             self.listener.close()
         qrc = _kill_group(self.qemu)
         brc = _kill_group(self.backend)
-        if self.proxy is not None:
-            self.proxy.close()
-            self.proxy = None
+        if self.holder is not None:
+            self.holder.close()
+            self.holder = None
         self.qemu = self.backend = None
         if self.rundir is None:
             return

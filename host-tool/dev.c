@@ -514,6 +514,12 @@ static bool tb_dev_chain_pfns(const struct tb_vring_chain *ch,
 	}
 	if (total % 4)
 		return false;
+	/* bounded work per buffer: a longer chain is refused unread */
+	if (total / 4 > TB_DEV_CHAIN_PFNS_MAX) {
+		tb_warn("balloon: chain %u holds %llu PFNs, more than %u: refused",
+			ch->head, (unsigned long long)(total / 4), TB_DEV_CHAIN_PFNS_MAX);
+		return false;
+	}
 
 	for (unsigned int i = 0; i < ch->nsegs; i++) {
 		const uint8_t *p = ch->segs[i].host;
@@ -580,9 +586,14 @@ static bool tb_dev_chain_stats(struct tb_dev *dev, const struct tb_vring_chain *
 	return true;
 }
 
-/* the PFN queues: release (inflate) or account (deflate) the frames */
+/*
+ * The PFN queues: release (inflate) or account (deflate) the frames. Sets
+ * *@commit when the state changed and must be committed before the buffer
+ * goes back; *@pfns gets the number of PFNs read.
+ */
 static bool tb_dev_pfn_chain(struct tb_dev *dev, unsigned int idx,
-			     const struct tb_vring_chain *ch, uint16_t pos, uint32_t num)
+			     const struct tb_vring_chain *ch, uint16_t pos, uint32_t num,
+			     bool *commit, uint64_t *pfns)
 {
 	bool inflate = idx == VIRTIO_TBALLOON_VQ_INFLATE;
 	uint64_t ram = tb_mem_ram_bytes(dev->mem) >> TB_PAGE_SHIFT;
@@ -621,12 +632,15 @@ static bool tb_dev_pfn_chain(struct tb_dev *dev, unsigned int idx,
 	dev->counted_valid[idx] = true;
 	if (b.pages) {
 		dev->gen++;
-		if (dev->ops && dev->ops->commit)
-			dev->ops->commit(dev->opaque);
+		*commit = true;
 	}
+	*pfns = b.pages + b.refused + b.repeats;
 	if (b.refused)
 		tb_warn("balloon: %llu PFNs outside guest RAM refused",
 			(unsigned long long)b.refused);
+	if (b.repeats)
+		tb_warn("balloon: %llu repeated PFNs in one buffer counted once",
+			(unsigned long long)b.repeats);
 	tb_dbg("balloon: queue %u: %llu pages in %llu ranges, %llu bytes released",
 	       idx, (unsigned long long)b.pages, (unsigned long long)b.ranges,
 	       (unsigned long long)b.bytes);
@@ -636,26 +650,36 @@ static bool tb_dev_pfn_chain(struct tb_dev *dev, unsigned int idx,
 int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 			 struct tb_vring *vr, bool *notify)
 {
+	uint16_t heads[TB_DEV_PASS_BUFFERS + 1];
+	unsigned int nheads = 0, nbuf = 0;
 	struct tb_vring_chain ch;
-	bool pushed = false;
-	int rc;
+	uint64_t pfns = 0;
+	bool commit = false, more = false;
+	int rc = 0;
 
 	*notify = false;
 	if (dev->broken)
 		return 0;
 	for (;;) {
 		uint16_t pos = vr->last_avail;
+		uint64_t n = 0;
 		bool ok = false;
 
+		if (nbuf == TB_DEV_PASS_BUFFERS || pfns >= TB_DEV_PASS_PFNS) {
+			more = true;
+			break;
+		}
 		rc = tb_vring_pop(vr, dev->mem, &ch);
 		if (rc <= 0)
 			break;
+		nbuf++;
 		if (ch.err != TB_CHAIN_OK) {
 			tb_warn("balloon: queue %u chain %u refused: %s", idx, ch.head,
 				tb_chain_err_name(ch.err));
 		} else if (idx == VIRTIO_TBALLOON_VQ_INFLATE ||
 			   idx == VIRTIO_TBALLOON_VQ_DEFLATE) {
-			ok = tb_dev_pfn_chain(dev, idx, &ch, pos, vr->num);
+			ok = tb_dev_pfn_chain(dev, idx, &ch, pos, vr->num, &commit, &n);
+			pfns += n;
 		} else if (idx == VIRTIO_TBALLOON_VQ_STATS &&
 			   (dev->features & TB_BIT(TB_BALLOON_F_STATS_VQ))) {
 			ok = tb_dev_chain_stats(dev, &ch, tb_now_ms());
@@ -664,8 +688,7 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 				if (dev->gstats.held) {
 					tb_warn("balloon: a second statistics buffer, "
 						"returning the first");
-					tb_vring_push(vr, dev->gstats.head, 0);
-					pushed = true;
+					heads[nheads++] = dev->gstats.head;
 				}
 				dev->gstats.held = true;
 				dev->gstats.head = ch.head;
@@ -679,10 +702,14 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 		if (!ok)
 			dev->stats.bad_buffers++;
 		/* nothing is written to the driver's buffers */
-		tb_vring_push(vr, ch.head, 0);
-		pushed = true;
+		heads[nheads++] = ch.head;
 	}
-	if (pushed)
+	/* one durable state write for the whole pass, then the buffers go back */
+	if (commit && dev->ops && dev->ops->commit)
+		dev->ops->commit(dev->opaque);
+	for (unsigned int i = 0; i < nheads; i++)
+		tb_vring_push(vr, heads[i], 0);
+	if (nheads)
 		*notify = tb_vring_need_notify(vr);
 	if (rc < 0) {
 		char why[96];
@@ -692,7 +719,7 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 		tb_dev_set_broken(dev, why, tb_now_ms());
 		return -EIO;
 	}
-	return 0;
+	return more ? 1 : 0;
 }
 
 bool tb_dev_stats_request(struct tb_dev *dev, struct tb_vring *vr,

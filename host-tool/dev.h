@@ -46,6 +46,17 @@
 /* default period of guest statistics requests on the stats queue */
 #define TB_DEV_STATS_INTERVAL_MS 2000U
 
+/*
+ * Bounds on the work one guest can cause per pass of the event loop. Our
+ * driver sends at most 4096 PFNs per buffer and Linux's virtio_balloon 256:
+ * a longer PFN chain is hostile and refused unread. A pass processes at most
+ * TB_DEV_PASS_BUFFERS buffers or TB_DEV_PASS_PFNS PFNs of a queue, then the
+ * loop serves every other source before it goes on with that queue.
+ */
+#define TB_DEV_CHAIN_PFNS_MAX 16384U
+#define TB_DEV_PASS_BUFFERS 64U
+#define TB_DEV_PASS_PFNS 65536U
+
 /* statistics tags of the standard stats queue (virtio spec 5.5.6.3) */
 enum tb_gstat {
 	TB_GSTAT_SWAP_IN, TB_GSTAT_SWAP_OUT, TB_GSTAT_MAJFLT, TB_GSTAT_MINFLT,
@@ -143,9 +154,10 @@ struct tb_dev;
  * struct tb_dev_ops - what the device model needs from its host
  * @notify_config: tell the driver the config changed (backend channel)
  * @event: a command made progress or ended
- * @commit: persist the state now (called after a PFN buffer was accounted
- *	and before it is returned to the driver, so a daemon killed at any
- *	point never loses a buffer it already returned); may be NULL
+ * @commit: persist the state now (called once per pass of a queue, after its
+ *	PFN buffers were accounted and before any of them is returned to the
+ *	driver, so a daemon killed at any point never loses a buffer it already
+ *	returned); may be NULL
  */
 struct tb_dev_ops {
 	void (*notify_config)(void *opaque);
@@ -256,9 +268,12 @@ bool tb_cmd_running(const struct tb_cmd *cmd);
 int64_t tb_dev_tick(struct tb_dev *dev, uint64_t now_ms);
 
 /*
- * Process queue @idx: pop every available chain, release/account its PFNs,
- * return it to the driver. *notify is set if the driver should be signalled.
- * Returns 0, or -EIO if the ring broke (caller reports it on the err fd).
+ * Process queue @idx: pop available chains, release/account their PFNs,
+ * commit the state once, then return them to the driver. *notify is set if
+ * the driver should be signalled. At most one pass of work (the
+ * TB_DEV_PASS_* bounds): returns 1 if buffers may be left for the next
+ * pass, 0 if the queue is drained, or -EIO if the ring broke (caller
+ * reports it on the err fd).
  */
 int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 			 struct tb_vring *vr, bool *notify);

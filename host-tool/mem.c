@@ -207,6 +207,11 @@ void tb_pfn_batch_add(struct tb_pfn_batch *b, uint32_t pfn)
 	uint64_t off;
 	int region;
 
+	/* a frame the open range already holds: a repeat, counted once */
+	if (b->region >= 0 && gpa >= b->start_gpa && gpa - b->start_gpa < b->len) {
+		b->repeats++;
+		return;
+	}
 	/* extend the open range: same region, next frame */
 	if (b->region >= 0 && gpa == b->start_gpa + b->len) {
 		const struct tb_mem_region *r = &b->mem->r[b->region];

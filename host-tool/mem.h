@@ -112,11 +112,15 @@ struct tb_pfn_batch {
 	uint64_t ranges;
 	uint64_t bytes;
 	uint64_t errors;
+	uint64_t repeats;
 };
 
 void tb_pfn_batch_init(struct tb_pfn_batch *b, const struct tb_mem *mem,
 		       tb_punch_fn punch, void *opaque);
-/* add one PFN; adjacent PFNs in the same region extend the open range */
+/*
+ * Add one PFN; adjacent PFNs in the same region extend the open range, a PFN
+ * inside it is a repeat (counted in @repeats, not punched or counted again).
+ */
 void tb_pfn_batch_add(struct tb_pfn_batch *b, uint32_t pfn);
 /* punch the open range, if any */
 void tb_pfn_batch_flush(struct tb_pfn_batch *b);

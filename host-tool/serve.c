@@ -69,6 +69,8 @@ struct tb_serve {
 	/* who may use the control socket besides root and our own uid */
 	gid_t peer_gid;
 	bool peer_gid_set;
+	/* queues whose last pass hit its work bound: go on after a poll round */
+	uint32_t queue_more;
 };
 
 /*
@@ -354,12 +356,18 @@ static void tb_serve_reap_clients(struct tb_serve *s)
 static void tb_serve_queue(struct tb_serve *s, unsigned int idx)
 {
 	bool notify;
+	int rc;
 
+	s->queue_more &= ~(1U << idx);
 	if (!tb_vu_queue_ready(&s->vu, idx) || s->dev.broken)
 		return;
-	if (tb_dev_process_queue(&s->dev, idx, &s->vu.q[idx].vr, &notify) < 0) {
+	rc = tb_dev_process_queue(&s->dev, idx, &s->vu.q[idx].vr, &notify);
+	if (rc < 0) {
 		tb_warn("vhost-user: queue %u stopped: driver broke the ring", idx);
 		tb_vu_queue_error(&s->vu, idx);
+	} else if (rc > 0) {
+		/* the pass bound was hit: every other source first, then more */
+		s->queue_more |= 1U << idx;
 	}
 	/* the used ring is published (release fence in tb_vring_push) */
 	if (notify)
@@ -819,12 +827,18 @@ int tb_serve_run(const struct tb_serve_opts *o)
 				timeout = st;
 		}
 		tb_serve_save(&s);
+		if (s.queue_more)
+			timeout = 0;
 		rc = poll(pfd, n, timeout < 0 ? -1 : (int)(timeout > 60000 ? 60000 : timeout));
 		if (rc < 0 && errno != EINTR) {
 			tb_err("poll: %s", strerror(errno));
 			exit_code = 1;
 			break;
 		}
+		/* queues left over from the last round, after a look at the rest */
+		for (unsigned int i = 0; s.queue_more && i < VIRTIO_TBALLOON_VQ_MAX; i++)
+			if (s.queue_more & (1U << i))
+				tb_serve_queue(&s, i);
 		if (rc <= 0)
 			continue;
 

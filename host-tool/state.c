@@ -5,14 +5,18 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "state.h"
 #include "util.h"
 
 #define TB_STATE_VERSION 1
+/* a state file is a few KiB; anything much bigger is not ours */
+#define TB_STATE_MAX_BYTES (1 << 20)
 
 static void tb_boot_id(char *buf, size_t len)
 {
@@ -213,6 +217,40 @@ int tb_state_save(const struct tb_dev *dev, const char *path)
 	return tb_state_write(dev, NULL, path);
 }
 
+/* write all of @len bytes */
+static int tb_write_all(int fd, const char *p, size_t len)
+{
+	while (len) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* fsync the directory holding @path, so that a rename in it is durable */
+static int tb_fsync_dir(const char *path)
+{
+	char *copy = strdup(path);
+	int fd, rc = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(copy);
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
 int tb_state_write(const struct tb_dev *dev, json_object *session, const char *path)
 {
 	json_object *o = tb_state_to_json(dev);
@@ -228,33 +266,28 @@ int tb_state_write(const struct tb_dev *dev, json_object *session, const char *p
 		json_object_put(o);
 		return -ENOMEM;
 	}
-	snprintf(tmp, plen + 8, "%s.tmp", path);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	/*
+	 * A new, unique file next to @path (O_EXCL: never a symlink, FIFO or
+	 * anyone's file), written and synced, then renamed over @path and the
+	 * directory synced: a reader sees the old or the new state, after a
+	 * daemon kill or a host crash alike.
+	 */
+	snprintf(tmp, plen + 8, "%s.XXXXXX", path);
+	fd = mkostemp(tmp, O_CLOEXEC);
 	if (fd < 0) {
 		rc = -errno;
 	} else {
-		const char *p = s;
-		size_t left = len;
-
-		while (left) {
-			ssize_t n = write(fd, p, left);
-
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0) {
-				rc = n < 0 ? -errno : -EIO;
-				break;
-			}
-			p += n;
-			left -= (size_t)n;
-		}
+		rc = tb_write_all(fd, s, len);
+		if (!rc && fsync(fd) < 0)
+			rc = -errno;
 		if (close(fd) < 0 && !rc)
 			rc = -errno;
-		/* rename is atomic: a reader sees the old or the new file */
 		if (!rc && rename(tmp, path) < 0)
 			rc = -errno;
 		if (rc)
 			unlink(tmp);
+		else
+			rc = tb_fsync_dir(path);
 	}
 	free(tmp);
 	json_object_put(o);
@@ -269,13 +302,42 @@ int tb_state_load(struct tb_dev *dev, const char *path)
 int tb_state_read(struct tb_dev *dev, const char *path, json_object **session)
 {
 	json_object *o, *m;
-	int rc;
+	struct stat st;
+	char *buf;
+	ssize_t n;
+	int fd, rc;
 
 	if (session)
 		*session = NULL;
-	if (access(path, F_OK) < 0)
-		return -errno;
-	o = json_object_from_file(path);
+	/* never block on a FIFO or follow a symlink planted at @path */
+	fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ELOOP ? -EINVAL : -errno;
+	if (fstat(fd, &st) < 0) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	if (!S_ISREG(st.st_mode) || st.st_size > TB_STATE_MAX_BYTES) {
+		tb_warn("state file %s: %s", path, S_ISREG(st.st_mode) ?
+			"larger than 1 MiB" : "not a regular file");
+		close(fd);
+		return -EINVAL;
+	}
+	buf = malloc((size_t)st.st_size + 1);
+	if (!buf) {
+		close(fd);
+		return -ENOMEM;
+	}
+	n = pread(fd, buf, (size_t)st.st_size, 0);
+	close(fd);
+	if (n != st.st_size) {
+		free(buf);
+		return n < 0 ? -errno : -EIO;
+	}
+	buf[n] = 0;
+	o = json_tokener_parse(buf);
+	free(buf);
 	if (!o)
 		return -EINVAL;
 	rc = tb_state_from_json(dev, o);

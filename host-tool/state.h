@@ -2,12 +2,14 @@
 /*
  * state.h - the daemon's state file: what a restarted `tballoon serve` needs
  * to pick up a guest that kept running (config space, current command,
- * balloon count, counters), as one JSON object written atomically
- * (write a temporary file, rename it over the old one) on every change.
- *
- * A process kill cannot tear it; a host crash can lose the last changes (no
- * fsync: a guest does not survive a host crash either). The file records the
- * host's boot id: after a reboot of the host it is ignored.
+ * balloon count, counters), as one JSON object written atomically on every
+ * change: a new unique file beside it (mkostemp: O_EXCL, so never through a
+ * planted symlink or FIFO), fsync, rename over the old one, fsync of the
+ * directory. Neither a process kill nor a host crash can tear it. It is read
+ * with O_NOFOLLOW|O_NONBLOCK and must be a regular file of at most 1 MiB.
+ * The file records the host's boot id: after a reboot of the host it is
+ * ignored. The device model commits once per pass of a queue, so a burst of
+ * buffers costs one durable write, not one each.
  */
 #ifndef TB_STATE_H
 #define TB_STATE_H

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
+"""A hostile host filesystem and a hostile guest against `tballoon serve`:
+files planted where the daemon writes its state, and PFN chains built to
+keep the single-threaded loop busy. Uses the fake front-end of
+tests/frontend.py over the real sockets. Prints TAP.
+
+Usage: hostile.py PATH/TO/tballoon
+"""
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import frontend as fe  # noqa: E402  (reads TB from argv)
+from frontend import Guest, ctl, status, tap, wait_for  # noqa: E402
+
+TB = fe.TB
+F_NEXT = 1
+
+
+def status_within(cp, timeout):
+    """status -j answered within @timeout seconds (None if not)."""
+    try:
+        p = subprocess.run([TB, "-c", cp, "status", "-j"], capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    return json.loads(p.stdout) if p.returncode == 0 else None
+
+
+def inflate_one(g, cp, pfns, gpa=fe.BUF_GPA):
+    """One timed command, one PFN buffer, waited for."""
+    ctl(cp, "inflate", "--to", "%dp" % (len(set(pfns)) + 1), "--deadline", "20s")
+    g.wait_config_change()
+    cmd = g.cfg(fe.O_CMD)
+    g.report(cmd, fe.ST_RUNNING, 0)
+    g.pfn_buffer(0, pfns, gpa=gpa)
+    return g.wait_call(0)
+
+
+def test_state_files(tmp):
+    # 1. a symlink at the name the old daemon used for its temporary file
+    state = os.path.join(tmp, "s1.json")
+    victim = os.path.join(tmp, "victim")
+    with open(victim, "w") as f:
+        f.write("precious\n")
+    os.symlink(victim, state + ".tmp")
+    srv, vu, cp = fe.start_serve(tmp, "s1", "--state-file", state)
+    try:
+        g = Guest(vu)
+        g.negotiate()
+        ok = inflate_one(g, cp, [5])
+        with open(victim) as f:
+            kept = f.read() == "precious\n"
+        st = json.load(open(state))
+        tap(ok and kept and st["device_pages"] == 1 and os.path.islink(state + ".tmp"),
+            "state file: a symlink at FILE.tmp is not followed (its target is untouched)")
+        left = [n for n in os.listdir(tmp) if n.startswith("s1.json.")]
+        tap(left == ["s1.json.tmp"], "state file: no temporary file is left behind (%s)" % left)
+        g.close()
+    finally:
+        srv.kill()
+        srv.wait()
+
+    # 2. a FIFO at FILE.tmp: opening it for writing would block forever
+    state = os.path.join(tmp, "s2.json")
+    os.mkfifo(state + ".tmp")
+    srv, vu, cp = fe.start_serve(tmp, "s2", "--state-file", state)
+    try:
+        g = Guest(vu)
+        g.negotiate()
+        ok = inflate_one(g, cp, [6])
+        s = status_within(cp, 5)
+        tap(ok and s is not None and s["device_pages"] == 1,
+            "state file: a FIFO at FILE.tmp does not block the daemon")
+        g.close()
+    finally:
+        srv.kill()
+        srv.wait()
+
+    # 3. a FIFO as the state file: start-up must not hang on it
+    state = os.path.join(tmp, "s3.json")
+    os.mkfifo(state)
+    srv, vu, cp = fe.start_serve(tmp, "s3", "--state-file", state)
+    try:
+        s = status_within(cp, 5) if wait_for(lambda: os.path.exists(cp), 5) else None
+        tap(s is not None and not s["restored"],
+            "state file: a FIFO as the state file is ignored at start, the daemon serves")
+        g = Guest(vu)
+        g.negotiate()
+        ok = inflate_one(g, cp, [7])
+        tap(ok and stat.S_ISREG(os.lstat(state).st_mode) and
+            json.load(open(state))["device_pages"] == 1,
+            "state file: the FIFO is replaced by a regular state file")
+        g.close()
+    finally:
+        srv.kill()
+        srv.wait()
+    with open(os.path.join(tmp, "s3.log")) as f:
+        tap("not a regular file" in f.read(), "state file: the daemon says why it ignored it")
+
+    # 4. a symlink as the state file: not read through, replaced on write
+    state = os.path.join(tmp, "s4.json")
+    os.symlink(victim, state)
+    srv, vu, cp = fe.start_serve(tmp, "s4", "--state-file", state)
+    try:
+        g = Guest(vu)
+        g.negotiate()
+        ok = inflate_one(g, cp, [8])
+        with open(victim) as f:
+            kept = f.read() == "precious\n"
+        tap(ok and kept and not os.path.islink(state),
+            "state file: a symlink as the state file is replaced, its target untouched")
+        g.close()
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def test_stall(tmp):
+    srv, vu, cp = fe.start_serve(tmp, "stall")
+    try:
+        g = Guest(vu)
+        g.negotiate()
+        # 16 descriptors of 8 MiB, every 4 bytes naming PFN 9: 32 Mi PFNs
+        region_b = 16 * fe.MiB
+        pfn9 = (9).to_bytes(4, "little") * (2 * fe.MiB)
+        g.mem[8 * fe.MiB:16 * fe.MiB] = pfn9
+        descs = [(region_b, 8 * fe.MiB, F_NEXT if i < 15 else 0, i + 1 if i < 15 else 0)
+                 for i in range(16)]
+        s0 = status(cp)
+        t0 = time.monotonic()
+        g.add_buf(0, descs)
+        back = g.wait_call(0, timeout=60)
+        s = status_within(cp, 60)
+        dt = time.monotonic() - t0
+        fe.tap(back and s is not None and s["stats"]["bad_buffers"] == s0["stats"]["bad_buffers"] + 1 and
+               s["device_pages"] == s0["device_pages"],
+               "stall: a chain of 16 x 8 MiB naming one PFN (32 Mi PFNs) is refused unread "
+               "and returned (%.2f s until the next control answer)" % dt)
+        # a valid-size buffer repeating one PFN counts that page once
+        ok = inflate_one(g, cp, [11] * 4096)
+        s = status(cp)
+        fe.tap(ok and s["device_pages"] == s0["device_pages"] + 1 and
+               s["released_bytes"] == s0["released_bytes"] + 4096,
+               "stall: 4096 copies of one PFN in a buffer count and punch one page "
+               "(device_pages +%d)" % (s["device_pages"] - s0["device_pages"]))
+        g.close()
+    finally:
+        srv.kill()
+        srv.wait()
+    with open(os.path.join(tmp, "stall.log")) as f:
+        text = f.read()
+    tap("more than 16384: refused" in text and "repeated PFNs" in text,
+        "stall: both are logged as what they are")
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="tb-hostile-")
+    for t in (test_state_files, test_stall):
+        try:
+            t(tmp)
+        except Exception as e:  # a hang or protocol error is a failure
+            tap(False, "%s: exception %r" % (t.__name__, e))
+    if fe.failed:
+        for name in sorted(os.listdir(tmp)):
+            if name.endswith(".log"):
+                with open(os.path.join(tmp, name)) as f:
+                    sys.stderr.write("--- %s\n%s" % (name, f.read()[-3000:]))
+    print("1..%d" % fe.n)
+    sys.exit(1 if fe.failed else 0)
+
+
+if __name__ == "__main__":
+    socket.setdefaulttimeout(30)
+    main()

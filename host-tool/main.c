@@ -196,9 +196,12 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 			break;
 		}
 		case 'G': {
-			struct group *gr = getgrnam(optarg);
+			struct group gr, *res = NULL;
+			char buf[4096];
 
-			if (!gr) {
+			if (getgrnam_r(optarg, &gr, buf, sizeof(buf), &res) == 0 && res) {
+				so.listen.gid = res->gr_gid;
+			} else {
 				unsigned long g;
 
 				errno = 0;
@@ -207,8 +210,6 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 					return tb_usage_error("serve: --socket-group %s: no such "
 							      "group", optarg);
 				so.listen.gid = (gid_t)g;
-			} else {
-				so.listen.gid = gr->gr_gid;
 			}
 			so.listen.gid_set = true;
 			break;

@@ -134,10 +134,12 @@ static void tb_dev_event(struct tb_dev *dev, enum tb_event ev)
 		dev->ops->event(dev->opaque, ev, &dev->cmd);
 }
 
-static void tb_dev_notify(struct tb_dev *dev)
+/* tell the driver the config changed; 0 or -errno (not told) */
+static int tb_dev_notify(struct tb_dev *dev)
 {
 	if (dev->ops && dev->ops->notify_config)
-		dev->ops->notify_config(dev->opaque);
+		return dev->ops->notify_config(dev->opaque);
+	return 0;
 }
 
 /* end the current command with a host-decided or driver-reported outcome */
@@ -357,8 +359,10 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 	uint32_t ram = tb_dev_ram_pages(dev);
 	uint32_t actual = TB_CFG(dev, actual);
 	bool running = tb_cmd_running(&dev->cmd);
+	uint8_t saved[VIRTIO_TBALLOON_CONFIG_SIZE];
 	struct tb_cmd *c = &dev->cmd;
 	uint32_t id;
+	int rc;
 
 	if (!dev->connected)
 		tb_refuse("no front-end (QEMU) is connected");
@@ -403,30 +407,17 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 		tb_refuse("unknown op %u", op);
 	}
 
-	if (running)
-		tb_dev_finish(dev, TBALLOON_STATE_ABORTED,
-			      op == TBALLOON_OP_ABORT ? TBALLOON_REASON_HOST_ABORT :
-							TBALLOON_REASON_SUPERSEDED,
-			      now_ms);
-
-	id = ++dev->last_cmd_id;
+	id = dev->last_cmd_id + 1;
 	if (id == 0)	/* never 0 after the first command */
-		id = dev->last_cmd_id = 1;
+		id = 1;
 
-	memset(c, 0, sizeof(*c));
-	c->cmd_id = id;
-	c->op = op;
-	c->flags = flags;
-	c->deadline_ms = deadline_ms;
-	c->target_pages = target_pages;
-	c->floor_pages = floor_pages;
-	c->state = TBALLOON_STATE_RUNNING;
-	c->reason = TBALLOON_REASON_NONE;
-	c->start_pages = actual;
-	c->timed = timed;
-	c->issued_ms = now_ms;
-	c->resident_before = tb_mem_resident_bytes(dev->mem);
-
+	/*
+	 * The config first, then the notification; a driver that cannot be
+	 * told (the front-end does not read its backend channel) never sees
+	 * the new config: it is put back and the command is not issued. Only
+	 * then does the new command replace the running one.
+	 */
+	memcpy(saved, dev->config, sizeof(saved));
 	if (timed) {
 		/* the command fields first, then the id that announces them */
 		tb_dev_cfg_put(dev, TB_OFF(op), op);
@@ -441,11 +432,39 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 		tb_dev_cfg_put(dev, TB_OFF(num_pages),
 			       op == TBALLOON_OP_ABORT ? actual : target_pages);
 	}
+	rc = tb_dev_notify(dev);
+	if (rc < 0) {
+		memcpy(dev->config, saved, sizeof(saved));
+		tb_warn("command not issued: the driver could not be notified: %s",
+			strerror(-rc));
+		tb_refuse("not issued: the guest could not be notified (backend channel: %s)",
+			  rc == -EAGAIN ? "the front-end does not read it" : strerror(-rc));
+	}
+
+	if (running)
+		tb_dev_finish(dev, TBALLOON_STATE_ABORTED,
+			      op == TBALLOON_OP_ABORT ? TBALLOON_REASON_HOST_ABORT :
+							TBALLOON_REASON_SUPERSEDED,
+			      now_ms);
+	dev->last_cmd_id = id;
+
+	memset(c, 0, sizeof(*c));
+	c->cmd_id = id;
+	c->op = op;
+	c->flags = flags;
+	c->deadline_ms = deadline_ms;
+	c->target_pages = target_pages;
+	c->floor_pages = floor_pages;
+	c->state = TBALLOON_STATE_RUNNING;
+	c->reason = TBALLOON_REASON_NONE;
+	c->start_pages = actual;
+	c->timed = timed;
+	c->issued_ms = now_ms;
+	c->resident_before = tb_mem_resident_bytes(dev->mem);
 	dev->gen++;
 	tb_info("command %u: %s target %u pages deadline %u ms floor %u flags 0x%x%s",
 		id, tb_op_name(op), target_pages, deadline_ms, floor_pages, flags,
 		timed ? "" : " (standard balloon)");
-	tb_dev_notify(dev);
 
 	/* the standard balloon has nothing to report if already there */
 	if (!timed && (op == TBALLOON_OP_ABORT || actual == target_pages))

@@ -152,7 +152,8 @@ struct tb_dev;
 
 /**
  * struct tb_dev_ops - what the device model needs from its host
- * @notify_config: tell the driver the config changed (backend channel)
+ * @notify_config: tell the driver the config changed (backend channel);
+ *	0, or -errno if it could not be told (a command is then not issued)
  * @event: a command made progress or ended
  * @commit: persist the state now (called once per pass of a queue, after its
  *	PFN buffers were accounted and before any of them is returned to the
@@ -160,7 +161,7 @@ struct tb_dev;
  *	returned); may be NULL
  */
 struct tb_dev_ops {
-	void (*notify_config)(void *opaque);
+	int (*notify_config)(void *opaque);
 	void (*event)(void *opaque, enum tb_event ev, const struct tb_cmd *cmd);
 	void (*commit)(void *opaque);
 };

@@ -465,7 +465,7 @@ static int64_t tb_serve_stats(struct tb_serve *s, uint64_t now)
 	return -1;
 }
 
-static void tb_ops_notify_config(void *opaque)
+static int tb_ops_notify_config(void *opaque)
 {
 	struct tb_serve *s = opaque;
 	int rc = tb_vu_notify_config(&s->vu);
@@ -473,6 +473,7 @@ static void tb_ops_notify_config(void *opaque)
 	if (rc < 0)
 		tb_warn("vhost-user: config change notification not sent: %s",
 			strerror(-rc));
+	return rc;
 }
 
 static void tb_ops_event(void *opaque, enum tb_event ev, const struct tb_cmd *cmd)
@@ -683,6 +684,19 @@ static void tb_serve_accept_vu(struct tb_serve *s)
 	tb_vu_attach(&s->vu, fd);
 }
 
+/* a message that did not arrive whole in time ends the session */
+static bool tb_serve_rx_expired(struct tb_serve *s)
+{
+	if (tb_vu_rx_due(&s->vu, tb_now_ms()) != 0)
+		return false;
+	if (tb_vu_serve_one(&s->vu) < 0) {
+		tb_vu_detach(&s->vu);
+		tb_serve_update_driver_ok(s);
+		return true;
+	}
+	return false;
+}
+
 static void tb_serve_kick(struct tb_serve *s, unsigned int idx, int fd)
 {
 	uint64_t v;
@@ -826,6 +840,15 @@ int tb_serve_run(const struct tb_serve_opts *o)
 			if (st >= 0 && (timeout < 0 || st < timeout))
 				timeout = st;
 		}
+		{
+			/* a partly received message has a deadline too */
+			int64_t rx = tb_vu_rx_due(&s.vu, tb_now_ms());
+
+			if (rx >= 0 && (timeout < 0 || rx < timeout))
+				timeout = rx;
+		}
+		if (tb_serve_rx_expired(&s))
+			continue;
 		tb_serve_save(&s);
 		if (s.queue_more)
 			timeout = 0;
@@ -877,6 +900,14 @@ int tb_serve_run(const struct tb_serve_opts *o)
 					tb_vu_backend_readable(&s.vu);
 				break;
 			case TB_PFD_KICK:
+				if (re & (POLLERR | POLLHUP | POLLNVAL) &&
+				    s.vu.q[tag[i].idx].kick_fd == pfd[i].fd) {
+					/* the end of that fd: stop watching it */
+					tb_warn("vhost-user: queue %u kick fd hung up, dropped",
+						tag[i].idx);
+					tb_close_fd(&s.vu.q[tag[i].idx].kick_fd);
+					break;
+				}
 				tb_serve_kick(&s, tag[i].idx, pfd[i].fd);
 				break;
 			case TB_PFD_CTL_LISTEN:

@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -455,6 +456,31 @@ static int tb_vu_get_vring_base(struct tb_vu *vu, struct tb_vu_msg *m,
 	return 0;
 }
 
+/*
+ * A ring notifier must be an eventfd: anything else (a pipe whose writer is
+ * gone polls HUP forever, a socket or file may block) is refused. It is made
+ * non-blocking, so that signalling one the front-end filled up (a counter
+ * near 2^64 blocks write()) never stalls the loop.
+ */
+static int tb_vu_check_eventfd(int fd)
+{
+	char path[64], target[64];
+	ssize_t n;
+	int fl;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0)
+		return -errno;
+	target[n] = 0;
+	if (strcmp(target, "anon_inode:[eventfd]"))
+		return -EBADF;
+	fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return -errno;
+	return 0;
+}
+
 /* SET_VRING_KICK/CALL/ERR: payload u64 = index | NOFD flag, fd in ancillary */
 static int tb_vu_set_vring_fd(struct tb_vu *vu, struct tb_vu_msg *m)
 {
@@ -477,6 +503,13 @@ static int tb_vu_set_vring_fd(struct tb_vu *vu, struct tb_vu_msg *m)
 	if (!q)
 		return -EINVAL;
 	if (!nofd) {
+		int rc = tb_vu_check_eventfd(m->fds[0]);
+
+		if (rc < 0) {
+			tb_warn("vhost-user: %s: fd is not an eventfd (%s), refused",
+				tb_vu_request_name(m->hdr.request), strerror(-rc));
+			return rc;	/* the dispatcher closes it */
+		}
 		fd = m->fds[0];
 		m->fds[0] = -1;	/* taken */
 	}
@@ -831,19 +864,131 @@ int tb_vu_send(int fd, const struct tb_vu_msg *m)
 	return 0;
 }
 
+/*
+ * Take what has arrived of the current message without waiting: 1 when it
+ * is complete in vu->rx.msg, 0 when more is to come, -errno when the session
+ * must end. Never reads past the message, so the fds of the next one stay
+ * in the socket.
+ */
+static int tb_vu_rx_step(struct tb_vu *vu)
+{
+	struct tb_vu_rx *rx = &vu->rx;
+	struct tb_vu_msg *m = &rx->msg;
+	const size_t hdr = sizeof(m->hdr);
+
+	if (!rx->started_ms) {
+		rx->started_ms = tb_now_ms();
+		rx->got = 0;
+		m->nfds = 0;
+	}
+	for (;;) {
+		char cbuf[CMSG_SPACE(TB_VU_MAX_FDS * sizeof(int))];
+		size_t want = rx->got < hdr ? hdr - rx->got : hdr + m->hdr.size - rx->got;
+		struct iovec iov = {
+			.iov_base = rx->got < hdr ? (uint8_t *)&m->hdr + rx->got :
+						    (uint8_t *)&m->p + (rx->got - hdr),
+			.iov_len = want,
+		};
+		struct msghdr mh = {
+			.msg_iov = &iov,
+			.msg_iovlen = 1,
+			.msg_control = cbuf,
+			.msg_controllen = sizeof(cbuf),
+		};
+		struct cmsghdr *cm;
+		ssize_t n;
+
+		if (!want)
+			return 1;
+		n = recvmsg(vu->sock_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+		if (n == 0)
+			return -ECONNRESET;
+		for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+			size_t cnt;
+
+			if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+				continue;
+			cnt = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			for (size_t i = 0; i < cnt; i++) {
+				int rfd;
+
+				memcpy(&rfd, CMSG_DATA(cm) + i * sizeof(int), sizeof(rfd));
+				if (m->nfds < TB_VU_MAX_FDS)
+					m->fds[m->nfds++] = rfd;
+				else
+					close(rfd);	/* never leak one we cannot hold */
+			}
+		}
+		if (mh.msg_flags & MSG_CTRUNC) {
+			tb_warn("vhost-user: ancillary data truncated");
+			return -EMSGSIZE;
+		}
+		rx->got += (size_t)n;
+		if (rx->got != hdr)
+			continue;
+		if ((m->hdr.flags & TB_VU_VERSION_MASK) != TB_VU_VERSION) {
+			tb_warn("vhost-user: bad version in flags 0x%x", m->hdr.flags);
+			return -EPROTO;
+		}
+		if (m->hdr.size > sizeof(m->p)) {
+			tb_warn("vhost-user: %s payload of %u bytes is too large",
+				tb_vu_request_name(m->hdr.request), m->hdr.size);
+			return -EMSGSIZE;
+		}
+		/* zero the rest so short payloads never expose stale bytes */
+		memset(&m->p, 0, sizeof(m->p));
+	}
+}
+
+static void tb_vu_rx_reset(struct tb_vu *vu)
+{
+	tb_vu_msg_close_fds(&vu->rx.msg);
+	vu->rx.started_ms = 0;
+	vu->rx.got = 0;
+}
+
+int64_t tb_vu_rx_due(const struct tb_vu *vu, uint64_t now_ms)
+{
+	uint64_t end;
+
+	if (vu->sock_fd < 0 || !vu->rx.started_ms)
+		return -1;
+	end = vu->rx.started_ms + TB_VU_MSG_TIMEOUT_MS;
+	return now_ms >= end ? 0 : (int64_t)(end - now_ms);
+}
+
 int tb_vu_serve_one(struct tb_vu *vu)
 {
-	static struct tb_vu_msg msg, reply;	/* large; one session at a time */
+	static struct tb_vu_msg reply;	/* large; one session at a time */
+	struct tb_vu_msg *msg = &vu->rx.msg;
 	bool send_reply;
 	int rc;
 
-	rc = tb_vu_recv(vu->sock_fd, &msg);
-	if (rc < 0)
+	rc = tb_vu_rx_step(vu);
+	if (rc < 0) {
+		tb_vu_rx_reset(vu);
 		return rc;
+	}
+	if (rc == 0) {
+		/* a message must arrive whole within the bound, not byte by byte */
+		if (tb_vu_rx_due(vu, tb_now_ms()) == 0) {
+			tb_warn("vhost-user: a message did not arrive whole within %u ms "
+				"(%zu bytes so far)", TB_VU_MSG_TIMEOUT_MS, vu->rx.got);
+			tb_vu_rx_reset(vu);
+			return -ETIMEDOUT;
+		}
+		return 0;
+	}
+	vu->rx.started_ms = 0;
 	tb_dbg("vhost-user: <- %s (size %u, flags 0x%x, %u fds)",
-	       tb_vu_request_name(msg.hdr.request), msg.hdr.size, msg.hdr.flags,
-	       msg.nfds);
-	tb_vu_dispatch(vu, &msg, &reply, &send_reply);
+	       tb_vu_request_name(msg->hdr.request), msg->hdr.size, msg->hdr.flags,
+	       msg->nfds);
+	tb_vu_dispatch(vu, msg, &reply, &send_reply);
+	msg->nfds = 0;	/* the dispatcher consumed them */
 	/* whatever must outlive us is durable before the front-end hears back */
 	if (vu->ops->before_reply)
 		vu->ops->before_reply(vu->opaque);
@@ -851,7 +996,7 @@ int tb_vu_serve_one(struct tb_vu *vu)
 		rc = tb_vu_send(vu->sock_fd, &reply);
 		if (rc < 0) {
 			tb_warn("vhost-user: reply to %s: %s",
-				tb_vu_request_name(msg.hdr.request), strerror(-rc));
+				tb_vu_request_name(msg->hdr.request), strerror(-rc));
 			return rc;
 		}
 	}
@@ -912,6 +1057,7 @@ void tb_vu_detach(struct tb_vu *vu)
 {
 	bool was_up = vu->sock_fd >= 0;
 
+	tb_vu_rx_reset(vu);
 	for (unsigned int i = 0; i < TB_VU_MAX_QUEUES; i++)
 		tb_vu_queue_free(&vu->q[i]);
 	tb_mem_clear(&vu->mem);
@@ -942,7 +1088,15 @@ int tb_vu_notify_config(struct tb_vu *vu)
 	/* no NEED_REPLY: the front-end answers by GET_CONFIG on the main socket */
 	m.hdr.flags = TB_VU_VERSION;
 	m.hdr.size = 0;
-	return tb_vu_send(vu->backend_fd, &m);
+	/* never wait on a front-end that does not read: EAGAIN = not sent */
+	{
+		ssize_t n = send(vu->backend_fd, &m.hdr, sizeof(m.hdr),
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n < 0)
+			return -errno;
+		return n == (ssize_t)sizeof(m.hdr) ? 0 : -EIO;
+	}
 }
 
 int tb_vu_backend_readable(struct tb_vu *vu)

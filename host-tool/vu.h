@@ -95,6 +95,12 @@ enum tb_vu_request {
 #define TB_VU_PAYLOAD_MAX 4096
 /* largest config space access */
 #define TB_VU_CONFIG_MAX 256
+/*
+ * A message must arrive whole within this long once its first byte did
+ * (QEMU writes each message at once); a peer that dribbles bytes loses its
+ * session instead of holding the daemon.
+ */
+#define TB_VU_MSG_TIMEOUT_MS 1000U
 
 struct tb_vu_hdr {
 	uint32_t request;
@@ -186,6 +192,18 @@ struct tb_vu_queue {
 	bool reset_seen;
 };
 
+/**
+ * struct tb_vu_rx - the message being received, taken as it arrives
+ * @msg: header, payload and fds so far
+ * @got: bytes of header and payload received
+ * @started_ms: when its first byte arrived (0: none in progress)
+ */
+struct tb_vu_rx {
+	struct tb_vu_msg msg;
+	size_t got;
+	uint64_t started_ms;
+};
+
 struct tb_vu;
 
 /**
@@ -236,6 +254,7 @@ struct tb_vu_ops {
  * @mem: guest memory
  * @q: queues, [0, ops->nqueues) valid
  * @unknown_requests: requests we did not understand (logged)
+ * @rx: the partly received message
  */
 struct tb_vu {
 	const struct tb_vu_ops *ops;
@@ -249,6 +268,7 @@ struct tb_vu {
 	struct tb_mem mem;
 	struct tb_vu_queue q[TB_VU_MAX_QUEUES];
 	uint64_t unknown_requests;
+	struct tb_vu_rx rx;
 };
 
 void tb_vu_init(struct tb_vu *vu, const struct tb_vu_ops *ops, void *opaque);
@@ -270,10 +290,15 @@ int tb_vu_recv(int fd, struct tb_vu_msg *msg);
 int tb_vu_send(int fd, const struct tb_vu_msg *msg);
 
 /*
- * Serve one message from @vu->sock_fd: recv, dispatch, reply.
- * Returns 0, or -errno when the session must end.
+ * @vu->sock_fd is readable: take what arrived without waiting; once a
+ * message is whole, dispatch it and reply. Returns 0, or -errno when the
+ * session must end (including a message not whole TB_VU_MSG_TIMEOUT_MS
+ * after its first byte).
  */
 int tb_vu_serve_one(struct tb_vu *vu);
+
+/* ms until the partly received message times out (0: now), -1 if none */
+int64_t tb_vu_rx_due(const struct tb_vu *vu, uint64_t now_ms);
 
 /* start a session on a connected socket */
 void tb_vu_attach(struct tb_vu *vu, int fd);

@@ -19,9 +19,10 @@
 static struct tb_mem mem;
 static struct tb_dev dev;
 
-static void f_notify(void *o)
+static int f_notify(void *o)
 {
 	(void)o;
+	return 0;
 }
 
 static const struct tb_dev_ops f_ops = { .notify_config = f_notify };

@@ -162,9 +162,71 @@ def test_stall(tmp):
         "stall: both are logged as what they are")
 
 
+def test_backend_channel(tmp):
+    """A front-end that never reads its backend channel: a command the
+    driver cannot be told about is refused as not issued, at once."""
+    srv, vu, cp = fe.start_serve(tmp, "bech")
+    try:
+        g = Guest(vu)
+        # the smallest send buffer: a few notifications fill it
+        g.be_theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+        g.negotiate()
+        issued, refused, t_refused = 0, None, None
+        for i in range(200):
+            t0 = time.monotonic()
+            p = ctl(cp, "inflate", "--to", "%dp" % (i + 1), "--deadline", "20s")
+            if p.returncode != 0:
+                refused, t_refused = p, time.monotonic() - t0
+                break
+            issued += 1
+        s = status(cp)
+        tap(refused is not None and "not issued" in refused.stderr and
+            s["command"]["cmd_id"] == issued and g.cfg(fe.O_CMD) == issued,
+            "backend channel: after %d commands the unread channel is full; the next "
+            "is refused as not issued (%.2f s) and the guest's config still shows %d"
+            % (issued, t_refused or -1, issued))
+        g.close()
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def test_slow_loris(tmp):
+    """A front-end that dribbles a message one byte at a time."""
+    srv, vu, cp = fe.start_serve(tmp, "loris")
+    try:
+        g = Guest(vu)
+        g.negotiate()
+        hdr = fe.struct.pack("<III", fe.GET_FEATURES, fe.VERSION, 0)
+        t0 = time.monotonic()
+        g.sock.sendall(hdr[:1])
+        time.sleep(0.3)
+        g.sock.sendall(hdr[1:2])
+        s = status_within(cp, 0.8)
+        tap(s is not None and s["connected"],
+            "slow loris: the control socket is served while a message dribbles in")
+        for i in range(2, len(hdr)):
+            time.sleep(0.3)
+            try:
+                g.sock.sendall(hdr[i:i + 1])
+            except OSError:
+                break
+        gone = wait_for(lambda: not status(cp)["connected"], 5)
+        tap(gone, "slow loris: a message not whole within 1 s ends the session (%.1f s)"
+            % (time.monotonic() - t0))
+        g.close()
+        g2 = Guest(vu)
+        g2.negotiate()
+        tap(status(cp)["driver_ok"], "slow loris: the next front-end is served")
+        g2.close()
+    finally:
+        srv.kill()
+        srv.wait()
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="tb-hostile-")
-    for t in (test_state_files, test_stall):
+    for t in (test_state_files, test_stall, test_backend_channel, test_slow_loris):
         try:
             t(tmp)
         except Exception as e:  # a hang or protocol error is a failure

@@ -19,11 +19,15 @@ struct fx {
 	struct tb_cmd last;	/* command of the last event */
 	unsigned int punches;
 	uint64_t punched;
+	int notify_rc;		/* what the backend channel answers */
 };
 
-static void f_notify(void *o)
+static int f_notify(void *o)
 {
-	((struct fx *)o)->notifies++;
+	struct fx *f = o;
+
+	f->notifies++;
+	return f->notify_rc;
 }
 
 static void f_event(void *o, enum tb_event ev, const struct tb_cmd *c)
@@ -284,6 +288,31 @@ static void test_supersede_and_abort(void **state)
 	report(f, c, TBALLOON_STATE_ABORTED, TBALLOON_REASON_HOST_ABORT, 10, 5, 0, 1210);
 	assert_int_equal(f->events[TB_EVENT_DONE], 3);
 	assert_int_equal(f->last.op, TBALLOON_OP_ABORT);
+}
+
+/* a driver that cannot be told never sees the command, and nothing ends */
+static void test_notify_failure_not_issued(void **state)
+{
+	struct fx *f = *state;
+	uint8_t before[VIRTIO_TBALLOON_CONFIG_SIZE];
+	char err[128] = "";
+	uint32_t a;
+
+	a = issue(f, TBALLOON_OP_INFLATE, 1000, 2000, 0, 0, 1000);
+	assert_int_not_equal(a, 0);
+	memcpy(before, f->dev.config, sizeof(before));
+	f->notify_rc = -EAGAIN;
+	assert_int_equal(tb_dev_issue(&f->dev, TBALLOON_OP_INFLATE, 2000, 2000, 0, 0, 1100,
+				      err, sizeof(err)), 0);
+	assert_non_null(strstr(err, "not issued"));
+	assert_memory_equal(f->dev.config, before, sizeof(before));
+	assert_int_equal(f->dev.cmd.cmd_id, a);
+	assert_int_equal(f->dev.cmd.state, TBALLOON_STATE_RUNNING);
+	assert_int_equal(f->events[TB_EVENT_DONE], 0);
+	/* the channel drains: the next command gets the next id */
+	f->notify_rc = 0;
+	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 2000, 2000, 0, 0, 1200), a + 1);
+	assert_int_equal(f->last.reason, TBALLOON_REASON_SUPERSEDED);
 }
 
 static void test_disconnect_ends_command(void **state)
@@ -717,6 +746,7 @@ int main(void)
 		T(test_reports),
 		T(test_rejected_report),
 		T(test_supersede_and_abort),
+		T(test_notify_failure_not_issued),
 		T(test_disconnect_ends_command),
 		T(test_standard_balloon),
 		T(test_process_inflate),

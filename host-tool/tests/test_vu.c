@@ -357,6 +357,41 @@ static void test_vring_fd_hygiene(void **state)
 	assert_int_equal(dispatch(f), -EINVAL);
 }
 
+/*
+ * Ring notifiers from a hostile front-end: a pipe (its writer gone, it would
+ * poll HUP forever) is refused and closed; a call eventfd filled to the
+ * limit must not block the loop when the device signals it.
+ */
+static void test_vring_fd_types(void **state)
+{
+	struct fx *f = *state;
+	uint64_t full = 0xfffffffffffffffeULL;
+	int p[2], fd;
+
+	assert_int_equal(pipe(p), 0);
+	close(p[1]);
+	msg_u64(f, TB_VU_SET_VRING_KICK, 1, 0);
+	f->m.fds[0] = p[0];
+	f->m.nfds = 1;
+	assert_int_equal(dispatch(f), -EBADF);
+	assert_true(tb_test_fd_closed(p[0]));
+	assert_int_equal(f->vu.q[1].kick_fd, -1);
+	assert_false(f->vu.q[1].started);
+
+	fd = eventfd(0, EFD_CLOEXEC);	/* blocking, as a hostile peer sends it */
+	assert_int_equal(write(fd, &full, sizeof(full)), sizeof(full));
+	msg_u64(f, TB_VU_SET_VRING_CALL, 1, 0);
+	f->m.fds[0] = fd;
+	f->m.nfds = 1;
+	assert_int_equal(dispatch(f), 0);
+	/* before the fix this write blocked forever: the alarm fails the test */
+	alarm(5);
+	tb_vu_queue_call(&f->vu, 1);
+	tb_vu_queue_call(&f->vu, 1);
+	alarm(0);
+	assert_int_equal(f->vu.q[1].call_fd, fd);
+}
+
 static void test_config_bounds(void **state)
 {
 	struct fx *f = *state;
@@ -723,6 +758,7 @@ int main(void)
 		T(test_ring_bringup),
 		T(test_bad_vring_num),
 		TB_TEST("vu", test_recv_send),
+		T(test_vring_fd_types),
 		T(test_config_change_msg),
 		T(test_detach_closes_everything),
 		T(test_reset_detection),

@@ -142,6 +142,8 @@ json_object *tb_session_to_json(const struct tb_vu *vu)
 		tb_js_bool(jq, "enabled", q->enabled);
 		tb_js_bool(jq, "moved", q->moved);
 		tb_js_bool(jq, "reset_seen", q->reset_seen);
+		json_object_object_add(jq, "stopped_at", json_object_new_int64(
+			q->stopped_valid ? q->stopped_at : -1));
 		tb_js_bool(jq, "kick", q->kick_fd >= 0);
 		tb_js_bool(jq, "call", q->call_fd >= 0);
 		tb_js_bool(jq, "err", q->err_fd >= 0);
@@ -218,6 +220,16 @@ static int tb_session_queue(struct tb_vu *vu, unsigned int i, json_object *jq,
 	    tb_jget(jq, "avail", UINT64_MAX, &q->addr.avail) ||
 	    tb_jget(jq, "log", UINT64_MAX, &q->addr.log))
 		return -EINVAL;
+	{
+		json_object *m;
+
+		if (!json_object_object_get_ex(jq, "stopped_at", &m) ||
+		    !json_object_is_type(m, json_type_int) ||
+		    json_object_get_int64(m) < -1 || json_object_get_int64(m) > 0xffff)
+			return -EINVAL;
+		q->stopped_valid = json_object_get_int64(m) >= 0;
+		q->stopped_at = q->stopped_valid ? (uint16_t)json_object_get_int64(m) : 0;
+	}
 	for (unsigned int k = 0; k < 3; k++) {
 		int fd;
 

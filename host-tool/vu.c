@@ -423,7 +423,12 @@ static int tb_vu_set_vring_base(struct tb_vu *vu, struct tb_vu_msg *m)
 		return -EINVAL;
 	if (m->p.state.num > 0xffff)
 		return -EINVAL;
-	if (!q->started && q->moved && m->p.state.num == 0)
+	/*
+	 * A ring restarting at 0 after we reported another position is a new
+	 * ring (reboot, driver reload); restarting where we said it stood is a
+	 * pause, also when that position is 0 because the 16-bit index wrapped.
+	 */
+	if (!q->started && q->stopped_valid && q->stopped_at != 0 && m->p.state.num == 0)
 		tb_vu_maybe_reset(vu, q, m->p.state.index, "position 0");
 	q->base = (uint16_t)m->p.state.num;
 	if (q->vr.num) {
@@ -450,6 +455,8 @@ static int tb_vu_get_vring_base(struct tb_vu *vu, struct tb_vu_msg *m,
 	tb_vu_queue_stop(q);
 	if (q->base)
 		q->moved = true;
+	q->stopped_at = q->base;
+	q->stopped_valid = true;
 	q->reset_seen = false;
 	r->p.state.num = q->base;
 	tb_dbg("vhost-user: queue %u stopped at %u", idx, q->base);

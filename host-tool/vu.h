@@ -175,6 +175,7 @@ struct tb_vu_msg {
  * @started: a kick fd arrived (stopped again by GET_VRING_BASE)
  * @enabled: SET_VRING_ENABLE state
  * @moved: the ring position was ever non-zero in this session
+ * @stopped_at: the position GET_VRING_BASE last reported (if @stopped_valid)
  * @reset_seen: this queue already reported the current new-ring reset
  */
 struct tb_vu_queue {
@@ -189,6 +190,8 @@ struct tb_vu_queue {
 	bool started;
 	bool enabled;
 	bool moved;
+	uint16_t stopped_at;
+	bool stopped_valid;
 	bool reset_seen;
 };
 

@@ -595,6 +595,16 @@ static void test_reset_detection(void **state)
 	q0_stop(f, 3);
 	q0_start(f, 3, 0x20000);
 	assert_int_equal(f->mock.resets, 2);
+	/*
+	 * pause/resume right after the 16-bit index wrapped (65536 buffers):
+	 * the front-end restarts at 0, where we said the ring stood; before
+	 * the fix this zeroed the balloon as a guest reboot
+	 */
+	q0_stop(f, 40000);
+	q0_start(f, 40000, 0x20000);
+	assert_int_equal(q0_stop(f, 0), 0);
+	q0_start(f, 0, 0x20000);
+	assert_int_equal(f->mock.resets, 2);
 	/* explicit resets */
 	msg(f, TB_VU_RESET_DEVICE, 0, 0);
 	assert_int_equal(dispatch(f), 0);

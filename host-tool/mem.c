@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -17,6 +18,20 @@ void tb_mem_init(struct tb_mem *m)
 	m->nregions = 0;
 	for (unsigned int i = 0; i < TB_MEM_MAX_REGIONS; i++)
 		m->r[i].fd = -1;
+}
+
+/* the fd is a memfd (its /proc/self/fd link reads "/memfd:NAME ...") */
+static bool tb_mem_is_memfd(int fd)
+{
+	char path[64], target[32];
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0)
+		return false;
+	target[n] = 0;
+	return !strncmp(target, "/memfd:", 7);
 }
 
 int tb_mem_add(struct tb_mem *m, uint64_t gpa, uint64_t size, uint64_t uva,
@@ -50,8 +65,22 @@ int tb_mem_add(struct tb_mem *m, uint64_t gpa, uint64_t size, uint64_t uva,
 	 */
 	if (fstat(fd, &st) < 0)
 		return -errno;
-	if (S_ISREG(st.st_mode) && fd_offset + size > (uint64_t)st.st_size)
+	/* a device or pipe has no size to check (a 64 TiB /dev/zero region) */
+	if (!S_ISREG(st.st_mode))
+		return -EBADFD;
+	if (fd_offset + size > (uint64_t)st.st_size)
 		return -ERANGE;
+	/*
+	 * A memfd the front-end can still shrink would raise SIGBUS in the
+	 * daemon later: QEMU seals its memfds (seal=on), so require it. Other
+	 * files cannot be sealed; accesses to them are SIGBUS-guarded.
+	 */
+	if (tb_mem_is_memfd(fd)) {
+		int seals = fcntl(fd, F_GET_SEALS);
+
+		if (seals < 0 || !(seals & F_SEAL_SHRINK))
+			return -EPERM;
+	}
 
 	map_off = fd_offset & ~(pagesz - 1);
 	lead = fd_offset - map_off;

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -353,15 +354,58 @@ static void tb_serve_reap_clients(struct tb_serve *s)
  * ------------------------------------------------------------------------
  */
 
+/*
+ * Guest memory that vanishes under us (a front-end truncating a file it
+ * could not seal) raises SIGBUS on the next access. Accesses made on the
+ * guest's behalf run armed: the handler jumps back and the device is marked
+ * broken instead of the daemon dying. Outside them SIGBUS stays fatal.
+ */
+static sigjmp_buf *volatile tb_sigbus_env;
+
+static void tb_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	(void)si;
+	(void)uc;
+	if (tb_sigbus_env)
+		siglongjmp(*tb_sigbus_env, 1);
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static void tb_sigbus_install(void)
+{
+	struct sigaction sa = { .sa_sigaction = tb_sigbus, .sa_flags = SA_SIGINFO };
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGBUS, &sa, NULL);
+}
+
+static void tb_serve_sigbus(struct tb_serve *s, unsigned int idx)
+{
+	tb_sigbus_env = NULL;
+	tb_err("vhost-user: queue %u: guest memory vanished under the daemon (SIGBUS): "
+	       "the front-end shrank a memory file", idx);
+	tb_dev_set_broken(&s->dev, "guest memory vanished (SIGBUS): the front-end "
+			  "shrank a memory file", tb_now_ms());
+	tb_vu_queue_error(&s->vu, idx);
+}
+
 static void tb_serve_queue(struct tb_serve *s, unsigned int idx)
 {
+	sigjmp_buf env;
 	bool notify;
 	int rc;
 
 	s->queue_more &= ~(1U << idx);
 	if (!tb_vu_queue_ready(&s->vu, idx) || s->dev.broken)
 		return;
+	if (sigsetjmp(env, 1)) {
+		tb_serve_sigbus(s, idx);
+		return;
+	}
+	tb_sigbus_env = &env;
 	rc = tb_dev_process_queue(&s->dev, idx, &s->vu.q[idx].vr, &notify);
+	tb_sigbus_env = NULL;
 	if (rc < 0) {
 		tb_warn("vhost-user: queue %u stopped: driver broke the ring", idx);
 		tb_vu_queue_error(&s->vu, idx);
@@ -451,7 +495,8 @@ static void tb_ops_before_reply(void *opaque)
 static int64_t tb_serve_stats(struct tb_serve *s, uint64_t now)
 {
 	int64_t due = tb_dev_stats_due(&s->dev, now);
-	bool notify;
+	sigjmp_buf env;
+	bool notify, asked;
 
 	if (due != 0)
 		return due;
@@ -459,8 +504,15 @@ static int64_t tb_serve_stats(struct tb_serve *s, uint64_t now)
 		s->dev.stats_wanted = false;
 		return -1;
 	}
-	if (tb_dev_stats_request(&s->dev, &s->vu.q[VIRTIO_TBALLOON_VQ_STATS].vr, now,
-				 &notify) && notify)
+	if (sigsetjmp(env, 1)) {
+		tb_serve_sigbus(s, VIRTIO_TBALLOON_VQ_STATS);
+		return -1;
+	}
+	tb_sigbus_env = &env;
+	asked = tb_dev_stats_request(&s->dev, &s->vu.q[VIRTIO_TBALLOON_VQ_STATS].vr, now,
+				     &notify);
+	tb_sigbus_env = NULL;
+	if (asked && notify)
 		tb_vu_queue_call(&s->vu, VIRTIO_TBALLOON_VQ_STATS);
 	return -1;
 }
@@ -755,6 +807,7 @@ int tb_serve_run(const struct tb_serve_opts *o)
 		tb_err("signals: %s", strerror(errno));
 		goto out_early;
 	}
+	tb_sigbus_install();
 	if (vu_fd < 0) {
 		rc0 = tb_serve_listener(&s, socket_path, &o->listen, &vu_l);
 		if (rc0 < 0) {

@@ -59,9 +59,14 @@ def diag(msg):
         print("# " + line, flush=True)
 
 
-def virsh(*args, timeout=60):
-    return subprocess.run(["virsh", "-c", URI] + list(args), capture_output=True, text=True,
-                          timeout=timeout)
+def virsh(*args, timeout=300):
+    """virsh ARGS; a hang is an answer too (exit 124), not a crash of the lane."""
+    try:
+        return subprocess.run(["virsh", "-c", URI] + list(args), capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(args, 124, "", "virsh %s: no answer in %d s"
+                                           % (args[0], timeout))
 
 
 def doc_xml():
@@ -184,7 +189,9 @@ def main():
             os.chmod(str(work / src.name), 0o644)
         kernel, initrd = work / kernel.name, work / ird.path.name
 
+        t0 = time.monotonic()
         started = start_daemons()
+        diag("libvirtd up after %.1f s" % (time.monotonic() - t0))
         ver = virsh("version").stdout
         diag(" ".join(line.strip() for line in ver.splitlines() if line.strip()))
         if not tap(libvirtd_up(), "libvirtd answers on %s%s" % (
@@ -196,9 +203,10 @@ def main():
         dom = work / "stock.xml"
         dom.write_text(guestify(text, name, kernel, initrd, work / "stock-console.log",
                                 stock=True))
+        t0 = time.monotonic()
         p = virsh("create", str(dom))
-        if tap(p.returncode == 0, "libvirtd starts the domain with the stock balloon (%s)"
-               % (p.stdout.strip() or p.stderr.strip())[-120:]):
+        if tap(p.returncode == 0, "libvirtd starts the domain with the stock balloon in "
+               "%.1f s (%s)" % (time.monotonic() - t0, (p.stdout.strip() or p.stderr.strip())[-120:])):
             domains.append(name)
             ok = wait_for(lambda: dommemstat(name).get("available"), 120)
             p = virsh("setmem", name, "512M", "--live")
@@ -238,9 +246,11 @@ def main():
         dom = work / "timed.xml"
         dom.write_text(guestify(text, name, kernel, initrd, work / "timed-console.log",
                                 emulator=emu, sock=sock))
+        t0 = time.monotonic()
         p = virsh("create", str(dom))
         if tap(p.returncode == 0, "libvirtd starts the documented timed domain with QEMU 11.1 "
-               "as <emulator> (%s)" % (p.stdout.strip() or p.stderr.strip())[-160:]):
+               "as <emulator> in %.1f s (%s)" % (time.monotonic() - t0,
+                                                 (p.stdout.strip() or p.stderr.strip())[-160:])):
             domains.append(name)
 
             def ready():

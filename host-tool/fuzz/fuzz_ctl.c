@@ -7,6 +7,7 @@
  * to issuing; every response must be a JSON object with "return" or "error".
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/mman.h>
@@ -34,11 +35,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	json_object *resp;
 
 	if (!mem.nregions) {
-		int fd = memfd_create("fuzz-ram", MFD_CLOEXEC);
+		int fd = memfd_create("fuzz-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 
 		tb_log_level = -1;
 		tb_mem_init(&mem);
 		if (fd < 0 || ftruncate(fd, 64 << 20) < 0 ||
+		    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0 ||
 		    tb_mem_add(&mem, 0, 64 << 20, 0x7f0000000000ULL, 0, fd) < 0)
 			__builtin_trap();
 	}

@@ -9,6 +9,7 @@
  * 0x2000, buffers anywhere in the 64 KiB of RAM).
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -46,11 +47,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	bool notify;
 
 	if (!mem.nregions) {
-		int fd = memfd_create("fuzz-ram", MFD_CLOEXEC);
+		int fd = memfd_create("fuzz-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 
 		tb_log_level = -1;
 		tb_mem_init(&mem);
 		if (fd < 0 || ftruncate(fd, FUZZ_RAM) < 0 ||
+		    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0 ||
 		    tb_mem_add(&mem, 0, FUZZ_RAM, 0x7f0000000000ULL, 0, fd) < 0)
 			__builtin_trap();
 	}

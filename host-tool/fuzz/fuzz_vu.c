@@ -10,6 +10,7 @@
  * mappings show up as leaks or fd exhaustion.
  */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -107,8 +108,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (fuzz_memfd < 0) {
 		tb_log_level = -1;
-		fuzz_memfd = memfd_create("fuzz-ram", MFD_CLOEXEC);
-		if (fuzz_memfd < 0 || ftruncate(fuzz_memfd, FUZZ_RAM) < 0)
+		fuzz_memfd = memfd_create("fuzz-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+		if (fuzz_memfd < 0 || ftruncate(fuzz_memfd, FUZZ_RAM) < 0 ||
+		    fcntl(fuzz_memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0)
 			__builtin_trap();
 	}
 	tb_vu_init(&vu, &f_ops, NULL);

@@ -6,6 +6,7 @@ channel), and drives the real CLI. Prints TAP.
 
 Usage: frontend.py PATH/TO/tballoon
 """
+import fcntl
 import json
 import mmap
 import os
@@ -67,8 +68,10 @@ class Guest:
             sock.connect(path)
         self.sock = sock
         self.sock.settimeout(5)
-        fd = os.memfd_create("guest-ram")
+        fd = os.memfd_create("guest-ram", os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, RAM)
+        # QEMU seals its memfds (memory-backend-memfd seal=on); so does this
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
         self.memfd = fd
         self.mem = mmap.mmap(fd, RAM)
         self.mem.write(b"\x01" * RAM)          # every page resident

@@ -224,9 +224,62 @@ def test_slow_loris(tmp):
         srv.wait()
 
 
+def mem_table_with(g, fd, size=8 * fe.MiB):
+    """SET_MEM_TABLE of one region on @fd; the REPLY_ACK value (0 = taken)."""
+    g.call_u64(fe.GET_FEATURES)
+    pf = g.call_u64(fe.GET_PROTOCOL_FEATURES)
+    g.send(fe.SET_PROTOCOL_FEATURES, fe.struct.pack("<Q", pf & fe.PF))
+    region = fe.struct.pack("<QQQQ", 0, size, fe.UVA, 0)
+    return g.call_u64(fe.SET_MEM_TABLE, fe.struct.pack("<II", 1, 0) + region, fds=[fd],
+                      need_reply=True)
+
+
+def test_memory_files(tmp):
+    srv, vu, cp = fe.start_serve(tmp, "memf")
+    try:
+        g = Guest(vu)
+        unsealed = os.memfd_create("unsealed")
+        os.ftruncate(unsealed, 8 * fe.MiB)
+        tap(mem_table_with(g, unsealed) != 0,
+            "memory: a memfd the front-end can still shrink is refused")
+        g.close()
+        g = Guest(vu)
+        zero = os.open("/dev/zero", os.O_RDWR)
+        tap(mem_table_with(g, zero, size=64 << 40) != 0,
+            "memory: a 64 TiB region on /dev/zero (no size to check) is refused")
+        os.close(zero)
+        g.close()
+
+        # a regular file (cannot be sealed) that the front-end truncates:
+        # region B (gpa 16 MiB on, file offset 8 MiB on) disappears
+        g = Guest(vu)
+        path = os.path.join(tmp, "guest-ram")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(fd, fe.RAM)
+        os.close(g.memfd)
+        g.mem.close()
+        g.memfd = fd
+        g.mem = fe.mmap.mmap(fd, fe.RAM)
+        g.negotiate()
+        g.w(16 * fe.MiB, "<I", 5)      # a PFN buffer in region B
+        os.ftruncate(fd, 8 * fe.MiB)
+        g.add_buf(0, [(16 * fe.MiB, 4, 0, 0)])
+        time.sleep(0.5)
+        alive = srv.poll() is None
+        s = status_within(cp, 5) if alive else None
+        tap(alive and s is not None and s["broken"] and "SIGBUS" in s["broken_reason"],
+            "memory: guest RAM truncated under a queue: the daemon survives the SIGBUS "
+            "and marks the device broken (%s)" % (s and s["broken_reason"]))
+        g.close()
+    finally:
+        srv.kill()
+        srv.wait()
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="tb-hostile-")
-    for t in (test_state_files, test_stall, test_backend_channel, test_slow_loris):
+    for t in (test_state_files, test_stall, test_backend_channel, test_slow_loris,
+              test_memory_files):
         try:
             t(tmp)
         except Exception as e:  # a hang or protocol error is a failure

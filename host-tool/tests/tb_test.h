@@ -20,13 +20,14 @@
 
 #include "util.h"
 
-/* a memfd of @size bytes (sparse) */
+/* a memfd of @size bytes (sparse), sealed against resizing as QEMU's are */
 static inline int tb_test_memfd(size_t size)
 {
-	int fd = memfd_create("tb-test", MFD_CLOEXEC);
+	int fd = memfd_create("tb-test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 
 	assert_true(fd >= 0);
 	assert_int_equal(ftruncate(fd, (off_t)size), 0);
+	assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
 	return fd;
 }
 

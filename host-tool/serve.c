@@ -36,16 +36,34 @@
 
 #define TB_MAX_CLIENTS 32
 /* a client that does not read its events is dropped past this backlog */
-#define TB_CLIENT_OUT_MAX (4U << 20)
+#define TB_CLIENT_OUT_MAX (1U << 20)
+/* a client that sends no request this long after connecting is dropped */
+#define TB_CLIENT_IDLE_MS 30000U
+/* at most one progress event per client this often (the outcome always) */
+#define TB_CLIENT_PROGRESS_MS 50U
 
+/**
+ * struct tb_client - one control connection
+ * @in, @inlen: the request line being received
+ * @out: pending output, bytes [@outoff, @outlen) not sent yet
+ * @connected_ms: when it connected; @requested: it sent a request since
+ * @progress_ms: when it was last sent a progress event
+ * @pending: the latest progress event held back by the rate bound (sent when
+ *	the window ends, or just before the outcome), NULL if none
+ */
 struct tb_client {
 	int fd;
 	char *in;
 	size_t inlen;
 	char *out;
+	size_t outoff;
 	size_t outlen;
 	size_t outcap;
 	bool dead;
+	bool requested;
+	uint64_t connected_ms;
+	uint64_t progress_ms;
+	json_object *pending;
 };
 
 struct tb_serve {
@@ -134,6 +152,12 @@ static void tb_client_queue(struct tb_client *c, const char *s, size_t len)
 
 	if (c->dead)
 		return;
+	/* what was sent goes once the backlog is mostly sent, not per send */
+	if (c->outoff && (c->outoff == c->outlen || c->outoff > c->outcap / 2)) {
+		memmove(c->out, c->out + c->outoff, c->outlen - c->outoff);
+		c->outlen -= c->outoff;
+		c->outoff = 0;
+	}
 	need = c->outlen + len + 1;
 	if (need > TB_CLIENT_OUT_MAX) {
 		tb_warn("control: client %d is not reading, dropped", c->fd);
@@ -170,8 +194,9 @@ static void tb_client_send_json(struct tb_client *c, json_object *o)
 
 static void tb_client_flush(struct tb_client *c)
 {
-	while (c->outlen && !c->dead) {
-		ssize_t n = send(c->fd, c->out, c->outlen, MSG_NOSIGNAL | MSG_DONTWAIT);
+	while (c->outoff < c->outlen && !c->dead) {
+		ssize_t n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -181,13 +206,15 @@ static void tb_client_flush(struct tb_client *c)
 			c->dead = true;
 			return;
 		}
-		memmove(c->out, c->out + n, c->outlen - (size_t)n);
-		c->outlen -= (size_t)n;
+		c->outoff += (size_t)n;
 	}
+	if (c->outoff == c->outlen)
+		c->outoff = c->outlen = 0;
 }
 
 static void tb_client_free(struct tb_client *c)
 {
+	json_object_put(c->pending);
 	tb_close_fd(&c->fd);
 	free(c->in);
 	free(c->out);
@@ -195,12 +222,76 @@ static void tb_client_free(struct tb_client *c)
 	c->fd = -1;
 }
 
+static bool tb_event_is_progress(json_object *o)
+{
+	json_object *e;
+
+	return json_object_object_get_ex(o, "event", &e) &&
+	       !strcmp(json_object_get_string(e), "BALLOON_PROGRESS");
+}
+
+static void tb_client_send_pending(struct tb_client *c, uint64_t now)
+{
+	if (!c->pending)
+		return;
+	tb_client_send_json(c, c->pending);
+	json_object_put(c->pending);
+	c->pending = NULL;
+	c->progress_ms = now;
+}
+
+/*
+ * At most one progress event per client per TB_CLIENT_PROGRESS_MS: one
+ * that comes sooner waits (the latest replaces the one waiting) until the
+ * window ends or an outcome follows, which it then precedes. Nothing is
+ * lost but intermediate states, and a flood of reports costs each client
+ * a bounded rate.
+ */
 static void tb_serve_broadcast(struct tb_serve *s, json_object *o)
 {
+	bool progress = tb_event_is_progress(o);
+	uint64_t now = tb_now_ms();
+
 	for (unsigned int i = 0; i < s->nclients; i++) {
-		tb_client_send_json(&s->clients[i], o);
-		tb_client_flush(&s->clients[i]);
+		struct tb_client *c = &s->clients[i];
+
+		if (progress && c->progress_ms && now - c->progress_ms < TB_CLIENT_PROGRESS_MS) {
+			json_object_put(c->pending);
+			c->pending = json_object_get(o);
+			continue;
+		}
+		if (progress) {
+			json_object_put(c->pending);
+			c->pending = NULL;
+			c->progress_ms = now;
+		} else {
+			tb_client_send_pending(c, now);
+		}
+		tb_client_send_json(c, o);
+		tb_client_flush(c);
 	}
+}
+
+/* send held-back progress whose window ended; ms until the next, or -1 */
+static int64_t tb_serve_pending_progress(struct tb_serve *s, uint64_t now)
+{
+	int64_t next = -1;
+
+	for (unsigned int i = 0; i < s->nclients; i++) {
+		struct tb_client *c = &s->clients[i];
+		uint64_t due = c->progress_ms + TB_CLIENT_PROGRESS_MS;
+
+		if (!c->pending || c->dead)
+			continue;
+		if (now >= due) {
+			tb_client_send_pending(c, now);
+			tb_client_flush(c);
+			continue;
+		}
+		if (next < 0 || (int64_t)(due - now) < next)
+			next = (int64_t)(due - now);
+	}
+	return next;
 }
 
 static void tb_serve_flush_deferred(struct tb_serve *s)
@@ -234,6 +325,53 @@ static bool tb_serve_peer_in_group(const struct tb_serve *s, int fd, const struc
 	return false;
 }
 
+static void tb_serve_reap_clients(struct tb_serve *s);
+
+/* the slots are full: make room by dropping the oldest client that never asked */
+static void tb_serve_drop_idle(struct tb_serve *s)
+{
+	struct tb_client *old = NULL;
+
+	for (unsigned int i = 0; i < s->nclients; i++) {
+		struct tb_client *c = &s->clients[i];
+
+		if (!c->requested && !c->dead && (!old || c->connected_ms < old->connected_ms))
+			old = c;
+	}
+	if (!old)
+		return;
+	tb_warn("control: all %u slots taken; dropping client %d, idle since it "
+		"connected", TB_MAX_CLIENTS, old->fd);
+	old->dead = true;
+	tb_serve_reap_clients(s);
+}
+
+/*
+ * Drop clients that sent no request within TB_CLIENT_IDLE_MS of connecting;
+ * returns ms until the next one is due, or -1.
+ */
+static int64_t tb_serve_idle_clients(struct tb_serve *s, uint64_t now)
+{
+	int64_t next = -1;
+
+	for (unsigned int i = 0; i < s->nclients; i++) {
+		struct tb_client *c = &s->clients[i];
+		uint64_t due = c->connected_ms + TB_CLIENT_IDLE_MS;
+
+		if (c->requested || c->dead)
+			continue;
+		if (now >= due) {
+			tb_info("control: client %d sent nothing in %u s, dropped", c->fd,
+				TB_CLIENT_IDLE_MS / 1000);
+			c->dead = true;
+			continue;
+		}
+		if (next < 0 || (int64_t)(due - now) < next)
+			next = (int64_t)(due - now);
+	}
+	return next;
+}
+
 static void tb_serve_accept_client(struct tb_serve *s)
 {
 	struct ucred cred;
@@ -252,6 +390,8 @@ static void tb_serve_accept_client(struct tb_serve *s)
 		close(fd);
 		return;
 	}
+	if (s->nclients >= TB_MAX_CLIENTS)
+		tb_serve_drop_idle(s);
 	if (s->nclients >= TB_MAX_CLIENTS) {
 		static const char busy[] =
 			"{\"error\":{\"class\":\"GenericError\",\"desc\":\"too many clients\"}}\n";
@@ -264,6 +404,7 @@ static void tb_serve_accept_client(struct tb_serve *s)
 	c = &s->clients[s->nclients++];
 	memset(c, 0, sizeof(*c));
 	c->fd = fd;
+	c->connected_ms = tb_now_ms();
 	tb_dbg("control: client %d connected (pid %d uid %d)", fd, (int)cred.pid,
 	       (int)cred.uid);
 	g = tb_ctl_greeting();
@@ -281,6 +422,7 @@ static void tb_serve_client_line(struct tb_serve *s, struct tb_client *c,
 		len--;
 	if (!len)
 		return;
+	c->requested = true;
 	s->in_request = true;
 	resp = tb_ctl_handle_line(&s->dev, line, len, tb_now_ms());
 	s->in_request = false;
@@ -633,7 +775,7 @@ int tb_listen_unix_opts(const char *path, const struct tb_listen_opts *lo,
 	rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
 	umask(old);
 	if (rc < 0 || (lo && lo->gid_set && chown(path, (uid_t)-1, lo->gid) < 0) ||
-	    chmod(path, lo ? lo->mode : 0600) < 0 || listen(fd, 16) < 0 ||
+	    chmod(path, lo ? lo->mode : 0600) < 0 || listen(fd, 64) < 0 ||
 	    lstat(path, &st) < 0) {
 		rc = -errno;
 		close(fd);
@@ -882,7 +1024,7 @@ int tb_serve_run(const struct tb_serve_opts *o)
 		TB_ADD(s.ctl_listen_fd, POLLIN, TB_PFD_CTL_LISTEN, 0);
 		for (unsigned int i = 0; i < s.nclients; i++)
 			TB_ADD(s.clients[i].fd,
-			       POLLIN | (s.clients[i].outlen ? POLLOUT : 0),
+			       POLLIN | (s.clients[i].outoff < s.clients[i].outlen ? POLLOUT : 0),
 			       TB_PFD_CLIENT, i);
 #undef TB_ADD
 
@@ -892,6 +1034,15 @@ int tb_serve_run(const struct tb_serve_opts *o)
 
 			if (st >= 0 && (timeout < 0 || st < timeout))
 				timeout = st;
+		}
+		{
+			int64_t idle = tb_serve_idle_clients(&s, tb_now_ms());
+			int64_t pend = tb_serve_pending_progress(&s, tb_now_ms());
+
+			if (idle >= 0 && (timeout < 0 || idle < timeout))
+				timeout = idle;
+			if (pend >= 0 && (timeout < 0 || pend < timeout))
+				timeout = pend;
 		}
 		{
 			/* a partly received message has a deadline too */

@@ -276,10 +276,111 @@ def test_memory_files(tmp):
         srv.wait()
 
 
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
+def test_control_clients(tmp):
+    srv, vu, cp = fe.start_serve(tmp, "ctlc")
+    idle = []
+    try:
+        rss0 = rss_kib(srv.pid)
+        for _ in range(32):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(cp)
+            idle.append(c)
+            time.sleep(0.01)
+        time.sleep(0.3)
+        s = status_within(cp, 5)
+        tap(s is not None, "control: with all 32 slots held by idle clients the operator "
+            "still gets an answer (the oldest idle one is dropped)")
+        # one client that asks for every event and never reads them
+        g = Guest(vu)
+        g.negotiate()
+        deaf = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        deaf.connect(cp)
+        deaf.sendall(b'{"execute":"query-balloon"}\n')
+        ctl(cp, "inflate", "--to", "1000p", "--deadline", "20s")
+        g.wait_config_change()
+        cmd = g.cfg(fe.O_CMD)
+        watcher = subprocess.Popen([TB, "-c", cp, "watch", "-j"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        n = 2000
+        for i in range(n):
+            g.report(cmd, fe.ST_RUNNING, i % 999)
+        g.report(cmd, fe.ST_DONE, 1000, elapsed=5)
+        dt = time.monotonic() - t0
+        out, _ = watcher.communicate(timeout=30)
+        progress = subprocess.run([TB, "-c", cp, "status", "-j"], capture_output=True,
+                                  text=True).returncode
+        ev = json.loads(out) if out.strip() else {}
+        with open(os.path.join(tmp, "ctlc.log")) as f:
+            log = f.read()
+        rss1 = rss_kib(srv.pid)
+        if ev.get("command", {}).get("state") != "done":
+            sys.stderr.write("watch printed %r\n" % out[-500:])
+        tap(ev.get("command", {}).get("state") == "done" and progress == 0,
+            "control: %d reports in %.2f s: the watcher sees the outcome, the daemon "
+            "answers" % (n, dt))
+        print("# control: 32 idle clients and one that never reads: RSS %d -> %d KiB"
+              % (rss0, rss1), flush=True)
+        tap("dropping client" in log, "control: the dropped idle client is logged")
+        deaf.close()
+        g.close()
+    finally:
+        for c in idle:
+            c.close()
+        srv.kill()
+        srv.wait()
+
+
+def test_progress_rate(tmp):
+    srv, vu, cp = fe.start_serve(tmp, "rate")
+    try:
+        g = Guest(vu)
+        g.negotiate()
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(cp)
+        c.sendall(b'{"execute":"query-balloon"}\n')
+        ctl(cp, "inflate", "--to", "1000p", "--deadline", "20s")
+        g.wait_config_change()
+        cmd = g.cfg(fe.O_CMD)
+        t0 = time.monotonic()
+        for i in range(500):
+            g.report(cmd, fe.ST_RUNNING, i)
+        g.report(cmd, fe.ST_DONE, 1000, elapsed=5)
+        dt = time.monotonic() - t0
+        c.settimeout(5)
+        data = b""
+        while b"BALLOON_DONE" not in data:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        n = data.count(b"BALLOON_PROGRESS")
+        # one per 50 ms window, plus the one held back until the outcome
+        bound = int(dt * 1000 / 50) + 3
+        tap(b"BALLOON_DONE" in data and n <= bound,
+            "control: 500 reports in %.2f s reach a client as %d progress events "
+            "(at most one per 50 ms: %d) and the outcome" % (dt, n, bound))
+        c.close()
+        g.close()
+    finally:
+        srv.kill()
+        srv.wait()
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="tb-hostile-")
     for t in (test_state_files, test_stall, test_backend_channel, test_slow_loris,
-              test_memory_files):
+              test_memory_files, test_control_clients, test_progress_rate):
         try:
             t(tmp)
         except Exception as e:  # a hang or protocol error is a failure

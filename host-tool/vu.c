@@ -836,7 +836,24 @@ err:
 	return rc;
 }
 
+static int tb_vu_send_flags(int fd, const struct tb_vu_msg *m, int flags);
+
 int tb_vu_send(int fd, const struct tb_vu_msg *m)
+{
+	return tb_vu_send_flags(fd, m, 0);
+}
+
+/*
+ * A reply never waits: a front-end reads each reply before its next request,
+ * so one that lets the socket fill up is not reading at all; its session
+ * ends (-EAGAIN) instead of stalling the loop for the send timeout.
+ */
+static int tb_vu_send_reply(int fd, const struct tb_vu_msg *m)
+{
+	return tb_vu_send_flags(fd, m, MSG_DONTWAIT);
+}
+
+static int tb_vu_send_flags(int fd, const struct tb_vu_msg *m, int flags)
 {
 	struct iovec iov[2] = {
 		{ .iov_base = (void *)&m->hdr, .iov_len = sizeof(m->hdr) },
@@ -848,12 +865,16 @@ int tb_vu_send(int fd, const struct tb_vu_msg *m)
 	if (m->hdr.size > sizeof(m->p))
 		return -EINVAL;
 	while (left) {
-		ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+		ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL | flags);
 
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n < 0 && (flags & MSG_DONTWAIT))
+			return -errno;
 		if (n < 0)
 			return (errno == EAGAIN || errno == EWOULDBLOCK) ? -ETIMEDOUT : -errno;
+		if ((flags & MSG_DONTWAIT) && (size_t)n != left)
+			return -EAGAIN;	/* half a reply: the session cannot go on */
 		left -= (size_t)n;
 		/* partial write: advance the iovecs */
 		while (n > 0 && mh.msg_iovlen) {
@@ -1000,7 +1021,7 @@ int tb_vu_serve_one(struct tb_vu *vu)
 	if (vu->ops->before_reply)
 		vu->ops->before_reply(vu->opaque);
 	if (send_reply) {
-		rc = tb_vu_send(vu->sock_fd, &reply);
+		rc = tb_vu_send_reply(vu->sock_fd, &reply);
 		if (rc < 0) {
 			tb_warn("vhost-user: reply to %s: %s",
 				tb_vu_request_name(msg->hdr.request), strerror(-rc));

@@ -64,6 +64,17 @@
 #define TBALLOON_RETRY_MS		200
 /* deflate: pause while every balloon page is isolated for migration */
 #define TBALLOON_ISOLATED_MS		20
+/*
+ * A device that keeps a buffer longer than this is dead or hostile: it is
+ * marked broken (virtio_break_device()), so that no wait of ours outlives
+ * it: a run ends ABORTED/DEVICE_ERROR, removal and reboot complete. Long
+ * enough for a backend restart (the fd store keeps the session meanwhile).
+ */
+#define TBALLOON_ACK_TIMEOUT_MS		15000
+/* the same bound once the driver is being removed or the guest suspended */
+#define TBALLOON_ACK_STOP_MS		2000
+/* how often a wait for the device looks at the queues and the clock */
+#define TBALLOON_ACK_POLL_MS		100
 /* DEFLATE_ON_OOM: 4 KiB pages given back per OOM notification (4 MiB) */
 #define TBALLOON_OOM_PAGES		1024U
 /* helpers: other CPUs that allocate blocks for the worker during a fill */
@@ -553,6 +564,65 @@ static bool tballoon_any_returned(struct tballoon *tb)
 	return false;
 }
 
+static bool tballoon_dead(struct tballoon *tb)
+{
+	return tb->broken || virtqueue_is_broken(tb->inflate_vq) ||
+	       virtqueue_is_broken(tb->deflate_vq);
+}
+
+static bool tballoon_returned(struct tballoon *tb, struct tballoon_buf *buf)
+{
+	return buf ? tballoon_buf_returned(tb, buf) : tballoon_any_returned(tb);
+}
+
+/**
+ * tballoon_wait_device() - wait, bounded, for the device to return a buffer
+ * @tb: the balloon; @tb->lock held
+ * @buf: the buffer to wait for, or NULL for any of @tb->bufs
+ *
+ * Every wait for the device goes through here: the queues are looked at
+ * every TBALLOON_ACK_POLL_MS (a broken queue never calls back), and after
+ * TBALLOON_ACK_TIMEOUT_MS (TBALLOON_ACK_STOP_MS once removal or suspend
+ * began) the device is declared dead: it is broken with
+ * virtio_break_device(), @tb->broken is set and every buffer counts as
+ * returned (tballoon_reap()), so the caller goes on and stops.
+ *
+ * Return: true if the buffer came back from a working device, false if the
+ * device is broken.
+ */
+static bool tballoon_wait_device(struct tballoon *tb, struct tballoon_buf *buf)
+{
+	unsigned long start = jiffies;
+	unsigned long end = start + msecs_to_jiffies(TBALLOON_ACK_TIMEOUT_MS);
+	bool stopping = false;
+
+	while (!tballoon_returned(tb, buf)) {
+		if (tballoon_dead(tb))
+			break;
+		if (wait_event_timeout(tb->acked, tballoon_returned(tb, buf) ||
+				       tballoon_dead(tb),
+				       msecs_to_jiffies(TBALLOON_ACK_POLL_MS)))
+			continue;
+		if (!stopping && tballoon_removing(tb)) {
+			unsigned long soon = jiffies + msecs_to_jiffies(TBALLOON_ACK_STOP_MS);
+
+			stopping = true;
+			if (time_before(soon, end))
+				end = soon;
+		}
+		if (time_after(jiffies, end)) {
+			dev_err(&tb->vdev->dev,
+				"device kept a buffer for %u ms: treating it as broken\n",
+				jiffies_to_msecs(jiffies - start));
+			virtio_break_device(tb->vdev);
+			tb->broken = true;
+			tballoon_reap(tb);
+			break;
+		}
+	}
+	return !tballoon_dead(tb);
+}
+
 /* Give the pages of a buffer that never reached the device back. */
 static void tballoon_unfill(struct tballoon *tb, struct tballoon_buf *buf,
 			    bool inflate)
@@ -630,8 +700,7 @@ static void tballoon_drain(struct tballoon *tb)
 
 	for (i = 0; i < TBALLOON_NR_BUFS; i++)
 		if (tb->bufs[i].num_pfns)
-			wait_event(tb->acked,
-				   tballoon_buf_returned(tb, &tb->bufs[i]));
+			tballoon_wait_device(tb, &tb->bufs[i]);
 	tballoon_complete_returned(tb);
 }
 
@@ -1132,13 +1201,13 @@ static void tballoon_run(struct tballoon *tb)
 
 		buf = tballoon_free_buf(tb);
 		if (!buf) {
-			wait_event(tb->acked, tballoon_any_returned(tb));
+			tballoon_wait_device(tb, NULL);
 			continue;
 		}
 		n = tballoon_next_batch(tb);
 		if (!n) {
 			if (tb->inflight_pages) {
-				wait_event(tb->acked, tballoon_any_returned(tb));
+				tballoon_wait_device(tb, NULL);
 			} else {
 				/*
 				 * Paced and ahead of schedule, or MemAvailable
@@ -1179,7 +1248,7 @@ static void tballoon_run(struct tballoon *tb)
 			tballoon_progress(tb);
 			while ((err = tballoon_send(tb, vq, buf)) == -ENOSPC &&
 			       tb->inflight_pages)
-				wait_event(tb->acked, tballoon_any_returned(tb));
+				tballoon_wait_device(tb, NULL);
 			if (err) {
 				dev_warn_ratelimited(&tb->vdev->dev,
 						     "cannot queue %u pages: %d\n",
@@ -1314,8 +1383,8 @@ static int tballoon_send_page_sync(struct tballoon *tb, struct virtqueue *vq,
 	buf->num_pfns = 0;
 	tballoon_buf_add_pfns(buf, page);
 	err = tballoon_send(tb, vq, buf);
-	if (!err)
-		wait_event(tb->acked, tballoon_buf_returned(tb, buf));
+	if (!err && !tballoon_wait_device(tb, buf))
+		err = -EIO;
 	buf->num_pfns = 0;
 	return err;
 }
@@ -1590,7 +1659,7 @@ static int tballoon_deflate_sync(struct tballoon *tb, struct tballoon_buf *buf,
 	pages = buf->num_pfns;
 	tb->inflight_pages += pages;
 	if (!tballoon_send(tb, tb->deflate_vq, buf))
-		wait_event(tb->acked, tballoon_buf_returned(tb, buf));
+		tballoon_wait_device(tb, buf);
 	buf->vq = tb->deflate_vq;
 	buf->in_flight = false;
 	tballoon_complete(tb, buf);

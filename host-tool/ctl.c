@@ -341,6 +341,27 @@ json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len
 		} else {
 			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));
 		}
+	} else if (!strcmp(name, "x-test-withhold-buffers")) {
+		/*
+		 * Test only (the x- prefix, as QEMU marks unstable commands):
+		 * the device model stops returning PFN buffers, the way a
+		 * dead or hostile backend would, while it keeps answering
+		 * config accesses. For the guest driver's fault scenarios.
+		 */
+		static const char *const wargs[] = { "withhold", NULL };
+		json_object *w;
+
+		if (tb_ctl_args_known(args, wargs, err, sizeof(err))) {
+			resp = tb_ctl_error(id, err);
+		} else if (!json_object_object_get_ex(args, "withhold", &w) ||
+			   !json_object_is_type(w, json_type_boolean)) {
+			resp = tb_ctl_error(id, "'withhold' must be a boolean");
+		} else {
+			dev->test_withhold = json_object_get_boolean(w);
+			tb_warn("test: PFN buffers are %s", dev->test_withhold ?
+				"withheld (x-test-withhold-buffers)" : "returned again");
+			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));
+		}
 	} else {
 		snprintf(err, sizeof(err), "the command %.64s has not been found", name);
 		resp = tb_ctl_error(id, err);

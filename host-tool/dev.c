@@ -679,6 +679,9 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 	*notify = false;
 	if (dev->broken)
 		return 0;
+	if (dev->test_withhold && (idx == VIRTIO_TBALLOON_VQ_INFLATE ||
+				   idx == VIRTIO_TBALLOON_VQ_DEFLATE))
+		return 0;
 	for (;;) {
 		uint16_t pos = vr->last_avail;
 		uint64_t n = 0;

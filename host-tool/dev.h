@@ -224,6 +224,8 @@ struct tb_dev {
 	uint64_t last_driver_ms;
 	uint16_t counted_pos[2];
 	bool counted_valid[2];
+	/* test only (x-test-withhold-buffers): PFN buffers are left in the ring */
+	bool test_withhold;
 };
 
 void tb_dev_init(struct tb_dev *dev, const struct tb_mem *mem,

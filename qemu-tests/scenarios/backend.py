@@ -7,6 +7,7 @@ import subprocess
 import time
 
 from . import MIB, PAGE, group, mib, scenario
+from tbtest import machine
 
 GIB = 1 << 30
 KB = 1024
@@ -303,5 +304,48 @@ def guest_reboot(ctx):
     ctx.expect(rc == 0 and st["command"]["cmd_id"] > cmd_id,
                "a new command works after the reboot (exit %d, id %s)"
                % (rc, st["command"].get("cmd_id")))
+    rc, st, wall = ctx.balloon("deflate", 0, "120s", timeout=300)
+    ctx.check_healthy()
+
+
+@scenario("dead-device-reboot", "reset")
+def dead_device_reboot(ctx):
+    """the device stops returning buffers mid-inflate, then the guest reboots: the reboot completes, the new boot works"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    p = g.tool("inflate", "--to", "%dp" % (st0["actual_pages"] + 512 * MIB // PAGE),
+               "--deadline", "60s", "--paced")
+    ctx.require(p.returncode == 0, "paced inflate not issued: %s" % p.stderr.strip())
+    time.sleep(1.5)
+    ctl = machine.Qmp(g.control)
+    try:
+        ctl.command("x-test-withhold-buffers", withhold=True)
+    finally:
+        ctl.sock.close()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    try:
+        g.reboot(timeout=120)
+        secs = time.monotonic() - t0
+    except machine.GuestError as e:
+        secs = None
+        ctx.diag("reboot: %s", e)
+    ctl = machine.Qmp(g.control)
+    try:
+        ctl.command("x-test-withhold-buffers", withhold=False)
+    finally:
+        ctl.sock.close()
+    ctx.require(secs is not None, "the guest rebooted within 120 s with the device "
+                "withholding its buffers")
+    ctx.diag("rebooted in %.1f s with the device withholding buffers; driver %s", secs,
+             g.driver_status)
+    ctx.expect(g.driver_status == "loaded", "driver loaded after the reboot")
+    deadline = time.monotonic() + 30
+    st1 = ctx.status()
+    while not st1["driver_ok"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        st1 = ctx.status()
+    rc, st, wall = ctx.balloon("inflate", 64 * MIB // PAGE, "120s", timeout=300)
+    ctx.expect(rc == 0, "a new command works after the reboot (exit %d)" % rc)
     rc, st, wall = ctx.balloon("deflate", 0, "120s", timeout=300)
     ctx.check_healthy()

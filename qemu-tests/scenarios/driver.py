@@ -771,3 +771,65 @@ def deflate_on_oom(ctx):
     finally:
         qmp.close()
     ctx.check_healthy()
+
+
+def _withhold(g, on):
+    """x-test-withhold-buffers: the backend stops (or resumes) returning PFN
+    buffers while it keeps answering config accesses, as a dead or hostile
+    device model would."""
+    ctl = machine.Qmp(g.control)
+    try:
+        ctl.command("x-test-withhold-buffers", withhold=on)
+    finally:
+        ctl.sock.close()
+
+
+@scenario("driver-dead-device", "driver")
+def dead_device(ctx):
+    """the device stops returning buffers mid-inflate: the run ends aborted/device-error within the bound, rmmod completes, a new driver works"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    boot_total = ctx.shared.get("boot_memtotal") or g.meminfo()["MemTotal"]
+    _empty(ctx)
+    run = _bg_tool(g, "inflate", "--to", "%dp" % (600 * MIB // PAGE), "--deadline", "60s",
+                   "--paced", "--wait", "--json")
+    try:
+        st0 = _wait_running(ctx)
+        time.sleep(1.0)
+        _withhold(g, True)
+        t0 = time.monotonic()
+        rc1, st1 = _bg_result(g, run, timeout=120)
+        ended = time.monotonic() - t0
+    finally:
+        if run.poll() is None:
+            run.kill()
+    c1 = _cmd(st1)
+    broke = [line for line in g.dmesg().splitlines() if "treating it as broken" in line]
+    ctx.diag("buffers withheld at %d pages: the command ended %s/%s (exit %d) %.1f s later; "
+             "dmesg: %s", st0["actual_pages"], c1.get("state"), c1.get("reason"), rc1, ended,
+             broke[0].strip() if broke else "nothing")
+    ctx.expect(rc1 == 5 and c1.get("state") == "aborted" and c1.get("reason") == "device-error",
+               "the run ends aborted/device-error (exit %d, %s/%s)"
+               % (rc1, c1.get("state"), c1.get("reason")))
+    ctx.expect(broke, "the driver says it treats the device as broken")
+    t0 = time.monotonic()
+    res = g.sh("rmmod virtio_tballoon", timeout=60)
+    secs = time.monotonic() - t0
+    mi = g.meminfo()
+    ctx.diag("rmmod with the device broken: exit %d in %.2f s, MemTotal %d kB (boot %d)",
+             res.rc, secs, mi["MemTotal"], boot_total)
+    ctx.expect(res.rc == 0, "rmmod completes (exit %d: %s)" % (res.rc, res.err.strip()))
+    ctx.expect(mi["MemTotal"] == boot_total, "every page is back in the guest")
+    _withhold(g, False)
+    res = g.sh("insmod /lib/modules/virtio_tballoon.ko", timeout=60)
+    ctx.expect(res.rc == 0, "insmod again (%s)" % res.err.strip())
+    t0 = time.monotonic()
+    st = ctx.status()
+    while not (st.get("driver_ok") and st.get("timed")) and time.monotonic() - t0 < 30:
+        time.sleep(0.2)
+        st = ctx.status()
+    rc, st, _ = ctx.balloon("inflate", 64 * MIB // PAGE, "60s", timeout=120)
+    ctx.expect(rc == 0 and st.get("actual_pages") == 64 * MIB // PAGE,
+               "the reset device works with the new driver (exit %d)" % rc)
+    _empty(ctx)
+    ctx.check_healthy()

@@ -407,9 +407,8 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 		tb_refuse("unknown op %u", op);
 	}
 
-	id = dev->last_cmd_id + 1;
-	if (id == 0)	/* never 0 after the first command */
-		id = 1;
+	/* never 0 after the first command: the id wraps to 1 */
+	id = dev->last_cmd_id == UINT32_MAX ? 1 : dev->last_cmd_id + 1;
 
 	/*
 	 * The config first, then the notification; a driver that cannot be

@@ -765,30 +765,16 @@ static void tb_vu_msg_close_fds(struct tb_vu_msg *m)
 	m->nfds = 0;
 }
 
-int tb_vu_recv(int fd, struct tb_vu_msg *m)
+/*
+ * Move the SCM_RIGHTS fds of a received @mh into @m (closing any beyond
+ * TB_VU_MAX_FDS: never leak one we cannot hold). -EMSGSIZE if the
+ * ancillary data was truncated, else 0.
+ */
+static int tb_vu_take_fds(struct msghdr *mh, struct tb_vu_msg *m)
 {
-	char cbuf[CMSG_SPACE(TB_VU_MAX_FDS * sizeof(int))];
-	struct iovec iov = { .iov_base = &m->hdr, .iov_len = sizeof(m->hdr) };
-	struct msghdr mh = {
-		.msg_iov = &iov,
-		.msg_iovlen = 1,
-		.msg_control = cbuf,
-		.msg_controllen = sizeof(cbuf),
-	};
 	struct cmsghdr *cm;
-	ssize_t n;
-	int rc;
 
-	m->nfds = 0;
-	do {
-		n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
-	} while (n < 0 && errno == EINTR);
-	if (n < 0)
-		return (errno == EAGAIN || errno == EWOULDBLOCK) ? -ETIMEDOUT : -errno;
-	if (n == 0)
-		return -ECONNRESET;
-
-	for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+	for (cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
 		size_t cnt;
 
 		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
@@ -801,11 +787,39 @@ int tb_vu_recv(int fd, struct tb_vu_msg *m)
 			if (m->nfds < TB_VU_MAX_FDS)
 				m->fds[m->nfds++] = rfd;
 			else
-				close(rfd);	/* never leak one we cannot hold */
+				close(rfd);
 		}
 	}
-	if (mh.msg_flags & MSG_CTRUNC) {
+	if (mh->msg_flags & MSG_CTRUNC) {
 		tb_warn("vhost-user: ancillary data truncated");
+		return -EMSGSIZE;
+	}
+	return 0;
+}
+
+int tb_vu_recv(int fd, struct tb_vu_msg *m)
+{
+	char cbuf[CMSG_SPACE(TB_VU_MAX_FDS * sizeof(int))];
+	struct iovec iov = { .iov_base = &m->hdr, .iov_len = sizeof(m->hdr) };
+	struct msghdr mh = {
+		.msg_iov = &iov,
+		.msg_iovlen = 1,
+		.msg_control = cbuf,
+		.msg_controllen = sizeof(cbuf),
+	};
+	ssize_t n;
+	int rc;
+
+	m->nfds = 0;
+	do {
+		n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return (errno == EAGAIN || errno == EWOULDBLOCK) ? -ETIMEDOUT : -errno;
+	if (n == 0)
+		return -ECONNRESET;
+
+	if (tb_vu_take_fds(&mh, m) < 0) {
 		rc = -EMSGSIZE;
 		goto err;
 	}
@@ -923,7 +937,6 @@ static int tb_vu_rx_step(struct tb_vu *vu)
 			.msg_control = cbuf,
 			.msg_controllen = sizeof(cbuf),
 		};
-		struct cmsghdr *cm;
 		ssize_t n;
 
 		if (!want)
@@ -935,26 +948,8 @@ static int tb_vu_rx_step(struct tb_vu *vu)
 			return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
 		if (n == 0)
 			return -ECONNRESET;
-		for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
-			size_t cnt;
-
-			if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-				continue;
-			cnt = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-			for (size_t i = 0; i < cnt; i++) {
-				int rfd;
-
-				memcpy(&rfd, CMSG_DATA(cm) + i * sizeof(int), sizeof(rfd));
-				if (m->nfds < TB_VU_MAX_FDS)
-					m->fds[m->nfds++] = rfd;
-				else
-					close(rfd);	/* never leak one we cannot hold */
-			}
-		}
-		if (mh.msg_flags & MSG_CTRUNC) {
-			tb_warn("vhost-user: ancillary data truncated");
+		if (tb_vu_take_fds(&mh, m) < 0)
 			return -EMSGSIZE;
-		}
 		rx->got += (size_t)n;
 		if (rx->got != hdr)
 			continue;

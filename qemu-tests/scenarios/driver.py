@@ -599,17 +599,7 @@ def rmmod(ctx):
     ctx.expect(mi["MemTotal"] == boot_total, "MemTotal back to its boot value, %d pages "
                "returned" % before)
     ctx.expect("virtio_tballoon" not in g.sh("cat /proc/modules").out, "module gone")
-    res = g.sh("insmod /lib/modules/virtio_tballoon.ko", timeout=60)
-    ctx.expect(res.rc == 0, "insmod again (%s)" % res.err.strip())
-    t0 = time.monotonic()
-    st = ctx.status()
-    while not (st.get("driver_ok") and st.get("timed")) and time.monotonic() - t0 < 30:
-        time.sleep(0.2)
-        st = ctx.status()
-    ctx.expect(st.get("driver_ok") and st.get("timed"), "driver_ok and timed after insmod")
-    rc, st, _ = ctx.balloon("inflate", 64 * MIB // PAGE, "60s", timeout=120)
-    ctx.expect(rc == 0 and st.get("actual_pages") == 64 * MIB // PAGE,
-               "a new inflate runs after re-insmod (exit %d)" % rc)
+    _insmod_again(ctx, "a new inflate runs after re-insmod")
     # Unbind and bind through sysfs: the same teardown without unloading.
     dev = g.sh("basename $(readlink -f /sys/bus/virtio/drivers/virtio_tballoon/virtio*)").out.strip()
     res = g.sh("echo %s > /sys/bus/virtio/drivers/virtio_tballoon/unbind" % dev, timeout=120)
@@ -773,6 +763,21 @@ def deflate_on_oom(ctx):
     ctx.check_healthy()
 
 
+def _insmod_again(ctx, what):
+    """insmod the module again, wait for driver_ok and TIMED, inflate 64 MiB."""
+    res = ctx.guest.sh("insmod /lib/modules/virtio_tballoon.ko", timeout=60)
+    ctx.expect(res.rc == 0, "insmod again (%s)" % res.err.strip())
+    t0 = time.monotonic()
+    st = ctx.status()
+    while not (st.get("driver_ok") and st.get("timed")) and time.monotonic() - t0 < 30:
+        time.sleep(0.2)
+        st = ctx.status()
+    ctx.expect(st.get("driver_ok") and st.get("timed"), "driver_ok and timed after insmod")
+    rc, st, _ = ctx.balloon("inflate", 64 * MIB // PAGE, "60s", timeout=120)
+    ctx.expect(rc == 0 and st.get("actual_pages") == 64 * MIB // PAGE,
+               "%s (exit %d)" % (what, rc))
+
+
 def _withhold(g, on):
     """x-test-withhold-buffers: the backend stops (or resumes) returning PFN
     buffers while it keeps answering config accesses, as a dead or hostile
@@ -821,15 +826,6 @@ def dead_device(ctx):
     ctx.expect(res.rc == 0, "rmmod completes (exit %d: %s)" % (res.rc, res.err.strip()))
     ctx.expect(mi["MemTotal"] == boot_total, "every page is back in the guest")
     _withhold(g, False)
-    res = g.sh("insmod /lib/modules/virtio_tballoon.ko", timeout=60)
-    ctx.expect(res.rc == 0, "insmod again (%s)" % res.err.strip())
-    t0 = time.monotonic()
-    st = ctx.status()
-    while not (st.get("driver_ok") and st.get("timed")) and time.monotonic() - t0 < 30:
-        time.sleep(0.2)
-        st = ctx.status()
-    rc, st, _ = ctx.balloon("inflate", 64 * MIB // PAGE, "60s", timeout=120)
-    ctx.expect(rc == 0 and st.get("actual_pages") == 64 * MIB // PAGE,
-               "the reset device works with the new driver (exit %d)" % rc)
+    _insmod_again(ctx, "the reset device works with the new driver")
     _empty(ctx)
     ctx.check_healthy()

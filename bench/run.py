@@ -135,6 +135,9 @@ class ControlListener:
         greeting = self.file.readline()
         if b"QMP" not in greeting:
             raise BenchError("control socket: no greeting (%r)" % greeting[:80])
+        # as a QMP client does; a client that never asks anything is
+        # dropped after 30 s
+        self.sock.sendall(b'{"execute":"qmp_capabilities"}\n')
         self.events = []        # (receive time.time(), event dict)
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._reader, daemon=True)

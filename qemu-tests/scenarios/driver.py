@@ -101,6 +101,9 @@ class _Events:
         self.sock.connect(str(g.control))
         self.file = self.sock.makefile("rb")
         self.file.readline()        # greeting
+        # as a QMP client does; a client that never asks anything is
+        # dropped after 30 s
+        self.sock.sendall(b'{"execute":"qmp_capabilities"}\n')
         self.events = []
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()

@@ -102,7 +102,13 @@ static int tb_conn_read(struct tb_conn *c, json_object **out, uint64_t deadline_
 	}
 }
 
-/* connect and read the greeting; errors on stderr unless @quiet */
+static json_object *tb_conn_execute(struct tb_conn *c, const char *name,
+				    json_object *args, const char *what);
+
+/*
+ * Connect, read the greeting and negotiate capabilities (QMP's
+ * qmp_capabilities); errors on stderr unless @quiet.
+ */
 static int tb_conn_open_q(struct tb_conn *c, const char *path, bool quiet)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -134,6 +140,12 @@ static int tb_conn_open_q(struct tb_conn *c, const char *path, bool quiet)
 		else
 			fprintf(stderr, "tballoon: %s: no greeting from the server\n", path);
 		json_object_put(g);
+		tb_conn_close(c);
+		return -1;
+	}
+	json_object_put(g);
+	g = tb_conn_execute(c, "qmp_capabilities", NULL, "qmp_capabilities");
+	if (!g) {
 		tb_conn_close(c);
 		return -1;
 	}

@@ -49,10 +49,15 @@ json_object *tb_ctl_greeting(void)
 
 json_object *tb_ctl_error(json_object *id, const char *desc)
 {
+	return tb_ctl_error_class(id, "GenericError", desc);
+}
+
+json_object *tb_ctl_error_class(json_object *id, const char *cls, const char *desc)
+{
 	json_object *e = json_object_new_object();
 	json_object *r = json_object_new_object();
 
-	json_object_object_add(e, "class", json_object_new_string("GenericError"));
+	json_object_object_add(e, "class", json_object_new_string(cls));
 	json_object_object_add(e, "desc", json_object_new_string(desc));
 	json_object_object_add(r, "error", e);
 	if (id)
@@ -257,7 +262,7 @@ static json_object *tb_ctl_move(struct tb_dev *dev, uint32_t op, json_object *ar
 }
 
 json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len,
-				uint64_t now_ms)
+				uint64_t now_ms, bool *negotiated)
 {
 	static const char *const no_args[] = { NULL };
 	json_tokener *tok;
@@ -321,18 +326,41 @@ json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len
 	}
 
 	name = json_object_get_string(exec);
+	/* "inflate\u0000x" is not "inflate" */
+	if ((size_t)json_object_get_string_len(exec) != strlen(name)) {
+		resp = tb_ctl_error(id, "'execute' contains a NUL character");
+		goto out;
+	}
+	/* as QEMU's QMP: capabilities negotiation first, then commands */
+	if (!*negotiated) {
+		if (strcmp(name, "qmp_capabilities")) {
+			resp = tb_ctl_error_class(id, "CommandNotFound",
+						  "Expecting capabilities negotiation with "
+						  "'qmp_capabilities'");
+		} else if (tb_ctl_args_known(args, no_args, err, sizeof(err))) {
+			resp = tb_ctl_error(id, err);
+		} else {
+			*negotiated = true;
+			resp = tb_ctl_return(id, json_object_new_object());
+		}
+		goto out;
+	}
+	if (!strcmp(name, "qmp_capabilities")) {
+		resp = tb_ctl_error_class(id, "CommandNotFound",
+					  "Capabilities negotiation is already complete, "
+					  "command ignored");
+		goto out;
+	}
 	if (!strcmp(name, "inflate")) {
 		resp = tb_ctl_move(dev, TBALLOON_OP_INFLATE, args, id, now_ms);
 	} else if (!strcmp(name, "deflate")) {
 		resp = tb_ctl_move(dev, TBALLOON_OP_DEFLATE, args, id, now_ms);
 	} else if (!strcmp(name, "abort") || !strcmp(name, "query-balloon") ||
-		   !strcmp(name, "qmp_capabilities") || !strcmp(name, "query-stats")) {
+		   !strcmp(name, "query-stats")) {
 		if (tb_ctl_args_known(args, no_args, err, sizeof(err))) {
 			resp = tb_ctl_error(id, err);
 		} else if (!strcmp(name, "query-stats")) {
 			resp = tb_ctl_return(id, tb_ctl_guest_stats(dev, now_ms));
-		} else if (!strcmp(name, "qmp_capabilities")) {
-			resp = tb_ctl_return(id, json_object_new_object());
 		} else if (!strcmp(name, "query-balloon")) {
 			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));
 		} else if (!tb_dev_issue(dev, TBALLOON_OP_ABORT, 0, 0, 0, 0, now_ms,

@@ -33,14 +33,19 @@
 json_object *tb_ctl_greeting(void);
 
 /*
- * Execute one request line (without its newline). Always returns a response
- * object (the caller owns it).
+ * Execute one request line (without its newline) of a client whose
+ * capabilities negotiation state is *@negotiated: as in QEMU's QMP, until
+ * it sent qmp_capabilities every other command is refused (CommandNotFound),
+ * and qmp_capabilities afterwards too. Always returns a response object
+ * (the caller owns it).
  */
 json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len,
-				uint64_t now_ms);
+				uint64_t now_ms, bool *negotiated);
 
 /* {"error":{"class":"GenericError","desc":DESC}} (+ "id" if @id) */
 json_object *tb_ctl_error(json_object *id, const char *desc);
+/* the same with another error class (QMP's CommandNotFound, ...) */
+json_object *tb_ctl_error_class(json_object *id, const char *cls, const char *desc);
 
 /* the status object (query-balloon, status --json, event data) */
 json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms);

@@ -47,6 +47,7 @@
  * @in, @inlen: the request line being received
  * @out: pending output, bytes [@outoff, @outlen) not sent yet
  * @connected_ms: when it connected; @requested: it sent a request since
+ * @negotiated: it sent qmp_capabilities (commands and events from then on)
  * @progress_ms: when it was last sent a progress event
  * @pending: the latest progress event held back by the rate bound (sent when
  *	the window ends, or just before the outcome), NULL if none
@@ -61,6 +62,7 @@ struct tb_client {
 	size_t outcap;
 	bool dead;
 	bool requested;
+	bool negotiated;
 	uint64_t connected_ms;
 	uint64_t progress_ms;
 	json_object *pending;
@@ -255,6 +257,9 @@ static void tb_serve_broadcast(struct tb_serve *s, json_object *o)
 	for (unsigned int i = 0; i < s->nclients; i++) {
 		struct tb_client *c = &s->clients[i];
 
+		/* as QMP: no events before the capabilities negotiation */
+		if (!c->negotiated)
+			continue;
 		if (progress && c->progress_ms && now - c->progress_ms < TB_CLIENT_PROGRESS_MS) {
 			json_object_put(c->pending);
 			c->pending = json_object_get(o);
@@ -424,7 +429,7 @@ static void tb_serve_client_line(struct tb_serve *s, struct tb_client *c,
 		return;
 	c->requested = true;
 	s->in_request = true;
-	resp = tb_ctl_handle_line(&s->dev, line, len, tb_now_ms());
+	resp = tb_ctl_handle_line(&s->dev, line, len, tb_now_ms(), &c->negotiated);
 	s->in_request = false;
 	tb_client_send_json(c, resp);
 	json_object_put(resp);

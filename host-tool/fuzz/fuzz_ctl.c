@@ -61,6 +61,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	 */
 	{
 		uint64_t now = 2000;
+		/* the first byte decides whether the session starts negotiated */
+		bool negotiated = size > 1 && (data[1] & 1);
 
 		while (size) {
 			const uint8_t *nl = memchr(data, '\n', size);
@@ -71,7 +73,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 				tb_dev_set_config(&dev, data + 1, 40, (uint32_t)n, now);
 			} else {
-				resp = tb_ctl_handle_line(&dev, (const char *)data, len, now);
+				resp = tb_ctl_handle_line(&dev, (const char *)data, len, now,
+							  &negotiated);
 				if (!resp || !json_object_is_type(resp, json_type_object) ||
 				    (!json_object_object_get_ex(resp, "return", NULL) &&
 				     !json_object_object_get_ex(resp, "error", NULL)))

@@ -42,6 +42,8 @@ def monitor(cp, seconds, out):
     c.connect(cp)
     f = c.makefile("rb")
     f.readline()                                  # greeting
+    c.sendall(b'{"execute":"qmp_capabilities"}\n')
+    f.readline()
     end = time.monotonic() + seconds
     i = 0
     while time.monotonic() < end:
@@ -62,14 +64,20 @@ def monitor(cp, seconds, out):
 
 
 def ctl_request(cp, line, read=True):
+    """One client: greeting, qmp_capabilities, @line; the response to it."""
     c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     c.settimeout(5)
     c.connect(cp)
     try:
-        c.recv(4096)
+        f = c.makefile("rb")
+        f.readline()
+        c.sendall(b'{"execute":"qmp_capabilities"}\n')
+        f.readline()
         c.sendall(line)
-        if read:
-            return c.recv(65536)
+        while read:
+            resp = f.readline()
+            if not resp or b'"event"' not in resp:
+                return resp
     finally:
         c.close()
     return b""
@@ -163,7 +171,7 @@ def control_client(cp, rnd, held):
             c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             c.connect(cp)
-            c.sendall(b'{"execute":"query-stats"}\n')
+            c.sendall(b'{"execute":"qmp_capabilities"}\n{"execute":"query-stats"}\n')
             held.append((time.monotonic() + rnd.random() * 10, c))
         else:
             ctl_request(cp, b'{"execute":"abort"}\n')

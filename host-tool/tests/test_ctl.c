@@ -12,6 +12,7 @@
 struct fx {
 	struct tb_mem mem;
 	struct tb_dev dev;
+	bool negotiated;	/* the client's qmp_capabilities state */
 };
 
 static int fx_setup(void **state)
@@ -22,6 +23,7 @@ static int fx_setup(void **state)
 	if (tb_mem_add(&f->mem, 0, RAM, 0, 0, tb_test_memfd(RAM)))
 		return -1;
 	tb_dev_init(&f->dev, &f->mem, NULL, NULL);
+	f->negotiated = true;
 	*state = f;
 	return 0;
 }
@@ -45,7 +47,7 @@ static void ready(struct fx *f)
 
 static json_object *handle(struct fx *f, const char *line)
 {
-	return tb_ctl_handle_line(&f->dev, line, strlen(line), 1000);
+	return tb_ctl_handle_line(&f->dev, line, strlen(line), 1000, &f->negotiated);
 }
 
 /* the error description of a response, or NULL if it is not an error */
@@ -56,7 +58,9 @@ static const char *err_desc(json_object *r)
 	if (!json_object_object_get_ex(r, "error", &e))
 		return NULL;
 	assert_true(json_object_object_get_ex(e, "class", &c));
-	assert_string_equal(json_object_get_string(c), "GenericError");
+	/* QMP's classes: GenericError, CommandNotFound before negotiation */
+	assert_true(!strcmp(json_object_get_string(c), "GenericError") ||
+		    !strcmp(json_object_get_string(c), "CommandNotFound"));
 	assert_true(json_object_object_get_ex(e, "desc", &d));
 	return json_object_get_string(d);
 }
@@ -111,7 +115,8 @@ static void test_embedded_nul(void **state)
 {
 	struct fx *f = *state;
 	static const char line[] = "{\"execute\":\"query-balloon\"}\0junk";
-	json_object *r = tb_ctl_handle_line(&f->dev, line, sizeof(line) - 1, 1);
+	json_object *r = tb_ctl_handle_line(&f->dev, line, sizeof(line) - 1, 1,
+					       &f->negotiated);
 
 	assert_non_null(err_desc(r));
 	json_object_put(r);
@@ -125,7 +130,7 @@ static void test_too_long(void **state)
 	json_object *r;
 
 	memset(line, ' ', n);
-	r = tb_ctl_handle_line(&f->dev, line, n, 1);
+	r = tb_ctl_handle_line(&f->dev, line, n, 1, &f->negotiated);
 	assert_non_null(err_desc(r));
 	json_object_put(r);
 	free(line);
@@ -149,10 +154,46 @@ static void test_id_echoed(void **state)
 	assert_string_equal(json_object_get_string(id), "abc");
 	json_object_put(r);
 
+}
+
+/* the class of an error response, or NULL */
+static const char *err_class(json_object *r)
+{
+	json_object *e, *c;
+
+	if (!json_object_object_get_ex(r, "error", &e) ||
+	    !json_object_object_get_ex(e, "class", &c))
+		return NULL;
+	return json_object_get_string(c);
+}
+
+/* as QEMU's QMP: qmp_capabilities first, once; no NUL in command names */
+static void test_negotiation(void **state)
+{
+	struct fx *f = *state;
+	json_object *r, *v;
+
+	f->negotiated = false;
+	r = handle(f, "{\"execute\":\"query-balloon\",\"id\":1}");
+	assert_string_equal(err_class(r), "CommandNotFound");
+	assert_non_null(strstr(err_desc(r), "qmp_capabilities"));
+	json_object_put(r);
+	assert_false(f->negotiated);
 	r = handle(f, "{\"execute\":\"qmp_capabilities\"}");
-	assert_true(json_object_object_get_ex(r, "return", &id));
-	assert_int_equal(json_object_object_length(id), 0);
+	assert_true(json_object_object_get_ex(r, "return", &v));
+	assert_int_equal(json_object_object_length(v), 0);
 	assert_false(json_object_object_get_ex(r, "id", NULL));
+	json_object_put(r);
+	assert_true(f->negotiated);
+	r = handle(f, "{\"execute\":\"qmp_capabilities\"}");
+	assert_string_equal(err_class(r), "CommandNotFound");
+	json_object_put(r);
+	r = handle(f, "{\"execute\":\"query-balloon\"}");
+	assert_true(json_object_object_get_ex(r, "return", NULL));
+	json_object_put(r);
+	/* "abort\u0000x" must not run abort */
+	r = handle(f, "{\"execute\":\"query-balloon\\u0000x\"}");
+	assert_non_null(strstr(err_desc(r), "NUL"));
 	json_object_put(r);
 }
 
@@ -320,6 +361,7 @@ int main(void)
 		T(test_embedded_nul),
 		T(test_too_long),
 		T(test_id_echoed),
+		T(test_negotiation),
 		TB_TEST("ctl", test_greeting),
 		T(test_status_contract),
 		T(test_inflate_roundtrip),

@@ -177,23 +177,6 @@ int tb_sd_store(struct tb_sd *sd, const char *name, int fd)
 	return 0;
 }
 
-void tb_sd_store_clear(struct tb_sd *sd, const char *prefix)
-{
-	size_t len = strlen(prefix);
-	unsigned int i = 0;
-
-	while (i < sd->nstored) {
-		if (!strncmp(sd->stored[i].name, prefix, len)) {
-			char name[TB_SD_NAME_MAX];
-
-			memcpy(name, sd->stored[i].name, sizeof(name));
-			tb_sd_store(sd, name, -1);	/* moves the last entry here */
-			continue;
-		}
-		i++;
-	}
-}
-
 bool tb_sd_stderr_is_journal(void)
 {
 	const char *e = getenv("JOURNAL_STREAM");

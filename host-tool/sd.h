@@ -72,9 +72,6 @@ int tb_sd_store(struct tb_sd *sd, const char *name, int fd);
 /* the fd number last stored under @name, or -1 */
 int tb_sd_stored_fd(const struct tb_sd *sd, const char *name);
 
-/* forget every stored fd whose name starts with @prefix (removing them) */
-void tb_sd_store_clear(struct tb_sd *sd, const char *prefix);
-
 /*
  * Log lines carry syslog priority prefixes ("<3>") when stderr is the
  * journal (JOURNAL_STREAM names stderr's device and inode).

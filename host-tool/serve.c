@@ -86,6 +86,7 @@ struct tb_serve {
 	struct tb_sd sd;
 	/* the session snapshot as last written, and whether it changed since */
 	char *session_saved;
+	json_object *session_snap;
 	bool session_dirty;
 	/* who may use the control socket besides root and our own uid */
 	gid_t peer_gid;
@@ -112,6 +113,9 @@ static void tb_serve_track_session(struct tb_serve *s)
 	if (!s->session_saved || strcmp(str, s->session_saved)) {
 		free(s->session_saved);
 		s->session_saved = strdup(str);
+		/* kept for the next write: no second serialisation or parse */
+		json_object_put(s->session_snap);
+		s->session_snap = json_object_get(snap);
 		s->session_dirty = true;
 	}
 	json_object_put(snap);
@@ -120,7 +124,6 @@ static void tb_serve_track_session(struct tb_serve *s)
 /* write the state file if anything changed since the last write */
 static void tb_serve_save(struct tb_serve *s)
 {
-	json_object *snap = NULL;
 	int rc;
 
 	if (!s->state_path)
@@ -128,10 +131,7 @@ static void tb_serve_save(struct tb_serve *s)
 	tb_serve_track_session(s);
 	if (s->saved_gen == s->dev.gen && !s->session_dirty)
 		return;
-	if (s->session_saved && *s->session_saved)
-		snap = json_tokener_parse(s->session_saved);
-	rc = tb_state_write(&s->dev, snap, s->state_path);
-	json_object_put(snap);
+	rc = tb_state_write(&s->dev, s->session_snap, s->state_path);
 	if (rc < 0) {
 		if (!s->save_failed)
 			tb_err("state file %s: %s", s->state_path, strerror(-rc));
@@ -141,6 +141,12 @@ static void tb_serve_save(struct tb_serve *s)
 	s->save_failed = false;
 	s->saved_gen = s->dev.gen;
 	s->session_dirty = false;
+}
+
+/* the earlier of two "ms until due" values, where -1 means never */
+static int64_t tb_due_min(int64_t a, int64_t b)
+{
+	return a < 0 ? b : (b < 0 || a < b) ? a : b;
 }
 
 /* ------------------------------------------------------------------------
@@ -293,8 +299,7 @@ static int64_t tb_serve_pending_progress(struct tb_serve *s, uint64_t now)
 			tb_client_flush(c);
 			continue;
 		}
-		if (next < 0 || (int64_t)(due - now) < next)
-			next = (int64_t)(due - now);
+		next = tb_due_min(next, (int64_t)(due - now));
 	}
 	return next;
 }
@@ -371,8 +376,7 @@ static int64_t tb_serve_idle_clients(struct tb_serve *s, uint64_t now)
 			c->dead = true;
 			continue;
 		}
-		if (next < 0 || (int64_t)(due - now) < next)
-			next = (int64_t)(due - now);
+		next = tb_due_min(next, (int64_t)(due - now));
 	}
 	return next;
 }
@@ -795,17 +799,6 @@ fail:
 	return rc;
 }
 
-int tb_listen_unix(const char *path)
-{
-	struct tb_listener l;
-	int rc = tb_listen_unix_opts(path, NULL, &l);
-
-	if (rc < 0)
-		return rc;
-	/* the caller owns the socket; the lock goes with this process */
-	return l.fd;
-}
-
 /* close a listener; remove its socket file only if it is still ours */
 static void tb_listener_close(struct tb_listener *l, const char *path)
 {
@@ -1001,6 +994,7 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	for (;;) {
 		unsigned int n = 0;
 		int64_t timeout;
+		uint64_t now;
 		int rc;
 
 #define TB_ADD(fd_, ev_, kind_, idx_) \
@@ -1033,29 +1027,13 @@ int tb_serve_run(const struct tb_serve_opts *o)
 			       TB_PFD_CLIENT, i);
 #undef TB_ADD
 
-		timeout = tb_dev_tick(&s.dev, tb_now_ms());
-		{
-			int64_t st = tb_serve_stats(&s, tb_now_ms());
-
-			if (st >= 0 && (timeout < 0 || st < timeout))
-				timeout = st;
-		}
-		{
-			int64_t idle = tb_serve_idle_clients(&s, tb_now_ms());
-			int64_t pend = tb_serve_pending_progress(&s, tb_now_ms());
-
-			if (idle >= 0 && (timeout < 0 || idle < timeout))
-				timeout = idle;
-			if (pend >= 0 && (timeout < 0 || pend < timeout))
-				timeout = pend;
-		}
-		{
-			/* a partly received message has a deadline too */
-			int64_t rx = tb_vu_rx_due(&s.vu, tb_now_ms());
-
-			if (rx >= 0 && (timeout < 0 || rx < timeout))
-				timeout = rx;
-		}
+		now = tb_now_ms();
+		timeout = tb_dev_tick(&s.dev, now);
+		/* the earliest of every timer; a partly received message too */
+		timeout = tb_due_min(timeout, tb_serve_stats(&s, now));
+		timeout = tb_due_min(timeout, tb_serve_idle_clients(&s, now));
+		timeout = tb_due_min(timeout, tb_serve_pending_progress(&s, now));
+		timeout = tb_due_min(timeout, tb_vu_rx_due(&s.vu, now));
 		if (tb_serve_rx_expired(&s))
 			continue;
 		tb_serve_save(&s);
@@ -1158,6 +1136,8 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	s.deferred = NULL;
 	free(s.session_saved);
 	s.session_saved = NULL;
+	json_object_put(s.session_snap);
+	s.session_snap = NULL;
 	close(s.sig_fd);
 	tb_listener_close(&ctl_l, control_path);
 	tb_listener_close(&vu_l, socket_path);

@@ -72,9 +72,4 @@ int tb_serve_run(const struct tb_serve_opts *o);
 int tb_listen_unix_opts(const char *path, const struct tb_listen_opts *lo,
 			struct tb_listener *l);
 
-/* the same with mode 0600, returning the socket (its lock lives as long as
- * the process); fd or -errno
- */
-int tb_listen_unix(const char *path);
-
 #endif /* TB_SERVE_H */

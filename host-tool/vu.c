@@ -1026,17 +1026,23 @@ int tb_vu_serve_one(struct tb_vu *vu)
 	return 0;
 }
 
-void tb_vu_attach(struct tb_vu *vu, int fd)
+/* @fd becomes the session's connection; the device model hears of it */
+static void tb_vu_start_session(struct tb_vu *vu, int fd)
 {
 	struct timeval tv = { .tv_sec = 5 };
 
-	tb_vu_detach(vu);
 	/* a peer that stops mid-message must not wedge the event loop */
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	vu->sock_fd = fd;
 	if (vu->ops->session)
 		vu->ops->session(vu->opaque, true);
+}
+
+void tb_vu_attach(struct tb_vu *vu, int fd)
+{
+	tb_vu_detach(vu);
+	tb_vu_start_session(vu, fd);
 }
 
 void tb_vu_attach_resumed(struct tb_vu *vu, int fd, bool features_set,
@@ -1046,15 +1052,7 @@ void tb_vu_attach_resumed(struct tb_vu *vu, int fd, bool features_set,
 	unsigned int i;
 
 	tb_close_fd(&vu->sock_fd);
-	{
-		struct timeval tv = { .tv_sec = 5 };
-
-		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	}
-	vu->sock_fd = fd;
-	if (vu->ops->session)
-		vu->ops->session(vu->opaque, true);
+	tb_vu_start_session(vu, fd);
 	vu->features = features & tb_vu_offered_features(vu);
 	vu->features_set = features_set;
 	if (features_set && vu->ops->set_features)

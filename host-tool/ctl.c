@@ -3,7 +3,9 @@
  * ctl.c - control protocol: request parsing (json-c), status and events.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/time.h>
 
 #include "ctl.h"
@@ -261,6 +263,82 @@ static json_object *tb_ctl_move(struct tb_dev *dev, uint32_t op, json_object *ar
 	return tb_ctl_return(id, tb_ctl_status(dev, now_ms));
 }
 
+/*
+ * Duplicate keys. json-c keeps the last of two equal keys, QEMU's QMP
+ * refuses such a request. No packaged parser here reports them, so this
+ * compares what json-c built with the text it built it from: the member
+ * counts of the text's objects in document order (one ':' per member at
+ * the object's own level) against the sizes of the parsed objects in the
+ * same pre-order. A duplicate makes its object smaller than its text while
+ * every object before it in pre-order is untouched, so the sequences
+ * differ exactly when some object has a duplicate. @line is valid JSON
+ * (json-c accepted it: json-c also takes 'strings' as QEMU does, and
+ * comments) of at most TB_CTL_LINE_MAX bytes and depth 16.
+ */
+struct tb_ctl_members {
+	uint32_t *count;	/* members of the n-th object of the text */
+	size_t n, next;
+};
+
+static bool tb_ctl_members_match(const json_object *o, struct tb_ctl_members *m)
+{
+	if (json_object_is_type(o, json_type_array)) {
+		size_t n = json_object_array_length(o);
+
+		for (size_t i = 0; i < n; i++)
+			if (!tb_ctl_members_match(json_object_array_get_idx(o, i), m))
+				return false;
+		return true;
+	}
+	if (!json_object_is_type(o, json_type_object))
+		return true;
+	if (m->next >= m->n ||
+	    m->count[m->next++] != (uint32_t)json_object_object_length(o))
+		return false;
+	json_object_object_foreach((json_object *)o, key, val) {
+		(void)key;
+		if (!tb_ctl_members_match(val, m))
+			return false;
+	}
+	return true;
+}
+
+static bool tb_ctl_has_duplicate_key(const json_object *req, const char *line, size_t len)
+{
+	size_t stack[17];	/* object index, or SIZE_MAX for an array */
+	struct tb_ctl_members m = { 0 };
+	int depth = 0;
+	bool dup;
+
+	m.count = calloc(len / 2 + 1, sizeof(*m.count));
+	if (!m.count)
+		return true;	/* refused as if duplicate: never accept unchecked */
+	for (size_t i = 0; i < len; i++) {
+		char c = line[i];
+
+		if (c == '"' || c == '\'') {	/* json-c, like QEMU, takes 'strings' */
+			for (i++; i < len && line[i] != c; i++)
+				if (line[i] == '\\')
+					i++;
+		} else if (c == '/' && i + 1 < len && line[i + 1] == '*') {
+			for (i += 2; i + 1 < len && !(line[i] == '*' && line[i + 1] == '/'); i++)
+				;
+			i++;
+		} else if (c == '/' && i + 1 < len && line[i + 1] == '/') {
+			i = len;	/* to the end of the line */
+		} else if ((c == '{' || c == '[') && depth < 17) {
+			stack[depth++] = c == '{' ? m.n++ : SIZE_MAX;
+		} else if ((c == '}' || c == ']') && depth > 0) {
+			depth--;
+		} else if (c == ':' && depth > 0 && stack[depth - 1] != SIZE_MAX) {
+			m.count[stack[depth - 1]]++;
+		}
+	}
+	dup = !tb_ctl_members_match(req, &m) || m.next != m.n;
+	free(m.count);
+	return dup;
+}
+
 json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len,
 				uint64_t now_ms, bool *negotiated)
 {
@@ -295,6 +373,10 @@ json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len
 		snprintf(err, sizeof(err), "JSON parse error: %s",
 			 json_tokener_error_desc(jerr));
 		return tb_ctl_error(NULL, err);
+	}
+	if (tb_ctl_has_duplicate_key(req, line, len)) {
+		resp = tb_ctl_error(NULL, "JSON parse error: duplicate key in an object");
+		goto out;
 	}
 
 	if (!json_object_is_type(req, json_type_object)) {

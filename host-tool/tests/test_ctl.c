@@ -197,6 +197,51 @@ static void test_negotiation(void **state)
 	json_object_put(r);
 }
 
+/*
+ * Duplicate keys are refused as by QEMU's QMP (json-c alone keeps the last
+ * one: "execute" twice ran the second command), at any depth; equal names
+ * in different objects, escaped names and ':' or '{' inside strings are not
+ * duplicates, nor are characters inside comments.
+ */
+static void test_duplicate_keys(void **state)
+{
+	static const char *const bad[] = {
+		"{\"execute\":\"query-balloon\",\"execute\":\"abort\"}",
+		"{\"execute\":\"inflate\",\"arguments\":{\"target-pages\":1,"
+		"\"target-pages\":9,\"deadline-ms\":100}}",
+		"{\"execute\":\"query-balloon\",\"id\":[{\"a\":1},{\"b\":{\"c\":1,\"c\":2}}]}",
+		"{\"execute\":\"query-balloon\",\"id\":{\"a\":1,\"\\u0061\":2}}",
+		"{\"execute\":\"query-balloon\",'execute':\"query-balloon\"}",
+		"{\"execute\":\"query-balloon\" /* c */, \"execute\":\"abort\"}",
+	};
+	static const char *const good[] = {
+		"{\"execute\":\"query-balloon\",\"id\":{\"execute\":{\"execute\":1}}}",
+		"{\"execute\":\"query-balloon\",\"id\":[{\"a\":1},{\"a\":1},{}]}",
+		"{\"execute\":\"query-balloon\",\"id\":\"{\\\"a\\\":1,\\\"a\\\":2}:\"}",
+		"{\"execute\":\"query-balloon\",\"id\":'{a:1,a:2}'}",
+		"{'execute':'query-balloon','id':{'a:b':1,'a':2}}",
+		"{\"execute\":\"query-balloon\" /* {\"a\":1,\"a\":1} */}",
+	};
+	struct fx *f = *state;
+
+	ready(f);
+	for (size_t i = 0; i < TB_ARRAY_SIZE(bad); i++) {
+		json_object *r = handle(f, bad[i]);
+
+		if (!err_desc(r))
+			fail_msg("accepted: %s", bad[i]);
+		json_object_put(r);
+	}
+	assert_int_equal(f->dev.cmd.cmd_id, 0);
+	for (size_t i = 0; i < TB_ARRAY_SIZE(good); i++) {
+		json_object *r = handle(f, good[i]);
+
+		if (!json_object_object_get_ex(r, "return", NULL))
+			fail_msg("refused: %s -> %s", good[i], json_object_to_json_string(r));
+		json_object_put(r);
+	}
+}
+
 static void test_greeting(void **state)
 {
 	json_object *g = tb_ctl_greeting(), *q, *v;
@@ -362,6 +407,7 @@ int main(void)
 		T(test_too_long),
 		T(test_id_echoed),
 		T(test_negotiation),
+		T(test_duplicate_keys),
 		TB_TEST("ctl", test_greeting),
 		T(test_status_contract),
 		T(test_inflate_roundtrip),

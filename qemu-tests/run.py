@@ -98,7 +98,9 @@ def run_tests(args):
     if unknown:
         print("run.py: unknown scenario %s (see --list)" % ", ".join(unknown), file=sys.stderr)
         return 2
-    selected = [s for s in scenarios.REGISTRY if not args.scenario or s.name in args.scenario]
+    selected = [s for s in scenarios.REGISTRY
+                if s.name in args.scenario or
+                (not args.scenario and (s.kernels is None or e.which in s.kernels))]
     stale_note(e)
     for m in e.missing():
         diag("note: " + m)
@@ -252,7 +254,8 @@ def main():
 
     if args.list:
         for s in scenarios.REGISTRY:
-            print("%-20s [%s] %s" % (s.name, s.group, s.doc))
+            only = " (kernel %s only)" % "/".join(s.kernels) if s.kernels else ""
+            print("%-20s [%s] %s%s" % (s.name, s.group, s.doc, only))
         return 0
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)

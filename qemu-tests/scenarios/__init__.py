@@ -26,11 +26,12 @@ class Fail(Exception):
 
 
 class Scenario:
-    def __init__(self, name, group, fn, needs):
+    def __init__(self, name, group, fn, needs, kernels=None):
         self.name = name
         self.group = group
         self.fn = fn
         self.needs = needs
+        self.kernels = kernels      # None: every guest kernel; else run.py --kernel values
         self.doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
 
 
@@ -39,13 +40,16 @@ def group(name, **guest_opts):
     GROUPS[name] = guest_opts
 
 
-def scenario(name, group, needs=("tool", "module")):
+def scenario(name, group, needs=("tool", "module"), kernels=None):
     """Register FN as scenario NAME running in guest group GROUP.
 
     needs: parts without which the scenario cannot pass ("tool", "module").
+    kernels: the guest kernels it needs (e.g. ("debug",): lock statistics,
+    fault injection); a run of all scenarios leaves it out on the others.
     """
     def register(fn):
-        REGISTRY.append(Scenario(name, group, fn, tuple(needs)))
+        REGISTRY.append(Scenario(name, group, fn, tuple(needs),
+                                 tuple(kernels) if kernels else None))
         return fn
     return register
 

@@ -32,6 +32,14 @@ def boot(ctx):
         absent.append("host tool missing (%s): booted without the balloon device"
                       % g.env.tool)
     ctx.require(not absent, "; ".join(absent))
+    if g.env.which == "debug":
+        # The checkers the debug lane exists for are really on.
+        res = g.sh("test -e /proc/lockdep && dmesg | grep -c 'KernelAddressSanitizer initialized'"
+                   " ; cat /proc/sys/kernel/hung_task_timeout_secs")
+        ctx.diag("debug kernel: lockdep %s, KASAN lines %s, hung_task_timeout_secs %s",
+                 "on" if res.rc == 0 else "off", *(res.out.split() + ["?", "?"])[:2])
+        ctx.expect(res.rc == 0 and res.out.split()[:1] == ["1"],
+                   "debug kernel: lockdep and KASAN on (%r)" % res.out)
     ctx.require(g.driver_status == "loaded",
                 "virtio_tballoon.ko did not load (%s); see %s" % (g.driver_status,
                                                                   g.console_log))
@@ -49,8 +57,9 @@ def boot(ctx):
         ctx.expect(st.get("connected") is True, "backend: QEMU connected")
         ctx.expect(st.get("driver_ok") is True, "backend: driver_ok")
         ctx.expect(st.get("timed") is True, "backend: TIMED negotiated")
-        ctx.expect(st.get("guest_ram_bytes") == 1 << 30,
-                   "backend: guest_ram_bytes == 1 GiB (got %s)" % st.get("guest_ram_bytes"))
+        ram = int(g.mem[:-1]) << (30 if g.mem.endswith("G") else 20)
+        ctx.expect(st.get("guest_ram_bytes") == ram,
+                   "backend: guest_ram_bytes == %s (got %s)" % (g.mem, st.get("guest_ram_bytes")))
     ctx.check_healthy()
 
 

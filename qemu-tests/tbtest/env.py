@@ -8,6 +8,10 @@ Two guest kernels: Debian 12's 6.1 (TB_KVER, TB_KDIR, TB_GUEST; the default)
 and 6.12 from bookworm-backports (TB_KVER2, TB_KDIR2, TB_GUEST2), chosen by
 TB_KERNEL=6.1|6.12 (run.py --kernel). The module under test for 6.12 is built
 out of the source tree, in out/module-<kver>/ (make module MODOUT=...).
+
+A third, TB_KERNEL=debug: the debug kernel scripts/setup --debug-kernel builds
+from linux-source-6.1 (lockdep, KASAN, DEBUG_VM, hung-task detector; TB_KVER3,
+TB_KDIR3 = its build tree, TB_GUEST3), module in out/module-<kver>/ as well.
 """
 
 import os
@@ -22,7 +26,11 @@ GUEST_SRC = TESTS / "guest"
 KEYS = ("TB_CACHE", "TB_KVER", "TB_KDIR", "TB_GUEST", "TB_KSRC", "TB_QROOT")
 # The second kernel generation (6.12); needed only with TB_KERNEL=6.12.
 KEYS2 = ("TB_KVER2", "TB_KDIR2", "TB_GUEST2")
-KERNELS = ("6.1", "6.12")
+# The debug kernel; needed only with TB_KERNEL=debug (built on first use).
+KEYS3 = ("TB_KVER3", "TB_KDIR3", "TB_GUEST3")
+KERNELS = ("6.1", "6.12", "debug")
+SUFFIX = {"6.1": "", "6.12": "2", "debug": "3"}
+EXTRA_KEYS = {"6.1": (), "6.12": KEYS2, "debug": KEYS3}
 
 
 def kernel_choice():
@@ -38,8 +46,8 @@ class Env:
 
     def __init__(self, values, which="6.1"):
         self.values = values
-        self.which = which          # "6.1" or "6.12"
-        sfx = "2" if which == "6.12" else ""
+        self.which = which          # "6.1", "6.12" or "debug"
+        sfx = SUFFIX[which]
         self.cache = Path(values["TB_CACHE"])
         self.kver = values["TB_KVER" + sfx]
         self.kdir = Path(values["TB_KDIR" + sfx])
@@ -48,7 +56,7 @@ class Env:
         self.kernel = self.guest / "boot" / ("vmlinuz-" + self.kver)
         self.moddir = self.guest / "lib" / "modules" / self.kver
         self.tool = Path(os.environ.get("TB_TOOL", REPO / "host-tool" / "tballoon"))
-        # 6.1: `make module` in the tree; 6.12: a copy built in out/module-<kver>/.
+        # 6.1: `make module` in the tree; others: a copy built in out/module-<kver>/.
         self.modout = None if which == "6.1" else REPO / "out" / ("module-" + self.kver)
         default_ko = (self.modout or REPO) / "virtio_tballoon.ko"
         self.module = Path(os.environ.get("TB_MODULE", default_ko))
@@ -77,11 +85,14 @@ def load():
     if _env is not None:
         return _env
     which = kernel_choice()
-    need = KEYS + (KEYS2 if which == "6.12" else ())
+    need = KEYS + EXTRA_KEYS[which]
     if all(k in os.environ for k in need):
         values = {k: os.environ[k] for k in need}
     else:
-        res = subprocess.run([str(REPO / "scripts" / "setup"), "--env"],
+        argv = [str(REPO / "scripts" / "setup"), "--env"]
+        if which == "debug":
+            argv.append("--debug-kernel")
+        res = subprocess.run(argv,
                              stdout=subprocess.PIPE, stderr=sys.stderr,
                              universal_newlines=True)
         if res.returncode != 0:

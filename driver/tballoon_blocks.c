@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * tballoon_blocks.c - 2 MiB blocks and balloon page migration
+ *
+ * Owns the block helpers (@tb->helpers: other CPUs that allocate blocks
+ * for the worker within one fill), splitting a block into single balloon
+ * pages, and the compaction callback that migrates a single balloon page
+ * through the device.
+ *
+ * Locks: tballoon_fill_blocks() runs without @tb->lock (the worker's inflate
+ * fill), so that flushing its helpers never happens under it; helpers never
+ * take it and are flushed before it returns. tballoon_split_block() expects
+ * @tb->lock held. tballoon_migratepage() only tries
+ * @tb->lock (compaction retries later) and nests @bdi.pages_lock inside.
+ */
+
+#include <linux/balloon_compaction.h>
+#include <linux/migrate.h>
+#include <linux/vmstat.h>
+#include <linux/workqueue.h>
+
+#include "tballoon.h"
+
+/* A helper's stop test: the worker's word, a stop flag, or the deadline. */
+static bool tballoon_helper_stop(struct tballoon *tb)
+{
+	u32 deadline = tb->run.cmd.deadline_ms;
+
+	if (READ_ONCE(tb->helpers_stop) || tballoon_interrupted(tb))
+		return true;
+	return deadline != TBALLOON_NO_DEADLINE &&
+	       tballoon_elapsed_ms(&tb->run) >= deadline;
+}
+
+/*
+ * Allocate up to @want blocks on this CPU, stopping after any block when
+ * tballoon_helper_stop() says so. Takes no lock: the worker waits for this
+ * in tballoon_fill_blocks(), without tb->lock.
+ */
+void tballoon_helper_work(struct work_struct *work)
+{
+	struct tballoon_helper *h = container_of(work, struct tballoon_helper,
+						 work);
+	struct tballoon *tb = h->tb;
+	struct page *page;
+
+	while (h->got < h->want && !tballoon_helper_stop(tb)) {
+		page = alloc_pages(TBALLOON_BLOCK_GFP, tb->block_order);
+		if (!page) {
+			h->failed = true;
+			break;
+		}
+		list_add_tail(&page->lru, &h->blocks);
+		h->got++;
+		cond_resched();
+	}
+}
+
+/**
+ * tballoon_fill_blocks() - allocate the blocks of a batch on several CPUs
+ * @tb: the balloon
+ * @buf: a free buffer
+ * @n: pages wanted
+ *
+ * With @tb->run.threads > 1 and at least two blocks wanted, helpers take a
+ * share of the blocks on other CPUs while the worker allocates its own
+ * share, checking the clock, the floor and the stop flags after each block
+ * as tballoon_fill_inflate() does; any reason to stop stops the helpers
+ * after their current block (they also watch the deadline and the stop
+ * flags themselves). Every block ends up in @buf. Otherwise does nothing
+ * and leaves the blocks to tballoon_fill_inflate().
+ *
+ * Return: 0, -ETIME or -EINTR as tballoon_fill_inflate().
+ */
+int tballoon_fill_blocks(struct tballoon *tb, struct tballoon_buf *buf,
+			 u32 n)
+{
+	struct tballoon_run *run = &tb->run;
+	u32 k, mine, state = TBALLOON_STATE_RUNNING;
+	unsigned int i, nr_helpers;
+	struct tballoon_helper *h;
+	struct page *page, *next;
+
+	if (run->threads < 2 || run->no_blocks)
+		return 0;
+	k = tballoon_policy_blocks(n, run->room_pages, tb->block_pfns);
+	if (k < 2)
+		return 0;
+	nr_helpers = min(run->threads - 1, k - 1);
+
+	WRITE_ONCE(tb->helpers_stop, false);
+	mine = k;
+	for (i = 0; i < nr_helpers; i++) {
+		h = &tb->helpers[i];
+		h->want = k / (nr_helpers + 1);
+		h->got = 0;
+		h->failed = false;
+		mine -= h->want;
+		queue_work(system_unbound_wq, &h->work);
+	}
+
+	while (mine--) {
+		page = alloc_pages(TBALLOON_BLOCK_GFP, tb->block_order);
+		if (!page) {
+			run->no_blocks = true;
+			break;
+		}
+		tballoon_buf_add_range(buf, page, 1UL << tb->block_order);
+		list_add_tail(&page->lru, &buf->blocks);
+		state = tballoon_fill_check(tb, buf->num_pfns);
+		if (state != TBALLOON_STATE_RUNNING)
+			break;
+	}
+	if (state != TBALLOON_STATE_RUNNING || run->no_blocks)
+		WRITE_ONCE(tb->helpers_stop, true);
+
+	for (i = 0; i < nr_helpers; i++) {
+		h = &tb->helpers[i];
+		flush_work(&h->work);
+		if (h->failed)
+			run->no_blocks = true;
+		list_for_each_entry_safe(page, next, &h->blocks, lru) {
+			tballoon_buf_add_range(buf, page,
+					       1UL << tb->block_order);
+			list_move_tail(&page->lru, &buf->blocks);
+		}
+	}
+	if (state == TBALLOON_STATE_DEADLINE)
+		return -ETIME;
+	return state == TBALLOON_STATE_RUNNING ? 0 : -EINTR;
+}
+
+/*
+ * Break the balloon's first block into single balloon pages (they stay in
+ * the balloon, accounted as before), for a deflate that wants less than a
+ * block and finds no single page.
+ */
+void tballoon_split_block(struct tballoon *tb)
+{
+	struct page *page = list_first_entry(&tb->blocks, struct page, lru);
+	unsigned long i;
+	LIST_HEAD(pages);
+
+	list_del(&page->lru);
+	split_page(page, tb->block_order);
+	for (i = 0; i < 1UL << tb->block_order; i++)
+		list_add_tail(&page[i].lru, &pages);
+	balloon_page_list_enqueue(&tb->bdi, &pages);
+}
+
+#ifdef CONFIG_BALLOON_COMPACTION
+/**
+ * tballoon_migratepage() - move a balloon page for compaction
+ * @bdi: the balloon
+ * @newpage: the page taking @page's place in the balloon
+ * @page: the isolated balloon page to give back
+ * @mode: migration mode (unused)
+ *
+ * Inflates @newpage, then deflates @page, through the device. Gives up
+ * (-EAGAIN, compaction retries later) while the worker has buffers in
+ * flight. Called with both pages locked.
+ *
+ * Return: MIGRATEPAGE_SUCCESS or -EAGAIN.
+ */
+int tballoon_migratepage(struct balloon_dev_info *bdi,
+			 struct page *newpage, struct page *page,
+			 enum migrate_mode mode)
+{
+	struct tballoon *tb = container_of(bdi, struct tballoon, bdi);
+	unsigned long flags;
+	int err;
+
+	if (!mutex_trylock(&tb->lock))
+		return -EAGAIN;
+
+	/* The device must know @newpage before it is in the balloon. */
+	err = tballoon_send_page_sync(tb, true, newpage);
+	if (err) {
+		mutex_unlock(&tb->lock);
+		return -EAGAIN;
+	}
+
+	get_page(newpage);	/* the balloon's reference */
+	if (tb->adjust_managed && page_zone(page) != page_zone(newpage)) {
+		adjust_managed_page_count(page, 1);
+		adjust_managed_page_count(newpage, -1);
+	}
+	spin_lock_irqsave(&bdi->pages_lock, flags);
+	balloon_page_insert(bdi, newpage);
+	bdi->isolated_pages--;
+	__count_vm_event(BALLOON_MIGRATE);
+	spin_unlock_irqrestore(&bdi->pages_lock, flags);
+
+	err = tballoon_send_page_sync(tb, false, page);
+	mutex_unlock(&tb->lock);
+
+	balloon_page_finalize(page);
+	if (err)
+		/* Never told the device: @page must not return to the guest. */
+		dev_warn_ratelimited(&tb->vdev->dev,
+				     "migration: deflate failed (%d), page leaked\n",
+				     err);
+	else
+		put_page(page);	/* the balloon's reference */
+	return MIGRATEPAGE_SUCCESS;
+}
+#endif /* CONFIG_BALLOON_COMPACTION */

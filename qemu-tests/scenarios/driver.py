@@ -834,6 +834,62 @@ def dead_device(ctx):
     ctx.check_healthy()
 
 
+@scenario("driver-params", "driver")
+def params(ctx):
+    """module parameter threads refuses values outside 1..4 (it used to clamp them silently)"""
+    g = ctx.guest
+    p = "/sys/module/virtio_tballoon/parameters/threads"
+    before = g.sh("cat %s" % p).out.strip()
+    results = {}
+    for v in ("0", "5", "-1", "x", "4", "1", before):
+        res = g.sh("echo %s > %s; echo rc=$?; cat %s" % (v, p, p))
+        results[v] = res.out.split()
+    ctx.diag("threads was %s; writes: %s", before,
+             ", ".join("%s -> %s" % (v, " ".join(r)) for v, r in results.items()))
+    for v in ("0", "5", "-1", "x"):
+        ctx.expect(results[v][:1] != ["rc=0"], "threads=%s refused" % v)
+    ctx.expect(results["4"] == ["rc=0", "4"] and results["1"] == ["rc=0", "1"],
+               "threads=4 and threads=1 accepted")
+    ctx.expect(results[before] == ["rc=0", before], "threads back to %s" % before)
+    ctx.check_healthy()
+
+
+@scenario("driver-dead-device-deflate", "driver")
+def dead_device_deflate(ctx):
+    """the device stops returning buffers mid-deflate: pages it never acknowledged stay in the balloon (MUST_TELL_HOST) until rmmod resets it"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    boot_total = ctx.shared.get("boot_memtotal") or g.meminfo()["MemTotal"]
+    _empty(ctx)
+    rc, st, _ = ctx.balloon("inflate", 256 * MIB // PAGE, "60s", timeout=180)
+    ctx.require(rc == 0, "inflate 256 MiB done (exit %d)" % rc)
+    held = g.meminfo()["MemTotal"]
+    _withhold(g, True)
+    try:
+        rc1, st1, _ = ctx.balloon("deflate", 0, "60s", timeout=120)
+    finally:
+        _withhold(g, False)
+    c1 = _cmd(st1)
+    mi = g.meminfo()
+    ctx.diag("deflate with every buffer withheld: exit %d %s/%s; MemTotal %d kB before, "
+             "%d kB after (boot %d)", rc1, c1.get("state"), c1.get("reason"), held,
+             mi["MemTotal"], boot_total)
+    ctx.expect(rc1 == 5 and c1.get("reason") == "device-error",
+               "the deflate ends aborted/device-error (exit %d, %s/%s)"
+               % (rc1, c1.get("state"), c1.get("reason")))
+    ctx.expect(mi["MemTotal"] == held,
+               "no unacknowledged page went back to the guest (MemTotal %d -> %d kB)"
+               % (held, mi["MemTotal"]))
+    res = g.sh("rmmod virtio_tballoon", timeout=60)
+    mi = g.meminfo()
+    ctx.expect(res.rc == 0 and mi["MemTotal"] == boot_total,
+               "rmmod resets the device and gives every page back (exit %d, MemTotal %d kB)"
+               % (res.rc, mi["MemTotal"]))
+    _insmod_again(ctx, "the reset device works with the new driver")
+    _empty(ctx)
+    ctx.check_healthy()
+
+
 # ---- debug kernel only ---------------------------------------------------
 
 # The driver's fault attributes (driver/tballoon_fault.c).

@@ -303,6 +303,8 @@ int tballoon_send_page_sync(struct tballoon *tb, bool inflate, struct page *page
 int tballoon_fill_blocks(struct tballoon *tb, struct tballoon_buf *buf, u32 n);
 void tballoon_helper_work(struct work_struct *work);
 void tballoon_split_block(struct tballoon *tb);
+void tballoon_block_join(struct tballoon *tb, struct page *page);
+void tballoon_block_leave(struct tballoon *tb, struct page *page);
 #ifdef CONFIG_BALLOON_COMPACTION
 int tballoon_migratepage(struct balloon_dev_info *bdi, struct page *newpage,
 			 struct page *page, enum migrate_mode mode);

@@ -21,6 +21,32 @@
 
 #include "tballoon.h"
 
+/*
+ * A block joins the balloon: every page of it is PageOffline, as a single
+ * balloon page is (balloon_page_insert()), so that /proc/kcore, kdump's
+ * makedumpfile and hibernation skip it instead of reading memory the host
+ * has discarded (which would fault it back in on the host), and the
+ * balloon vmstat events count it. tballoon_block_leave() undoes both
+ * before the block is freed or split.
+ */
+void tballoon_block_join(struct tballoon *tb, struct page *page)
+{
+	unsigned long i, n = 1UL << tb->block_order;
+
+	for (i = 0; i < n; i++)
+		__SetPageOffline(page + i);
+	count_vm_events(BALLOON_INFLATE, n);
+}
+
+void tballoon_block_leave(struct tballoon *tb, struct page *page)
+{
+	unsigned long i, n = 1UL << tb->block_order;
+
+	for (i = 0; i < n; i++)
+		__ClearPageOffline(page + i);
+	count_vm_events(BALLOON_DEFLATE, n);
+}
+
 /* A helper's stop test: the worker's word, a stop flag, or the deadline. */
 static bool tballoon_helper_stop(struct tballoon *tb)
 {
@@ -142,6 +168,8 @@ void tballoon_split_block(struct tballoon *tb)
 	LIST_HEAD(pages);
 
 	list_del(&page->lru);
+	/* balloon_page_list_enqueue() marks and counts them again, one by one */
+	tballoon_block_leave(tb, page);
 	split_page(page, tb->block_order);
 	for (i = 0; i < 1UL << tb->block_order; i++)
 		list_add_tail(&page[i].lru, &pages);

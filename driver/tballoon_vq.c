@@ -228,6 +228,8 @@ static void tballoon_complete(struct tballoon *tb, struct tballoon_buf *buf)
 			list_for_each_entry(page, &buf->blocks, lru)
 				adjust_managed_page_count(page, -block);
 		}
+		list_for_each_entry(page, &buf->blocks, lru)
+			tballoon_block_join(tb, page);
 		balloon_page_list_enqueue(&tb->bdi, &buf->pages);
 		list_splice_tail_init(&buf->blocks, &tb->blocks);
 		tb->num_pages += buf->num_pfns;
@@ -242,6 +244,7 @@ static void tballoon_complete(struct tballoon *tb, struct tballoon_buf *buf)
 			list_del(&page->lru);
 			if (tb->adjust_managed)
 				adjust_managed_page_count(page, block);
+			tballoon_block_leave(tb, page);
 			__free_pages(page, tb->block_order);
 		}
 		tb->num_pages -= buf->num_pfns;

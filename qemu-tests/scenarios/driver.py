@@ -854,6 +854,34 @@ def params(ctx):
     ctx.check_healthy()
 
 
+@scenario("driver-kcore", "driver")
+def kcore(ctx):
+    """blocks are balloon pages: reading all RAM through /proc/kcore with 512 MiB ballooned leaves the host's resident memory alone; vmstat counts them"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    _empty(ctx)
+    ev0 = _vmstat(g, "balloon_inflate") - _vmstat(g, "balloon_deflate")
+    rc, st, _ = ctx.balloon("inflate", 512 * MIB // PAGE, "60s", timeout=180)
+    ctx.require(rc == 0, "inflate 512 MiB done (exit %d)" % rc)
+    ev1 = _vmstat(g, "balloon_inflate") - _vmstat(g, "balloon_deflate")
+    before = ctx.status()["resident_bytes"]
+    res = g.sh("kcoreread", timeout=600)
+    after = ctx.status()["resident_bytes"]
+    ctx.diag("balloon 512 MiB (vmstat inflate - deflate: %d -> %d pages); %s; host resident "
+             "%s -> %s", ev0, ev1, res.out.strip(), mib(before), mib(after))
+    ctx.require(res.rc == 0 and "kcoreread:" in res.out, "kcoreread ran (%r)" % res.out)
+    ctx.expect(ev1 - ev0 == 512 * MIB // PAGE,
+               "vmstat balloon_inflate - balloon_deflate grew by the balloon (%d pages)"
+               % (ev1 - ev0))
+    # Before, every block was read: the host faulted all 512 MiB back in.
+    ctx.expect(after - before < 64 * MIB,
+               "host resident memory grew by less than 64 MiB (%s)" % mib(after - before))
+    _empty(ctx)
+    ev2 = _vmstat(g, "balloon_inflate") - _vmstat(g, "balloon_deflate")
+    ctx.expect(ev2 == ev0, "vmstat back to %d after the deflate (%d)" % (ev0, ev2))
+    ctx.check_healthy()
+
+
 @scenario("driver-dead-device-deflate", "driver")
 def dead_device_deflate(ctx):
     """the device stops returning buffers mid-deflate: pages it never acknowledged stay in the balloon (MUST_TELL_HOST) until rmmod resets it"""

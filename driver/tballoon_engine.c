@@ -102,37 +102,31 @@ static u32 tballoon_policy_check(struct tballoon *tb, u32 extra, u32 *reason)
 static bool tballoon_check(struct tballoon *tb)
 {
 	struct tballoon_run *run = &tb->run;
+	struct tballoon_interrupt_in in = {
+		.removing = tballoon_removing(tb),
+		.broken = tb->broken,
+		.timed = tb->timed,
+	};
 	u32 state, reason;
 
-	if (tballoon_removing(tb)) {
-		state = TBALLOON_STATE_ABORTED;
-		reason = TBALLOON_REASON_REMOVED;
-		goto stop;
-	}
-	if (tb->broken) {
-		state = TBALLOON_STATE_ABORTED;
-		reason = TBALLOON_REASON_DEVICE_ERROR;
-		goto stop;
-	}
-	if (!tb->timed && tballoon_interrupted(tb)) {
-		state = TBALLOON_STATE_ABORTED;
-		reason = TBALLOON_REASON_SUPERSEDED;
-		goto stop;
-	}
-	if (tb->timed && tballoon_take_changed(tb)) {
-		if (!tballoon_read_cmd(tb, &tb->next))
-			return false;	/* removal: caught next time */
-		if (tb->next.cmd_id != run->cmd.cmd_id) {
-			tb->have_next = true;
-			state = TBALLOON_STATE_ABORTED;
-			reason = tballoon_policy_superseded_reason(&tb->next);
-			goto stop;
+	/* The config is read only when nothing of higher precedence stops. */
+	if (!in.removing && !in.broken) {
+		if (!tb->timed) {
+			in.changed = tballoon_interrupted(tb);
+		} else if (tballoon_take_changed(tb)) {
+			if (!tballoon_read_cmd(tb, &tb->next))
+				return false;	/* removal: caught next time */
+			if (tb->next.cmd_id != run->cmd.cmd_id) {
+				tb->have_next = true;
+				in.next = &tb->next;
+			}
 		}
 	}
-	state = tballoon_policy_check(tb, 0, &reason);
+	state = tballoon_policy_interrupt(&in, &reason);
+	if (state == TBALLOON_STATE_RUNNING)
+		state = tballoon_policy_check(tb, 0, &reason);
 	if (state == TBALLOON_STATE_RUNNING)
 		return false;
-stop:
 	run->state = state;
 	run->reason = reason;
 	return true;
@@ -175,21 +169,16 @@ static u32 tballoon_next_batch(struct tballoon *tb)
 	run->room_pages = in.room_pages;
 
 	if (n && (cmd->flags & TBALLOON_FLAG_PACED)) {
-		u32 distance = tballoon_dist(cmd->target_pages, run->start_pages);
-		u32 ahead = tballoon_dist(done, run->start_pages);
-		u32 due = tballoon_policy_paced_due(distance, elapsed,
-						    cmd->deadline_ms);
-		u32 want = min(TBALLOON_PACE_CHUNK, in.remaining_pages);
+		struct tballoon_pace_in pace = {
+			.distance = tballoon_dist(cmd->target_pages, run->start_pages),
+			.ahead = tballoon_dist(done, run->start_pages),
+			.elapsed_ms = elapsed,
+			.deadline_ms = cmd->deadline_ms,
+			.remaining_pages = in.remaining_pages,
+			.granule = TBALLOON_PAGES_PER_PAGE,
+		};
 
-		if (due < ahead + want) {
-			u32 at = tballoon_policy_paced_time(distance, ahead + want,
-							    cmd->deadline_ms);
-
-			run->wait_ms = at > elapsed ? at - elapsed : 1;
-			return 0;
-		}
-		n = min(n, due - ahead);
-		n -= n % TBALLOON_PAGES_PER_PAGE;
+		n = tballoon_policy_paced_batch(&pace, n, &run->wait_ms);
 	}
 	return n;
 }
@@ -345,15 +334,17 @@ static void tballoon_pause(struct tballoon *tb, unsigned int ms)
  */
 static void tballoon_progress(struct tballoon *tb)
 {
-	if (tb->num_pages == tb->last_report_pages)
-		return;
-	if (!tb->timed) {
+	switch (tballoon_policy_report(tb->timed, tb->num_pages, tb->last_report_pages,
+				       ktime_ms_delta(ktime_get(), tb->last_report))) {
+	case TBALLOON_REPORT_ACTUAL:
 		tballoon_write_actual(tb);
-		return;
-	}
-	if (ktime_ms_delta(ktime_get(), tb->last_report) >=
-	    TBALLOON_REPORT_INTERVAL_MS)
+		break;
+	case TBALLOON_REPORT_RUNNING:
 		tballoon_report(tb, false);
+		break;
+	case TBALLOON_REPORT_NONE:
+		break;
+	}
 }
 
 /*

@@ -315,3 +315,92 @@ u32 tballoon_policy_paced_time(u32 distance, u32 pages, u32 deadline_ms)
 	return div_u64((u64)pages * horizon + distance - 1, distance);
 }
 EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_paced_time);
+
+/**
+ * tballoon_policy_paced_batch() - cut a batch down to a paced schedule
+ * @in: where the paced command stands
+ * @n: the batch tballoon_policy_batch() would take (a multiple of granule)
+ * @wait_ms: set when the command is ahead of its schedule
+ *
+ * A paced command moves only what is due: the batch ends at the schedule
+ * (a multiple of @in->granule), and when not even TBALLOON_PACE_CHUNK
+ * pages (or what remains, if less) are due yet, it waits until they are.
+ *
+ * Return: pages for the batch, or 0 with @wait_ms (at least 1) set.
+ */
+u32 tballoon_policy_paced_batch(const struct tballoon_pace_in *in, u32 n,
+				u32 *wait_ms)
+{
+	u32 due = tballoon_policy_paced_due(in->distance, in->elapsed_ms,
+					    in->deadline_ms);
+	u32 want = min(TBALLOON_PACE_CHUNK, in->remaining_pages);
+	u32 granule = in->granule ?: 1;
+
+	if (due < in->ahead + want) {
+		u32 at = tballoon_policy_paced_time(in->distance, in->ahead + want,
+						    in->deadline_ms);
+
+		*wait_ms = at > in->elapsed_ms ? at - in->elapsed_ms : 1;
+		return 0;
+	}
+	n = min(n, due - in->ahead);
+	n -= n % granule;
+	if (!n)
+		*wait_ms = 1;
+	return n;
+}
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_paced_batch);
+
+/**
+ * tballoon_policy_report() - is a progress report due?
+ * @timed: VIRTIO_BALLOON_F_TIMED (else the standard balloon: actual only)
+ * @pages: the balloon's size now
+ * @last_pages: its size in the last report (or actual write)
+ * @since_ms: time since the last report
+ *
+ * Nothing when the size did not change; the standard balloon writes actual
+ * after each batch; a timed command reports at most every
+ * TBALLOON_REPORT_INTERVAL_MS (protocol.rst, "Reports").
+ *
+ * Return: TBALLOON_REPORT_NONE, _ACTUAL or _RUNNING.
+ */
+enum tballoon_report tballoon_policy_report(bool timed, u32 pages, u32 last_pages,
+					    s64 since_ms)
+{
+	if (pages == last_pages)
+		return TBALLOON_REPORT_NONE;
+	if (!timed)
+		return TBALLOON_REPORT_ACTUAL;
+	return since_ms >= TBALLOON_REPORT_INTERVAL_MS ? TBALLOON_REPORT_RUNNING :
+							 TBALLOON_REPORT_NONE;
+}
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_report);
+
+/**
+ * tballoon_policy_interrupt() - must the run stop for something outside it?
+ * @in: what happened since the last check
+ * @reason: set to the TBALLOON_REASON_* detail when it must
+ *
+ * In this order: removal or suspend (ABORTED/REMOVED), a broken device
+ * (ABORTED/DEVICE_ERROR), a config change of the standard balloon (it
+ * reads num_pages again: ABORTED/SUPERSEDED), a newer timed command
+ * (ABORTED, tballoon_policy_superseded_reason()). Only then may
+ * tballoon_policy_stop() decide.
+ *
+ * Return: TBALLOON_STATE_ABORTED, or TBALLOON_STATE_RUNNING to go on.
+ */
+u32 tballoon_policy_interrupt(const struct tballoon_interrupt_in *in, u32 *reason)
+{
+	if (in->removing)
+		*reason = TBALLOON_REASON_REMOVED;
+	else if (in->broken)
+		*reason = TBALLOON_REASON_DEVICE_ERROR;
+	else if (!in->timed && in->changed)
+		*reason = TBALLOON_REASON_SUPERSEDED;
+	else if (in->timed && in->next)
+		*reason = tballoon_policy_superseded_reason(in->next);
+	else
+		return TBALLOON_STATE_RUNNING;
+	return TBALLOON_STATE_ABORTED;
+}
+EXPORT_SYMBOL_IF_KUNIT(tballoon_policy_interrupt);

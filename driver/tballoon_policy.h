@@ -3,7 +3,7 @@
  * tballoon_policy.h - decisions of the timed virtio balloon driver
  *
  * Pure functions: no virtio, no locks, no allocation, no clock. The driver
- * (virtio_tballoon.c) samples the world (config space, the clock,
+ * (tballoon_engine.c) samples the world (config space, the clock,
  * MemAvailable) and asks these functions what to do next, so the decisions
  * can be tested on their own (kunit/tballoon_policy_test.c, on UML).
  *
@@ -103,6 +103,47 @@ struct tballoon_batch_in {
 	u32 granule;
 };
 
+/**
+ * struct tballoon_pace_in - where a paced command stands
+ * @distance: pages between the start size and the target
+ * @ahead: pages moved so far, counting buffers in flight
+ * @elapsed_ms: time since acceptance
+ * @deadline_ms: the command's deadline
+ * @remaining_pages: distance still to cover
+ * @granule: balloon pages per guest page
+ */
+struct tballoon_pace_in {
+	u32 distance;
+	u32 ahead;
+	u32 elapsed_ms;
+	u32 deadline_ms;
+	u32 remaining_pages;
+	u32 granule;
+};
+
+/* what tballoon_policy_report() asks for */
+enum tballoon_report {
+	TBALLOON_REPORT_NONE,		/* nothing changed, or too soon */
+	TBALLOON_REPORT_ACTUAL,		/* standard balloon: write actual */
+	TBALLOON_REPORT_RUNNING,	/* timed: a running report */
+};
+
+/**
+ * struct tballoon_interrupt_in - what may end a run from outside
+ * @removing: removal, suspend or reboot began
+ * @broken: the device is broken
+ * @timed: VIRTIO_BALLOON_F_TIMED
+ * @changed: the config changed (the standard balloon re-reads num_pages)
+ * @next: timed: a newer command than the running one, or NULL
+ */
+struct tballoon_interrupt_in {
+	bool removing;
+	bool broken;
+	bool timed;
+	bool changed;
+	const struct tballoon_cmd *next;
+};
+
 u32 tballoon_policy_validate(const struct tballoon_cmd *cmd, u32 actual_pages,
 			     u64 ram_pages, u32 *reason);
 u32 tballoon_policy_superseded_reason(const struct tballoon_cmd *next);
@@ -116,5 +157,10 @@ u32 tballoon_policy_blocks(u32 left_pages, u32 room_pages, u32 block_pages);
 u32 tballoon_policy_pace_horizon(u32 deadline_ms);
 u32 tballoon_policy_paced_due(u32 distance, u32 elapsed_ms, u32 deadline_ms);
 u32 tballoon_policy_paced_time(u32 distance, u32 pages, u32 deadline_ms);
+u32 tballoon_policy_paced_batch(const struct tballoon_pace_in *in, u32 n,
+				u32 *wait_ms);
+enum tballoon_report tballoon_policy_report(bool timed, u32 pages, u32 last_pages,
+					    s64 since_ms);
+u32 tballoon_policy_interrupt(const struct tballoon_interrupt_in *in, u32 *reason);
 
 #endif /* _TBALLOON_POLICY_H */

@@ -519,8 +519,136 @@ static struct kunit_suite tballoon_paced_suite = {
 	.test_cases = tballoon_paced_test_cases,
 };
 
+/* ------------------------------------------------------------------------
+ * The engine's decisions: tballoon_policy_paced_batch, tballoon_policy_report,
+ * tballoon_policy_interrupt
+ * ------------------------------------------------------------------------
+ */
+
+struct paced_batch_case {
+	const char *desc;
+	struct tballoon_pace_in in;
+	u32 n;
+	u32 expect;
+	u32 expect_wait;	/* 0: not set */
+};
+
+#define PACE(d, a, e, dl, r, g) { .distance = (d), .ahead = (a), .elapsed_ms = (e), \
+				 .deadline_ms = (dl), .remaining_pages = (r), .granule = (g) }
+
+/* deadline 800 ms: the schedule ends at 700 ms */
+static const struct paced_batch_case paced_batch_cases[] = {
+	{ "on schedule: what is due", PACE(1000, 0, 350, 800, 1000, 1), 4096, 500, 0 },
+	{ "batch smaller than due", PACE(1000, 0, 350, 800, 1000, 1), 256, 256, 0 },
+	{ "ahead: waits for a chunk", PACE(1000, 500, 350, 800, 500, 1), 4096, 0, 180 },
+	{ "granule rounds down", PACE(1000, 0, 350, 800, 1000, 16), 4096, 496, 0 },
+	{ "last pages at the horizon", PACE(1000, 900, 700, 800, 100, 1), 4096, 100, 0 },
+	{ "last pages not due yet", PACE(1000, 900, 600, 800, 100, 1), 4096, 0, 100 },
+	{ "start: nothing due", PACE(1000, 0, 0, 800, 1000, 1), 4096, 0, 180 },
+	{ "past the deadline: all", PACE(1000, 0, U32_MAX, 800, 1000, 1), 4096, 1000, 0 },
+	{ "no overflow", PACE(U32_MAX, 0, MAXDL, MAXDL, U32_MAX, 1), 4096, 4096, 0 },
+};
+
+DESC(paced_batch_case)
+KUNIT_ARRAY_PARAM(paced_batch, paced_batch_cases, paced_batch_case_desc);
+
+static void tballoon_paced_batch_test(struct kunit *test)
+{
+	const struct paced_batch_case *c = test->param_value;
+	u32 wait = 0;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_paced_batch(&c->in, c->n, &wait), c->expect);
+	KUNIT_EXPECT_EQ(test, wait, c->expect_wait);
+}
+
+struct report_case {
+	const char *desc;
+	bool timed;
+	u32 pages, last;
+	s64 since_ms;
+	enum tballoon_report expect;
+};
+
+static const struct report_case report_cases[] = {
+	{ "timed, unchanged", true, 100, 100, 1000, TBALLOON_REPORT_NONE },
+	{ "standard, unchanged", false, 100, 100, 1000, TBALLOON_REPORT_NONE },
+	{ "standard, changed: at once", false, 101, 100, 0, TBALLOON_REPORT_ACTUAL },
+	{ "timed, changed, too soon", true, 101, 100, 49, TBALLOON_REPORT_NONE },
+	{ "timed, changed, 50 ms", true, 101, 100, 50, TBALLOON_REPORT_RUNNING },
+	{ "timed, shrank", true, 0, 100, 1000, TBALLOON_REPORT_RUNNING },
+	{ "timed, clock behind", true, 101, 100, -5, TBALLOON_REPORT_NONE },
+};
+
+DESC(report_case)
+KUNIT_ARRAY_PARAM(report, report_cases, report_case_desc);
+
+static void tballoon_report_test(struct kunit *test)
+{
+	const struct report_case *c = test->param_value;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_report(c->timed, c->pages, c->last,
+						     c->since_ms), c->expect);
+}
+
+static const struct tballoon_cmd next_inflate = { .cmd_id = 2, .op = TBALLOON_OP_INFLATE };
+static const struct tballoon_cmd next_abort = { .cmd_id = 2, .op = TBALLOON_OP_ABORT };
+
+struct interrupt_case {
+	const char *desc;
+	struct tballoon_interrupt_in in;
+	u32 state;
+	u32 reason;
+};
+
+#define INTR(rm, br, tm, ch, nx) { .removing = (rm), .broken = (br), .timed = (tm), \
+				  .changed = (ch), .next = (nx) }
+
+static const struct interrupt_case interrupt_cases[] = {
+	{ "nothing", INTR(false, false, true, false, NULL),
+	  TBALLOON_STATE_RUNNING, TBALLOON_REASON_NONE },
+	{ "removal first", INTR(true, true, true, true, &next_abort),
+	  TBALLOON_STATE_ABORTED, TBALLOON_REASON_REMOVED },
+	{ "broken before a newer command", INTR(false, true, true, false, &next_abort),
+	  TBALLOON_STATE_ABORTED, TBALLOON_REASON_DEVICE_ERROR },
+	{ "standard: a change supersedes", INTR(false, false, false, true, NULL),
+	  TBALLOON_STATE_ABORTED, TBALLOON_REASON_SUPERSEDED },
+	{ "timed: a change alone goes on", INTR(false, false, true, true, NULL),
+	  TBALLOON_STATE_RUNNING, TBALLOON_REASON_NONE },
+	{ "timed: newer command", INTR(false, false, true, false, &next_inflate),
+	  TBALLOON_STATE_ABORTED, TBALLOON_REASON_SUPERSEDED },
+	{ "timed: host abort", INTR(false, false, true, false, &next_abort),
+	  TBALLOON_STATE_ABORTED, TBALLOON_REASON_HOST_ABORT },
+	{ "standard ignores next", INTR(false, false, false, false, &next_abort),
+	  TBALLOON_STATE_RUNNING, TBALLOON_REASON_NONE },
+};
+
+DESC(interrupt_case)
+KUNIT_ARRAY_PARAM(interrupt, interrupt_cases, interrupt_case_desc);
+
+static void tballoon_interrupt_test(struct kunit *test)
+{
+	const struct interrupt_case *c = test->param_value;
+	u32 reason = TBALLOON_REASON_NONE;
+
+	KUNIT_EXPECT_EQ(test, tballoon_policy_interrupt(&c->in, &reason), c->state);
+	KUNIT_EXPECT_EQ(test, reason, c->reason);
+}
+
+static struct kunit_case tballoon_engine_test_cases[] = {
+	KUNIT_CASE_PARAM(tballoon_paced_batch_test, paced_batch_gen_params),
+	KUNIT_CASE_PARAM(tballoon_report_test, report_gen_params),
+	KUNIT_CASE_PARAM(tballoon_interrupt_test, interrupt_gen_params),
+	{}
+};
+
+static struct kunit_suite tballoon_engine_suite = {
+	.name = "tballoon_policy_engine",
+	.test_cases = tballoon_engine_test_cases,
+};
+
 kunit_test_suites(&tballoon_validate_suite, &tballoon_stop_suite,
-		  &tballoon_batch_suite, &tballoon_paced_suite);
+		  &tballoon_batch_suite, &tballoon_paced_suite,
+		  &tballoon_engine_suite);
 
 MODULE_IMPORT_NS(EXPORTED_FOR_KUNIT_TESTING);
 MODULE_DESCRIPTION("KUnit tests for the timed virtio balloon policy");

@@ -100,7 +100,9 @@ extern unsigned int tballoon_param_threads;
 
 /**
  * struct tballoon_buf - one buffer of PFNs for the inflate or deflate queue
- * @pfns: 4 KiB PFNs, little-endian; kmalloc'ed so the device can read it
+ * @pfns: 4 KiB PFNs in the device's byte order (virtio 1.0: little-endian;
+ *	a legacy device: the guest's); kmalloc'ed so the device can read it
+ * @vdev: the device, for that byte order
  * @num_pfns: entries of @pfns in use; 0 when the buffer is free
  * @pages: the single guest pages behind @pfns, linked through page->lru
  * @blocks: the blocks behind @pfns (first pages, linked through page->lru)
@@ -110,7 +112,8 @@ extern unsigned int tballoon_param_threads;
  *	never reached the device, or came back only because the queue broke
  */
 struct tballoon_buf {
-	__le32 *pfns;
+	__virtio32 *pfns;
+	struct virtio_device *vdev;
 	unsigned int num_pfns;
 	struct list_head pages;
 	struct list_head blocks;
@@ -263,7 +266,7 @@ struct tballoon {
 	struct mutex lock;		/* protects the vqs, buffers, counts */
 	struct tballoon_buf bufs[TBALLOON_NR_BUFS];
 	struct tballoon_buf mig_buf;
-	__le32 mig_pfns[TBALLOON_PAGES_PER_PAGE];
+	__virtio32 mig_pfns[TBALLOON_PAGES_PER_PAGE];
 	struct tballoon_buf oom_buf;
 	struct list_head blocks;
 	u32 num_pages;

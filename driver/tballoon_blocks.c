@@ -220,15 +220,15 @@ int tballoon_migratepage(struct balloon_dev_info *bdi,
 	spin_unlock_irqrestore(&bdi->pages_lock, flags);
 
 	err = tballoon_send_page_sync(tb, false, page);
-	mutex_unlock(&tb->lock);
-
-	balloon_page_finalize(page);
+	/* Never told the device: @page must not return to the guest. */
 	if (err)
-		/* Never told the device: @page must not return to the guest. */
 		dev_warn_ratelimited(&tb->vdev->dev,
 				     "migration: deflate failed (%d), page leaked\n",
 				     err);
-	else
+	mutex_unlock(&tb->lock);
+
+	balloon_page_finalize(page);
+	if (!err)
 		put_page(page);	/* the balloon's reference */
 	return MIGRATEPAGE_SUCCESS;
 }

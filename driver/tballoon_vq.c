@@ -30,7 +30,7 @@ void tballoon_buf_add_range(struct tballoon_buf *buf, struct page *page,
 	/* Guest page -> its 4 KiB frames, the first at the start of the page. */
 	pfn *= TBALLOON_PAGES_PER_PAGE;
 	for (i = 0; i < n; i++)
-		buf->pfns[buf->num_pfns++] = cpu_to_le32(pfn + i);
+		buf->pfns[buf->num_pfns++] = cpu_to_virtio32(buf->vdev, pfn + i);
 }
 
 void tballoon_buf_add_pfns(struct tballoon_buf *buf, struct page *page)

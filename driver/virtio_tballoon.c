@@ -331,10 +331,11 @@ static int tballoon_probe(struct virtio_device *vdev)
 #endif
 
 	for (i = 0; i < TBALLOON_NR_BUFS; i++) {
+		tb->bufs[i].vdev = vdev;
 		INIT_LIST_HEAD(&tb->bufs[i].pages);
 		INIT_LIST_HEAD(&tb->bufs[i].blocks);
 		tb->bufs[i].pfns = kmalloc_array(TBALLOON_BUF_PFNS,
-						 sizeof(__le32), GFP_KERNEL);
+						 sizeof(__virtio32), GFP_KERNEL);
 		if (!tb->bufs[i].pfns) {
 			err = -ENOMEM;
 			goto err_free_bufs;
@@ -343,9 +344,11 @@ static int tballoon_probe(struct virtio_device *vdev)
 	INIT_LIST_HEAD(&tb->mig_buf.pages);
 	INIT_LIST_HEAD(&tb->mig_buf.blocks);
 	tb->mig_buf.pfns = tb->mig_pfns;
+	tb->mig_buf.vdev = vdev;
+	tb->oom_buf.vdev = vdev;
 	INIT_LIST_HEAD(&tb->oom_buf.pages);
 	INIT_LIST_HEAD(&tb->oom_buf.blocks);
-	tb->oom_buf.pfns = kmalloc_array(TBALLOON_OOM_PAGES, sizeof(__le32),
+	tb->oom_buf.pfns = kmalloc_array(TBALLOON_OOM_PAGES, sizeof(__virtio32),
 					 GFP_KERNEL);
 	if (!tb->oom_buf.pfns) {
 		err = -ENOMEM;

@@ -882,6 +882,105 @@ def kcore(ctx):
     ctx.check_healthy()
 
 
+@scenario("driver-supersede-chain", "driver")
+def supersede_chain(ctx):
+    """five commands in a row, each superseding the last while it runs: the first four end aborted/superseded, the last done at its own target"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    _empty(ctx)
+    targets = [600, 100, 500, 200, 300]
+    procs = []
+    try:
+        for i, t in enumerate(targets):
+            st0 = ctx.status()
+            op = "inflate" if t * MIB // PAGE > st0["actual_pages"] else "deflate"
+            procs.append(_bg_tool(g, op, "--to", "%dM" % t, "--deadline", "20s", "--paced",
+                                  "--wait", "--json"))
+            if i < len(targets) - 1:
+                _wait_running(ctx, cmd_id=_cmd(st0).get("cmd_id"))
+                time.sleep(0.5)
+    finally:
+        results = [_bg_result(g, p) for p in procs]
+    outcomes = ["%s %s/%s" % (rc, _cmd(st).get("state"), _cmd(st).get("reason"))
+                for rc, st in results]
+    last = results[-1][1] or {}
+    ctx.diag("targets %s MiB: %s; final actual %s pages", targets, "; ".join(outcomes),
+             last.get("actual_pages"))
+    for (rc, st), t in zip(results[:-1], targets[:-1]):
+        ctx.expect(rc == 5 and _cmd(st).get("reason") == "superseded",
+                   "%d MiB: aborted/superseded (exit %d %s)" % (t, rc, _cmd(st).get("reason")))
+    ctx.expect(results[-1][0] == 0 and last.get("actual_pages") == 300 * MIB // PAGE,
+               "the last (300 MiB) ends done at its target (exit %d, actual %s)"
+               % (results[-1][0], last.get("actual_pages")))
+    ids = [_cmd(st).get("cmd_id", 0) for _, st in results]
+    ctx.expect(ids == sorted(set(ids)), "each command has its own, increasing id (%s)" % ids)
+    _empty(ctx)
+    ctx.check_healthy()
+
+
+@scenario("driver-block-split", "driver")
+def block_split(ctx):
+    """a deflate by less than a block (2 MiB) from a balloon of blocks splits one: exact sizes, MemTotal follows, vmstat consistent"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    _empty(ctx)
+    boot_total = g.meminfo()["MemTotal"]
+    rc, st, _ = ctx.balloon("inflate", 64 * MIB // PAGE, "60s", timeout=180)
+    ctx.require(rc == 0, "inflate 64 MiB (blocks) done (exit %d)" % rc)
+    ev0 = _vmstat(g, "balloon_inflate") - _vmstat(g, "balloon_deflate")
+    # 64 MiB - 1 MiB - 4 KiB: half a block and a page, single pages only
+    target = 64 * MIB // PAGE - 257
+    rc, st, _ = ctx.balloon("deflate", target, "60s", timeout=180)
+    mi = g.meminfo()
+    ev1 = _vmstat(g, "balloon_inflate") - _vmstat(g, "balloon_deflate")
+    ctx.diag("deflate 64 MiB -> %d pages: exit %d, actual %s; MemTotal %d kB (boot %d); "
+             "vmstat inflate - deflate %d -> %d", target, rc, st.get("actual_pages"),
+             mi["MemTotal"], boot_total, ev0, ev1)
+    ctx.expect(rc == 0 and st.get("actual_pages") == target,
+               "deflate done at %d pages (exit %d, %s)" % (target, rc, st.get("actual_pages")))
+    ctx.expect(boot_total - mi["MemTotal"] == target * 4, "MemTotal follows the balloon")
+    ctx.expect(ev1 - ev0 == -257, "vmstat counts the 257 pages out (%d)" % (ev1 - ev0))
+    rc, st, _ = ctx.balloon("inflate", 64 * MIB // PAGE, "60s", timeout=180)
+    ctx.expect(rc == 0 and st.get("actual_pages") == 64 * MIB // PAGE,
+               "inflate back to 64 MiB (exit %d)" % rc)
+    _empty(ctx)
+    ctx.expect(g.meminfo()["MemTotal"] == boot_total, "MemTotal back")
+    ctx.check_healthy()
+
+
+@scenario("driver-dead-device-freeze", "driver")
+def dead_device_freeze(ctx):
+    """the device stops returning buffers mid-inflate, then the guest suspends: the suspend completes within seconds, the guest resumes healthy"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    _empty(ctx)
+    run = _bg_tool(g, "inflate", "--to", "%dp" % (600 * MIB // PAGE), "--deadline", "60s",
+                   "--paced", "--wait", "--json")
+    try:
+        _wait_running(ctx)
+        time.sleep(1.0)
+        _withhold(g, True)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        res = g.sh("echo devices > /sys/power/pm_test && echo freeze > /sys/power/state; "
+                   "echo rc=$?; echo none > /sys/power/pm_test", timeout=120)
+        secs = time.monotonic() - t0
+    finally:
+        _withhold(g, False)
+        rc1, st1 = _bg_result(g, run, timeout=120)
+    c1 = _cmd(st1)
+    ctx.diag("suspend with the buffers withheld: %s in %.1f s; command exit %d %s/%s",
+             res.out.strip(), secs, rc1, c1.get("state"), c1.get("reason"))
+    ctx.expect("rc=0" in res.out, "the suspend cycle completes (%s)" % res.out.strip())
+    ctx.expect(rc1 == 5, "the command ended aborted (exit %d %s/%s)"
+               % (rc1, c1.get("state"), c1.get("reason")))
+    res = g.sh("rmmod virtio_tballoon", timeout=60)
+    ctx.expect(res.rc == 0, "rmmod afterwards (exit %d)" % res.rc)
+    _insmod_again(ctx, "a new driver works after the suspend")
+    _empty(ctx)
+    ctx.check_healthy()
+
+
 @scenario("driver-dead-device-deflate", "driver")
 def dead_device_deflate(ctx):
     """the device stops returning buffers mid-deflate: pages it never acknowledged stay in the balloon (MUST_TELL_HOST) until rmmod resets it"""
@@ -1081,3 +1180,48 @@ def queue_size_1(ctx):
 def queue_size_2(ctx):
     """inflate 512 MiB and deflate on queues of two entries: done, exact, guest healthy"""
     _small_ring(ctx, 2)
+
+
+# ---- hot-unplug ----------------------------------------------------------
+group("hotplug", driver="tballoon", device="tballoon", mem="1G", root_port=True)
+
+
+@scenario("driver-hot-unplug", "hotplug")
+def hot_unplug(ctx):
+    """device_del of the balloon (PCIe root port) during a paced inflate: the run ends, every page comes back, the guest stays healthy"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    boot_total = g.meminfo()["MemTotal"]
+    run = _bg_tool(g, "inflate", "--to", "%dp" % (600 * MIB // PAGE), "--deadline", "30s",
+                   "--paced", "--wait", "--json")
+    qmp = machine.Qmp(g.path("qmp.sock"))
+    try:
+        _wait_running(ctx, cmd_id=_cmd(st0).get("cmd_id"))
+        time.sleep(1.0)
+        held = ctx.status()["actual_pages"]
+        t0 = time.monotonic()
+        qmp.command("device_del", id="tb0")
+        gone = None
+        while time.monotonic() - t0 < 60:
+            if any(e.get("event") == "DEVICE_DELETED" and
+                   e.get("data", {}).get("device") == "tb0" for e in qmp.events):
+                gone = time.monotonic() - t0
+                break
+            qmp.command("query-status")     # collects events meanwhile
+            time.sleep(0.2)
+    finally:
+        qmp.close()
+        rc1, st1 = _bg_result(g, run, timeout=120)
+    c1 = _cmd(st1)
+    mi = g.meminfo()
+    devs = g.sh("ls /sys/bus/virtio/devices/").out.split()
+    ctx.diag("device_del with %d pages in the balloon: DEVICE_DELETED after %s s; command "
+             "exit %d %s/%s; MemTotal %d kB (boot %d); virtio devices %s", held,
+             "%.1f" % gone if gone is not None else "never", rc1, c1.get("state"),
+             c1.get("reason"), mi["MemTotal"], boot_total, devs or "none")
+    ctx.expect(gone is not None, "QEMU reports the device deleted")
+    ctx.expect(not devs, "the guest let go of the device")
+    ctx.expect(mi["MemTotal"] == boot_total, "every page is back in the guest")
+    ctx.expect(rc1 != 0, "the command did not end done (exit %d %s/%s)"
+               % (rc1, c1.get("state"), c1.get("reason")))
+    ctx.check_healthy()

@@ -183,7 +183,7 @@ class Guest:
                  kvm=False, keep=False, name="guest", log=None, boot_timeout=180.0,
                  extra_append="", bzimage=False, reconnect_ms=None, backend_args=(),
                  qemu_listens=False, stock_props="", fd_holder=False, allow_reboot=False,
-                 device_props=""):
+                 device_props="", root_port=False):
         self.env = tbenv.load()
         self.driver = driver
         self.device = device
@@ -207,6 +207,8 @@ class Guest:
         self.stock_props = stock_props
         # extra vhost-user-test-device-pci properties, e.g. "vq_size=1"
         self.device_props = device_props
+        # the balloon device behind a PCIe root port (bus rp1): hot-unpluggable
+        self.root_port = root_port
         self.reconnect_ms = reconnect_ms    # QEMU re-connects to a restarted backend
         self.backend_args = tuple(backend_args)     # extra `tballoon serve` options
         # QEMU listens on tb.sock (server=on,wait=on) and the harness connects
@@ -440,9 +442,12 @@ class Guest:
             reconnect = (",reconnect-ms=%d" % self.reconnect_ms) if self.reconnect_ms else ""
             if self.qemu_listens:
                 reconnect = ",server=on,wait=on"
+            if self.root_port:
+                argv += ["-device", "pcie-root-port,id=rp1,chassis=1,slot=1"]
             argv += ["-chardev", "socket,id=tb,path=%s/tb.sock%s" % (run, reconnect),
-                     "-device", "vhost-user-test-device-pci,chardev=tb,virtio-id=5,"
+                     "-device", "vhost-user-test-device-pci,id=tb0,chardev=tb,virtio-id=5,"
                      "num_vqs=3,config_size=64"
+                     + (",bus=rp1" if self.root_port else "")
                      + ("," + self.device_props if self.device_props else "")]
         elif self.device == "stock":
             argv += ["-device", "virtio-balloon-pci,id=balloon0"

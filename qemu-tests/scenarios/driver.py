@@ -1186,7 +1186,10 @@ def queue_size_2(ctx):
 group("hotplug", driver="tballoon", device="tballoon", mem="1G", root_port=True)
 
 
-@scenario("driver-hot-unplug", "hotplug")
+# Not on the debug kernel: there lockdep reports pciehp's own lock order
+# (pci_rescan_remove_lock, then ctrl->reset_lock, in
+# pciehp_unconfigure_device() of 6.1), not ours, and then switches off.
+@scenario("driver-hot-unplug", "hotplug", kernels=("6.1", "6.12"))
 def hot_unplug(ctx):
     """device_del of the balloon (PCIe root port) during a paced inflate: the run ends, every page comes back, the guest stays healthy"""
     g = ctx.guest

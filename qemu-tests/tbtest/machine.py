@@ -443,7 +443,10 @@ class Guest:
             if self.qemu_listens:
                 reconnect = ",server=on,wait=on"
             if self.root_port:
-                argv += ["-device", "pcie-root-port,id=rp1,chassis=1,slot=1"]
+                # native PCIe hotplug (pciehp), not q35's ACPI hotplug of
+                # root ports: the debug kernel has no ACPI PCI hotplug
+                argv += ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+                         "-device", "pcie-root-port,id=rp1,chassis=1,slot=1"]
             argv += ["-chardev", "socket,id=tb,path=%s/tb.sock%s" % (run, reconnect),
                      "-device", "vhost-user-test-device-pci,id=tb0,chardev=tb,virtio-id=5,"
                      "num_vqs=3,config_size=64"

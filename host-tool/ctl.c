@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/time.h>
 
 #include "ctl.h"
@@ -310,7 +311,8 @@ static bool tb_ctl_has_duplicate_key(const json_object *req, const char *line, s
 	int depth = 0;
 	bool dup;
 
-	m.count = calloc(len / 2 + 1, sizeof(*m.count));
+	/* at most one object per '{', whatever json-c made of the text */
+	m.count = calloc(len + 1, sizeof(*m.count));
 	if (!m.count)
 		return true;	/* refused as if duplicate: never accept unchecked */
 	for (size_t i = 0; i < len; i++) {
@@ -351,6 +353,9 @@ json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len
 
 	if (len > TB_CTL_LINE_MAX)
 		return tb_ctl_error(NULL, "request too long");
+	/* json-c stops at a NUL and may take what came before it for a value */
+	if (memchr(line, '\0', len))
+		return tb_ctl_error(NULL, "JSON parse error: NUL byte in the request");
 	tok = json_tokener_new_ex(16);
 	if (!tok)
 		return tb_ctl_error(NULL, "out of memory");

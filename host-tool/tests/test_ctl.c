@@ -122,6 +122,25 @@ static void test_embedded_nul(void **state)
 	json_object_put(r);
 }
 
+/*
+ * Found by fuzz_ctl: json-c took "''" followed by a comment running into a
+ * NUL for the empty string, and the duplicate-key scan then counted more
+ * objects than it had room for (heap overflow under ASan).
+ */
+static void test_nul_after_comment(void **state)
+{
+	struct fx *f = *state;
+	static const char line[] = "''/***/{{{{/\177{{{{{{{{{{{{{{/:\0\r";
+	json_object *r = tb_ctl_handle_line(&f->dev, line, sizeof(line) - 1, 1,
+					       &f->negotiated);
+
+	assert_non_null(err_desc(r));
+	json_object_put(r);
+	r = handle(f, "''/***/{{{{/\177{{{{{{{{{{{{{{/:");
+	assert_non_null(err_desc(r));
+	json_object_put(r);
+}
+
 static void test_too_long(void **state)
 {
 	struct fx *f = *state;
@@ -404,6 +423,7 @@ int main(void)
 		T(test_query_stats),
 		T(test_garbage),
 		T(test_embedded_nul),
+		T(test_nul_after_comment),
 		T(test_too_long),
 		T(test_id_echoed),
 		T(test_negotiation),

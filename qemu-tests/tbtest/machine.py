@@ -448,9 +448,11 @@ class Guest:
                 argv += ["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
                          "-device", "pcie-root-port,id=rp1,chassis=1,slot=1"]
             argv += ["-chardev", "socket,id=tb,path=%s/tb.sock%s" % (run, reconnect),
-                     "-device", "vhost-user-test-device-pci,id=tb0,chardev=tb,virtio-id=5,"
+                     "-device", "vhost-user-test-device-pci,chardev=tb,virtio-id=5,"
                      "num_vqs=3,config_size=64"
-                     + (",bus=rp1" if self.root_port else "")
+                     # an id and a bus for device_del (docs.py checks the rest
+                     # against Documentation/host-tool.rst)
+                     + (",id=tb0,bus=rp1" if self.root_port else "")
                      + ("," + self.device_props if self.device_props else "")]
         elif self.device == "stock":
             argv += ["-device", "virtio-balloon-pci,id=balloon0"

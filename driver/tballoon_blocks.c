@@ -16,6 +16,7 @@
 
 #include <linux/balloon_compaction.h>
 #include <linux/migrate.h>
+#include <linux/mm.h>
 #include <linux/vmstat.h>
 #include <linux/workqueue.h>
 
@@ -47,12 +48,21 @@ void tballoon_block_leave(struct tballoon *tb, struct page *page)
 	count_vm_events(BALLOON_DEFLATE, n);
 }
 
-/* A helper's stop test: the worker's word, a stop flag, or the deadline. */
+/*
+ * A helper's stop test: the worker's word, a stop flag, the deadline, or
+ * the floor. The floor is looked at here too, not only by the worker after
+ * its own blocks: a program growing while the batch is allocated may take
+ * the room the batch was sized for, and a helper whose share outlasts the
+ * worker's would go on unchecked until the flush.
+ */
 static bool tballoon_helper_stop(struct tballoon *tb)
 {
 	u32 deadline = tb->run.cmd.deadline_ms;
+	u32 floor = tb->run.cmd.floor_pages;
 
 	if (READ_ONCE(tb->helpers_stop) || tballoon_interrupted(tb))
+		return true;
+	if (floor && (u64)si_mem_available() * TBALLOON_PAGES_PER_PAGE <= floor)
 		return true;
 	return deadline != TBALLOON_NO_DEADLINE &&
 	       tballoon_elapsed_ms(&tb->run) >= deadline;

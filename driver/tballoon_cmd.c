@@ -12,11 +12,13 @@
  * Locks: the stop flags take @tb->stop_lock (irq-safe: the config callback
  * runs with interrupts off). Everything else runs in the worker, which owns
  * @tb->run, @tb->next, @tb->last_cmd_id and @tb->report_seq; the engine
- * takes @tb->lock inside tballoon_run(). Reports may be written with or
- * without @tb->lock held.
+ * takes @tb->lock inside tballoon_run(). Reports and actual are written
+ * with @tb->lock held: the OOM notifier changes num_pages and writes actual
+ * under it, so an unlocked report could overwrite a fresher actual.
  */
 
 #include <linux/ktime.h>
+#include <linux/lockdep.h>
 #include <linux/virtio_config.h>
 
 #include "tballoon.h"
@@ -132,6 +134,7 @@ void tballoon_write_actual(struct tballoon *tb)
 {
 	u32 actual = tb->num_pages;
 
+	lockdep_assert_held(&tb->lock);
 	virtio_cwrite_le(tb->vdev, struct virtio_tballoon_config, actual,
 			 &actual);
 	tb->last_report_pages = actual;
@@ -144,7 +147,7 @@ void tballoon_write_actual(struct tballoon *tb)
  *
  * Writes in protocol order: actual, elapsed_ms, start_pages, reason,
  * state, ack_cmd_id, and last report_seq. Worker context (or remove/freeze
- * once the worker cannot run); may be called with @tb->lock held.
+ * once the worker cannot run), @tb->lock held.
  */
 void tballoon_report(struct tballoon *tb, bool full)
 {
@@ -183,6 +186,12 @@ static void tballoon_handle(struct tballoon *tb, const struct tballoon_cmd *cmd)
 	struct tballoon_run *run = &tb->run;
 	u32 ppp = TBALLOON_PAGES_PER_PAGE;
 
+	/*
+	 * Acceptance and the final report under @tb->lock: the OOM notifier
+	 * changes num_pages and writes actual under it, and a report that
+	 * read num_pages before it would overwrite a fresher actual.
+	 */
+	mutex_lock(&tb->lock);
 	tb->last_cmd_id = cmd->cmd_id;
 	tb->have_next = false;
 	memset(run, 0, sizeof(*run));
@@ -195,6 +204,7 @@ static void tballoon_handle(struct tballoon *tb, const struct tballoon_cmd *cmd)
 	run->start_stalls = tballoon_direct_reclaims();
 	if (run->state != TBALLOON_STATE_RUNNING) {
 		tballoon_report(tb, true);
+		mutex_unlock(&tb->lock);
 		return;
 	}
 
@@ -202,8 +212,11 @@ static void tballoon_handle(struct tballoon *tb, const struct tballoon_cmd *cmd)
 	run->cmd.target_pages = ALIGN(cmd->target_pages, ppp);
 	run->cmd.floor_pages = max(cmd->floor_pages, tb->reserve_pages);
 	tballoon_report(tb, true);
+	mutex_unlock(&tb->lock);
 	tballoon_run(tb);
+	mutex_lock(&tb->lock);
 	tballoon_report(tb, true);
+	mutex_unlock(&tb->lock);
 }
 
 /* Standard balloon: follow num_pages, no deadline, actual after each batch. */
@@ -220,6 +233,7 @@ static void tballoon_work_standard(struct tballoon *tb)
 		if (target == tb->num_pages)
 			break;
 
+		mutex_lock(&tb->lock);
 		memset(run, 0, sizeof(*run));
 		run->cmd.op = target > tb->num_pages ? TBALLOON_OP_INFLATE :
 						       TBALLOON_OP_DEFLATE;
@@ -228,8 +242,11 @@ static void tballoon_work_standard(struct tballoon *tb)
 		run->cmd.floor_pages = tb->reserve_pages;
 		run->start_pages = tb->num_pages;
 		run->start = ktime_get();
+		mutex_unlock(&tb->lock);
 		tballoon_run(tb);
+		mutex_lock(&tb->lock);
 		tballoon_write_actual(tb);
+		mutex_unlock(&tb->lock);
 
 		if (run->reason == TBALLOON_REASON_DEVICE_ERROR)
 			break;

@@ -280,10 +280,11 @@ void tb_print_status(json_object *st, bool json)
 	tb_format_bytes(r, sizeof(r), tb_jint(st, "guest_ram_bytes"));
 	tb_format_bytes(res, sizeof(res), tb_jint(st, "resident_bytes"));
 	tb_format_bytes(rel, sizeof(rel), tb_jint(st, "released_bytes"));
-	printf("front-end:  %s, driver %s, timed %s\n",
+	printf("front-end:  %s, driver %s, timed %s%s\n",
 	       tb_jbool(st, "connected") ? "connected" : "not connected",
 	       tb_jbool(st, "driver_ok") ? "ready" : "not ready",
-	       tb_jbool(st, "timed") ? "yes" : "no");
+	       tb_jbool(st, "timed") ? "yes" : "no",
+	       tb_jbool(st, "deflate_on_oom") ? ", deflate-on-oom" : "");
 	printf("guest RAM:  %s, host resident %s, released since start %s\n", r, res, rel);
 	printf("balloon:    %s, num_pages %lld\n",
 	       tb_pages_str(a, sizeof(a), tb_jint(st, "actual_pages")),

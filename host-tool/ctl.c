@@ -115,6 +115,8 @@ json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms)
 
 	json_object_object_add(o, "connected", json_object_new_boolean(dev->connected));
 	json_object_object_add(o, "timed", json_object_new_boolean(tb_dev_timed(dev)));
+	json_object_object_add(o, "deflate_on_oom", json_object_new_boolean(
+		dev->features_set && (dev->features & TB_BIT(TB_BALLOON_F_DEFLATE_ON_OOM))));
 	json_object_object_add(o, "driver_ok", json_object_new_boolean(dev->driver_ok));
 	tb_json_add_u64(o, "guest_ram_bytes", tb_mem_ram_bytes(dev->mem));
 	tb_json_add_u64(o, "resident_bytes", tb_mem_resident_bytes(dev->mem));

@@ -22,6 +22,7 @@
 /* standard balloon feature bits the device offers */
 #define TB_BALLOON_F_MUST_TELL_HOST 0
 #define TB_BALLOON_F_STATS_VQ 1
+#define TB_BALLOON_F_DEFLATE_ON_OOM 2
 /* device features offered (VERSION_1 and PROTOCOL_FEATURES come from vu) */
 #define TB_DEV_FEATURES \
 	(TB_BIT(TB_BALLOON_F_MUST_TELL_HOST) | TB_BIT(TB_BALLOON_F_STATS_VQ) | \

@@ -37,7 +37,7 @@ static int tb_cmd_stats(int argc, char **argv, struct tb_client_opts *o);
 
 static const struct tb_subcmd tb_subcmds[] = {
 	{ "serve", tb_cmd_serve,
-	  "--socket-path PATH|--fd FD --control CTRL [--state-file FILE] [-v|-q]",
+	  "--socket-path PATH|--fd FD --control CTRL [--state-file FILE] [--deflate-on-oom] [-v|-q]",
 	  "run the vhost-user balloon device backend" },
 	{ "inflate", tb_cmd_inflate,
 	  "--to SIZE --deadline DUR [--floor SIZE] [--paced] [--wait] [-j]",
@@ -117,6 +117,7 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "socket-mode", required_argument, NULL, 'M' },
 		{ "socket-group", required_argument, NULL, 'G' },
+		{ "deflate-on-oom", no_argument, NULL, 'D' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -152,7 +153,7 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 			 * README.
 			 */
 			printf("{\"type\": \"balloon\", \"features\": [\"timed\", "
-			       "\"stats-vq\", \"state-file\"]}\n");
+			       "\"stats-vq\", \"state-file\", \"deflate-on-oom\"]}\n");
 			return TB_EXIT_OK;
 		case 'c':
 			ctrl = optarg;
@@ -214,6 +215,9 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 			so.listen.gid_set = true;
 			break;
 		}
+		case 'D':
+			so.deflate_on_oom = true;
+			break;
 		case 'v':
 			if (tb_log_level < TB_LOG_DEBUG)
 				tb_log_level++;
@@ -244,6 +248,9 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 			       "                          0660 with --socket-group)\n"
 			       "      --socket-group GROUP  group of both sockets; members may use\n"
 			       "                          the control socket (e.g. libvirt-qemu)\n"
+			       "      --deflate-on-oom    offer DEFLATE_ON_OOM: the guest gives\n"
+			       "                          balloon pages back instead of OOM-killing\n"
+			       "                          (as QEMU's virtio-balloon deflate-on-oom=on)\n"
 			       "  -h, --help              show this help and exit\n\n"
 			       "Under systemd (tballoon-serve@.service): READY=1 once the sockets\n"
 			       "accept, sockets passed in LISTEN_FDS are used (matched by path),\n"

@@ -914,6 +914,8 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	int exit_code = 0, rc0;
 
 	tb_vu_init(&s.vu, &tb_serve_vu_ops, &s);
+	if (o->deflate_on_oom)
+		s.vu.extra_features |= TB_BIT(TB_BALLOON_F_DEFLATE_ON_OOM);
 	tb_dev_init(&s.dev, &s.vu.mem, &tb_serve_dev_ops, &s);
 	s.dev.grace_ms = o->grace_ms;
 	s.dev.stats_interval_ms = o->stats_interval_ms;

@@ -46,6 +46,9 @@ struct tb_listener {
  * @grace_ms: host watchdog grace after a command's deadline
  * @stats_interval_ms: guest statistics request period (0: on demand only)
  * @listen: mode and group of the sockets the daemon creates
+ * @deflate_on_oom: offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM (the guest may
+ *	take pages back from the balloon to avoid an OOM kill, as with
+ *	QEMU's virtio-balloon deflate-on-oom=on)
  */
 struct tb_serve_opts {
 	const char *socket_path;
@@ -55,6 +58,7 @@ struct tb_serve_opts {
 	uint32_t grace_ms;
 	uint32_t stats_interval_ms;
 	struct tb_listen_opts listen;
+	bool deflate_on_oom;
 };
 
 /*

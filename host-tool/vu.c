@@ -87,7 +87,7 @@ void tb_vu_init(struct tb_vu *vu, const struct tb_vu_ops *ops, void *opaque)
 
 uint64_t tb_vu_offered_features(const struct tb_vu *vu)
 {
-	return vu->ops->features | TB_BIT(TB_F_VERSION_1) |
+	return vu->ops->features | vu->extra_features | TB_BIT(TB_F_VERSION_1) |
 	       TB_BIT(TB_F_PROTOCOL_FEATURES);
 }
 

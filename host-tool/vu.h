@@ -252,6 +252,8 @@ struct tb_vu_ops {
  * @ops, @opaque: the device model
  * @sock_fd: the vhost-user connection, -1 if none
  * @backend_fd: back-end request channel from SET_BACKEND_REQ_FD, -1 if none
+ * @extra_features: device features offered besides @ops->features (a
+ *	daemon option, e.g. DEFLATE_ON_OOM)
  * @features: acked by SET_FEATURES (valid if @features_set)
  * @protocol_features: acked by SET_PROTOCOL_FEATURES
  * @mem: guest memory
@@ -264,6 +266,7 @@ struct tb_vu {
 	void *opaque;
 	int sock_fd;
 	int backend_fd;
+	uint64_t extra_features;
 	uint64_t features;
 	bool features_set;
 	uint64_t protocol_features;

@@ -31,6 +31,7 @@ GET_CONFIG, SET_CONFIG = 24, 25
 VERSION, REPLY, NEED_REPLY = 1, 4, 8
 PF = (1 << 0) | (1 << 3) | (1 << 5) | (1 << 9)
 F_VERSION_1, F_PROTOCOL, F_TIMED, F_MUST_TELL = 1 << 32, 1 << 30, 1 << 12, 1 << 0
+F_DEFLATE_ON_OOM = 1 << 2
 
 MiB = 1 << 20
 RAM = 16 * MiB
@@ -511,6 +512,36 @@ def run(vu, cp):
     run_fd_mode(os.path.dirname(cp))
     run_restart(os.path.dirname(cp))
     run_reset_and_watchdog(os.path.dirname(cp))
+    run_deflate_on_oom(os.path.dirname(cp))
+
+
+def run_deflate_on_oom(tmp):
+    """DEFLATE_ON_OOM is offered only with --deflate-on-oom; status says
+    whether the driver took it; a daemon without the option refuses it."""
+    srv, vu, cp = start_serve(tmp, "nooom")
+    try:
+        g = Guest(vu)
+        tap(not (F_DEFLATE_ON_OOM & g.call_u64(GET_FEATURES)),
+            "vu: DEFLATE_ON_OOM not offered by default")
+        g.close()
+    finally:
+        srv.terminate()
+        srv.wait(10)
+    srv, vu, cp = start_serve(tmp, "oom", "--deflate-on-oom")
+    try:
+        g = Guest(vu)
+        offered = g.negotiate(features=F_VERSION_1 | F_PROTOCOL | F_TIMED | F_MUST_TELL |
+                              F_DEFLATE_ON_OOM)[0]
+        tap(offered & F_DEFLATE_ON_OOM, "vu: --deflate-on-oom offers DEFLATE_ON_OOM")
+        s = status(cp)
+        tap(s.get("deflate_on_oom") is True, "status: deflate_on_oom true once negotiated")
+        out = subprocess.run([TB, "-c", cp, "status"], stdout=subprocess.PIPE,
+                             universal_newlines=True).stdout
+        tap("timed yes, deflate-on-oom" in out, "status (text) says deflate-on-oom")
+        g.close()
+    finally:
+        srv.terminate()
+        srv.wait(10)
 
 
 def start_serve(tmp, name, *extra):

@@ -128,8 +128,8 @@ class _Events:
 
 def _guest_bg(g, command, tag):
     """Run COMMAND in the guest in the background; exit status to /tmp/TAG.rc."""
-    g.sh("( %s > /tmp/%s.out 2>&1; echo $? > /tmp/%s.rc ) </dev/null >/dev/null 2>&1 &"
-         % (command, tag, tag))
+    g.sh("rm -f /tmp/%s.rc; ( %s > /tmp/%s.out 2>&1; echo $? > /tmp/%s.rc ) "
+         "</dev/null >/dev/null 2>&1 &" % (tag, command, tag, tag))
 
 
 def _guest_bg_wait(g, tag, timeout=120.0):
@@ -517,6 +517,39 @@ def pressure(ctx):
     res = g.sh("echo alive", timeout=30)
     ctx.expect(res.rc == 0, "guest responsive")
     _empty(ctx)
+    ctx.check_healthy()
+
+
+@scenario("driver-floor-lag", "driver")
+def floor_lag(ctx):
+    """a fast-growing program while a full-speed inflate runs: the balloon never grows with MemAvailable below the floor less 8 MiB"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    floor_b = 256 * MIB
+    for trial, (grow_mib, rate) in enumerate(((192, 4096), (192, 256))):
+        _memwatch_start(ctx, g)
+        _guest_bg(g, "memgrow %d %d 3" % (grow_mib, rate), "grow")
+        rc, st, _ = ctx.balloon("inflate", 900 * MIB // PAGE, "120s",
+                                extra=("--floor", "256M"), timeout=300)
+        c = _cmd(st)
+        grc, gout = _guest_bg_wait(g, "grow", 120)
+        stats = _memwatch_stop(ctx, g)
+        glines = gout.strip().splitlines()
+        ctx.diag("program %d MiB at %d MiB/s: inflate exit %d %s/%s at %s after %s ms; "
+                 "MemAvailable min %s, min while the balloon grew %s (%d of %d samples); "
+                 "memgrow: %s", grow_mib, rate, rc, c.get("state"), c.get("reason"),
+                 mib(st.get("actual_pages", 0) * PAGE), c.get("elapsed_ms"),
+                 mib(stats["min_avail_kb"] * KB), mib(stats["grow_min_avail_kb"] * KB),
+                 stats["grow_samples"], stats["samples"], glines[-1] if glines else "?")
+        ctx.expect(rc == 4 and c.get("state") == "pressure",
+                   "exit 4 pressure (got %d %s/%s)" % (rc, c.get("state"), c.get("reason")))
+        ctx.expect(stats["grow_samples"] > 0, "memwatch saw the balloon grow")
+        ctx.expect(stats["grow_min_avail_kb"] * KB >= floor_b - 8 * MIB,
+                   "the balloon grew only with MemAvailable >= floor - 8 MiB (lowest %s)"
+                   % mib(stats["grow_min_avail_kb"] * KB))
+        ctx.expect(grc == 0, "memgrow finished, exit 0 (got %s)" % grc)
+        ctx.expect(not _oom_lines(g), "no OOM kill in dmesg")
+        _empty(ctx)
     ctx.check_healthy()
 
 
@@ -1241,3 +1274,89 @@ def hot_unplug(ctx):
     ctx.expect(rc1 != 0, "the command did not end done (exit %d %s/%s)"
                % (rc1, c1.get("state"), c1.get("reason")))
     ctx.check_healthy()
+
+
+# ---- OOM with DEFLATE_ON_OOM -----------------------------------------------
+group("oom", driver="tballoon", device="tballoon", mem="1G",
+      backend_args=("--deflate-on-oom",))
+
+
+def _memwatch_start(ctx, g):
+    _guest_bg(g, "memwatch 500", "watch")
+    t0 = time.monotonic()
+    while "started" not in g.sh("cat /tmp/watch.out 2>/dev/null").out:
+        ctx.require(time.monotonic() - t0 < 30, "memwatch did not start")
+        time.sleep(0.1)
+
+
+def _memwatch_stop(ctx, g):
+    """Stop memwatch; its summary as a dict (samples, min_avail_kb, ...)."""
+    g.sh("killall memwatch 2>/dev/null")
+    wrc, wout = _guest_bg_wait(g, "watch", 30)
+    line = [l for l in wout.splitlines() if l.startswith("memwatch: samples")]
+    ctx.require(wrc == 0 and line, "memwatch summary (exit %s: %r)" % (wrc, wout[-200:]))
+    f = line[0].split()
+    return dict(zip(f[1::2], (int(x) for x in f[2::2])))
+
+
+@scenario("driver-oom-timed", "oom")
+def oom_timed(ctx):
+    """deflate-on-oom offered: a program needing more than the balloon left, during a full-speed and a paced inflate, is never OOM-killed; the balloon grows only above the reserve less 8 MiB and gives pages back; host and guest agree on its size"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    ctx.require(st0.get("deflate_on_oom") is True,
+                "the driver negotiated DEFLATE_ON_OOM (status %s)" % st0.get("deflate_on_oom"))
+    total0 = g.meminfo()["MemTotal"]
+    # 800 MiB in the balloon would leave ~160 MiB; the program needs 480 MiB.
+    # Full speed: the program starts with the run and grows at 160 MiB/s.
+    # Paced (800 MiB over 10 s): it starts once the balloon holds 560 MiB
+    # and grows as fast as it can, so the OOM comes while the run is on.
+    for paced in (False, True):
+        d0 = _vmstat(g, "balloon_deflate") or 0
+        _memwatch_start(ctx, g)
+        args = ["inflate", "--to", "%dp" % (800 * MIB // PAGE), "--deadline",
+                "10s" if paced else "60s", "--wait", "--json"] + (["--paced"] if paced else [])
+        prev = _cmd(ctx.status()).get("cmd_id")
+        run = _bg_tool(g, *args)
+        _wait_running(ctx, cmd_id=prev)
+        if paced:
+            t0 = time.monotonic()
+            while (ctx.status().get("actual_pages", 0) < 560 * MIB // PAGE and
+                   time.monotonic() - t0 < 30):
+                time.sleep(0.05)
+        _guest_bg(g, "memgrow 480 %d 2" % (4096 if paced else 160), "grow")
+        rc, st = _bg_result(g, run, timeout=120)
+        c = _cmd(st)
+        grc, gout = _guest_bg_wait(g, "grow", 120)
+        w = _memwatch_stop(ctx, g)
+        ran_pages = st.get("actual_pages", 0) if st else 0
+        st1 = ctx.status()
+        d1 = _vmstat(g, "balloon_deflate") or 0
+        glines = gout.strip().splitlines()
+        ctx.diag("%s inflate: exit %d %s/%s at %s after %s ms; memgrow exit %s (%s); "
+                 "the guest took back %s on OOM; balloon now %s (host), MemTotal %d kB "
+                 "(boot %d); MemAvailable min %s, min while the balloon grew %s",
+                 "paced" if paced else "full-speed", rc, c.get("state"),
+                 c.get("reason"), mib(ran_pages * PAGE), c.get("elapsed_ms"), grc,
+                 glines[-1] if glines else "?", mib((d1 - d0) * PAGE),
+                 mib(st1.get("actual_pages", 0) * PAGE), g.meminfo()["MemTotal"], total0,
+                 mib(w["min_avail_kb"] * KB), mib(w["grow_min_avail_kb"] * KB))
+        ctx.expect(grc == 0, "memgrow finished, exit 0 (got %s)" % grc)
+        ctx.expect(not _oom_lines(g), "no OOM kill in dmesg")
+        ctx.expect(d1 > d0, "the balloon gave pages back on OOM (vmstat balloon_deflate)")
+        ctx.expect(w["grow_min_avail_kb"] * KB >= 24 * MIB,
+                   "the balloon grew only with MemAvailable >= the 32 MiB reserve less 8 MiB")
+        ctx.expect(g.meminfo()["MemTotal"] == total0,
+                   "MemTotal unchanged (DEFLATE_ON_OOM: the balloon's pages stay managed)")
+        held = (_vmstat(g, "balloon_inflate") or 0) - (_vmstat(g, "balloon_deflate") or 0)
+        off = g.sh("offline").out.split()
+        ctx.diag("balloon: actual %s (driver), device_pages %s (device), vmstat "
+                 "inflate-deflate %d, PageOffline %s", st1.get("actual_pages"),
+                 st1.get("device_pages"), held, off[-1] if off else "?")
+        ctx.expect(st1.get("actual_pages") == st1.get("device_pages") == held,
+                   "driver, device and guest vmstat agree on the balloon")
+        ctx.expect(rc in (0, 3, 4), "the inflate ended with an outcome (exit %d %s/%s)"
+                   % (rc, c.get("state"), c.get("reason")))
+        _empty(ctx)
+    ctx.check_healthy()
+

@@ -37,10 +37,12 @@
 #include <linux/delay.h>
 #include <linux/module.h>
 #include <linux/oom.h>
+#include <linux/pci.h>
 #include <linux/reboot.h>
 #include <linux/slab.h>
 #include <linux/suspend.h>
 #include <linux/virtio_config.h>
+#include <linux/virtio_pci.h>
 
 #include "tballoon.h"
 
@@ -278,8 +280,59 @@ static void tballoon_free_bufs(struct tballoon *tb)
 	kfree(tb->oom_buf.pfns);
 }
 
+/*
+ * Length of a virtio-pci device's config space: the length field of its
+ * first device-config capability, as virtio_pci_modern maps it (it also
+ * bounds it by the BAR, which a device offering a timed block does not
+ * reach). U32_MAX when the transport is not PCI. Linux 6.1 has no config
+ * size in the virtio API.
+ */
+static u32 tballoon_pci_config_len(struct virtio_device *vdev)
+{
+	struct device *parent = vdev->dev.parent;
+	struct pci_dev *pdev;
+	u32 len;
+	u8 pos, type;
+
+	if (!parent || !dev_is_pci(parent))
+		return U32_MAX;
+	pdev = to_pci_dev(parent);
+	for (pos = pci_find_capability(pdev, PCI_CAP_ID_VNDR); pos;
+	     pos = pci_find_next_capability(pdev, pos, PCI_CAP_ID_VNDR)) {
+		pci_read_config_byte(pdev, pos + offsetof(struct virtio_pci_cap,
+							  cfg_type), &type);
+		if (type != VIRTIO_PCI_CAP_DEVICE_CFG)
+			continue;
+		pci_read_config_dword(pdev, pos + offsetof(struct virtio_pci_cap,
+							   length), &len);
+		return len;
+	}
+	return U32_MAX;
+}
+
+/*
+ * Does config space reach the end of the timed block? Not if the
+ * transport says it is shorter (virtio-pci would hit BUG_ON on access),
+ * nor if the last word reads all ones: QEMU answers reads past a device's
+ * config_len (vhost-user-test-device-pci,config_size=16) with ~0 and drops
+ * the writes, and a block the device resets to 0 never holds ~0 in
+ * report_seq before the driver's first report.
+ */
+static bool tballoon_timed_block_present(struct virtio_device *vdev, u32 *len)
+{
+	u32 seq;
+
+	*len = tballoon_pci_config_len(vdev);
+	if (*len < VIRTIO_TBALLOON_CONFIG_SIZE)
+		return false;
+	virtio_cread_le(vdev, struct virtio_tballoon_config, report_seq, &seq);
+	return seq != U32_MAX;
+}
+
 static int tballoon_validate(struct virtio_device *vdev)
 {
+	u32 len;
+
 	if (!vdev->config->get) {
 		dev_err(&vdev->dev, "config access disabled\n");
 		return -EINVAL;
@@ -287,6 +340,23 @@ static int tballoon_validate(struct virtio_device *vdev)
 	/* The timed block is little-endian: modern devices only. */
 	if (!virtio_has_feature(vdev, VIRTIO_F_VERSION_1))
 		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_TIMED);
+	/*
+	 * A device offering TIMED with a config space too short for the
+	 * timed block: every access to the block would hit virtio-pci's
+	 * BUG_ON, or (QEMU) go nowhere, and no command would ever arrive. Run
+	 * it as a standard balloon.
+	 */
+	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_TIMED) &&
+	    !tballoon_timed_block_present(vdev, &len)) {
+		if (len < VIRTIO_TBALLOON_CONFIG_SIZE)
+			dev_warn(&vdev->dev,
+				 "TIMED offered with %u bytes of config space (%u needed): standard balloon\n",
+				 len, VIRTIO_TBALLOON_CONFIG_SIZE);
+		else
+			dev_warn(&vdev->dev,
+				 "TIMED offered, but the timed block of config space reads all ones: standard balloon\n");
+		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_TIMED);
+	}
 	return 0;
 }
 

@@ -1360,3 +1360,29 @@ def oom_timed(ctx):
         _empty(ctx)
     ctx.check_healthy()
 
+
+
+# ---- a device too small for the timed block -------------------------------
+group("cfg16", driver="tballoon", device="tballoon", mem="1G", device_props="config_size=16")
+
+
+@scenario("driver-config-16", "cfg16")
+def config_16(ctx):
+    """TIMED offered with a 16-byte config space (config_size=16): the driver runs as a standard balloon; inflate 256 MiB and deflate work"""
+    g = ctx.guest
+    ctx.require(g.driver_status == "loaded", "driver loaded (%s)" % g.driver_status)
+    st = ctx.status()
+    lines = [l for l in g.dmesg().splitlines() if "virtio_tballoon" in l]
+    ctx.diag("status: timed %s, driver_ok %s; dmesg: %s", st.get("timed"), st.get("driver_ok"),
+             " | ".join(lines[-3:]))
+    ctx.expect(st.get("driver_ok") and st.get("timed") is False,
+               "the driver did not take TIMED (timed %s)" % st.get("timed"))
+    boot_total = g.meminfo()["MemTotal"]
+    rc, st, _ = ctx.balloon("inflate", 256 * MIB // PAGE, "60s", timeout=120)
+    ctx.expect(rc == 0 and st.get("actual_pages") == 256 * MIB // PAGE,
+               "standard inflate done, actual == target (exit %d, actual %s)"
+               % (rc, st.get("actual_pages")))
+    rc, st, _ = ctx.balloon("deflate", 0, "60s", timeout=120)
+    ctx.expect(rc == 0 and st.get("actual_pages") == 0, "deflate done (exit %d)" % rc)
+    ctx.expect(g.meminfo()["MemTotal"] == boot_total, "MemTotal back")
+    ctx.check_healthy()

@@ -329,6 +329,7 @@ bool tballoon_read_cmd(struct tballoon *tb, struct tballoon_cmd *cmd);
 bool tballoon_removing(struct tballoon *tb);
 void tballoon_report(struct tballoon *tb, bool full);
 bool tballoon_take_changed(struct tballoon *tb);
+bool tballoon_change_is_noise(struct tballoon *tb);
 void tballoon_work(struct work_struct *work);
 void tballoon_write_actual(struct tballoon *tb);
 

@@ -57,6 +57,36 @@ bool tballoon_take_changed(struct tballoon *tb)
 	return ret;
 }
 
+/**
+ * tballoon_change_is_noise() - forget a config change that brought nothing
+ * @tb: the balloon, TIMED, during a run (the worker)
+ *
+ * A device may announce any write to config space, or none at all; only a
+ * new cmd_id is a new command. A fill that stopped for every announcement
+ * would drop its partly filled batch each time (a noisy device can keep a
+ * run from ever completing a batch), so the fill asks here first.
+ *
+ * Return: true if the only reason to stop was a change that left cmd_id
+ * as it is (the note is cleared); false if the worker must stop or look
+ * (removal, suspend, a new cmd_id, the standard balloon's num_pages): the
+ * note stays for tballoon_check().
+ */
+bool tballoon_change_is_noise(struct tballoon *tb)
+{
+	u32 id;
+
+	if (!tb->timed || tballoon_removing(tb) || !tballoon_take_changed(tb))
+		return false;
+	/* Cleared first: a change from now on sets the note again. */
+	virtio_cread_le(tb->vdev, struct virtio_tballoon_config, cmd_id, &id);
+	if (id == tb->run.cmd.cmd_id)
+		return true;
+	spin_lock_irq(&tb->stop_lock);
+	tb->changed = true;
+	spin_unlock_irq(&tb->stop_lock);
+	return false;
+}
+
 /* Note a change and queue the worker, unless remove() runs. */
 void tballoon_kick(struct tballoon *tb)
 {

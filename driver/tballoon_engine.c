@@ -184,14 +184,15 @@ static u32 tballoon_next_batch(struct tballoon *tb)
 }
 
 /*
- * Between two chunks of a fill: must it stop? Peeks at the stop flags and
+ * Between two chunks of a fill: must it stop? Peeks at the stop flags (a
+ * config change that left cmd_id alone is not one: the batch goes on) and
  * asks the policy, counting the @extra pages already in the buffer.
  */
 u32 tballoon_fill_check(struct tballoon *tb, u32 extra)
 {
 	u32 reason;
 
-	if (tballoon_interrupted(tb))
+	if (tballoon_interrupted(tb) && !tballoon_change_is_noise(tb))
 		return TBALLOON_STATE_ABORTED;
 	return tballoon_policy_check(tb, extra, &reason);
 }

@@ -479,6 +479,50 @@ json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len
 				"withheld (x-test-withhold-buffers)" : "returned again");
 			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));
 		}
+	} else if (!strcmp(name, "x-test-config-notify")) {
+		/*
+		 * Test only: a config change notification although nothing in
+		 * config space changed, as a noisy or hostile device model
+		 * sends; the driver must not lose work to it.
+		 */
+		static const char *const nargs[] = { NULL };
+		int rc;
+
+		if (tb_ctl_args_known(args, nargs, err, sizeof(err))) {
+			resp = tb_ctl_error(id, err);
+		} else if (!dev->connected || !dev->driver_ok) {
+			resp = tb_ctl_error(id, "the guest driver is not ready");
+		} else if ((rc = tb_dev_test_notify(dev)) < 0) {
+			snprintf(err, sizeof(err), "not sent: %s", strerror(-rc));
+			resp = tb_ctl_error(id, err);
+		} else {
+			resp = tb_ctl_return(id, json_object_new_object());
+		}
+	} else if (!strcmp(name, "x-test-set-last-cmd-id")) {
+		/*
+		 * Test only: the id the next command follows (ids wrap from
+		 * 0xffffffff to 1, 0 is "no command"), so that a scenario
+		 * reaches the wrap without four billion commands. Refused while
+		 * a command runs: its id would no longer be the last.
+		 */
+		static const char *const largs[] = { "id", NULL };
+		json_object *v;
+		int64_t n;
+
+		if (tb_ctl_args_known(args, largs, err, sizeof(err))) {
+			resp = tb_ctl_error(id, err);
+		} else if (!json_object_object_get_ex(args, "id", &v) ||
+			   !json_object_is_type(v, json_type_int) ||
+			   (n = json_object_get_int64(v)) < 0 || n > UINT32_MAX) {
+			resp = tb_ctl_error(id, "'id' must be an integer in 0..4294967295");
+		} else if (tb_cmd_running(&dev->cmd)) {
+			resp = tb_ctl_error(id, "a command is running");
+		} else {
+			dev->last_cmd_id = (uint32_t)n;
+			tb_warn("test: the next command follows id %u (x-test-set-last-cmd-id)",
+				dev->last_cmd_id);
+			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));
+		}
 	} else {
 		snprintf(err, sizeof(err), "the command %.64s has not been found", name);
 		resp = tb_ctl_error(id, err);

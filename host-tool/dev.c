@@ -142,6 +142,11 @@ static int tb_dev_notify(struct tb_dev *dev)
 	return 0;
 }
 
+int tb_dev_test_notify(struct tb_dev *dev)
+{
+	return tb_dev_notify(dev);
+}
+
 /* end the current command with a host-decided or driver-reported outcome */
 static void tb_dev_finish(struct tb_dev *dev, uint32_t state, uint32_t reason,
 			  uint64_t now_ms)

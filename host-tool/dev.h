@@ -268,6 +268,12 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 /* command record is not in a terminal state */
 bool tb_cmd_running(const struct tb_cmd *cmd);
 
+/*
+ * Test only (x-test-config-notify): a config change notification with
+ * nothing changed, as a noisy or hostile device model sends. 0 or -errno.
+ */
+int tb_dev_test_notify(struct tb_dev *dev);
+
 /* Host-side timers; returns ms until the next call is due, or -1. */
 int64_t tb_dev_tick(struct tb_dev *dev, uint64_t now_ms);
 

@@ -354,6 +354,44 @@ static void test_inflate_roundtrip(void **state)
 	assert_int_equal(TB_CFG(&f->dev, op), TBALLOON_OP_DEFLATE);
 }
 
+/* x-test-set-last-cmd-id: bad ids refused, the next command wraps past 0 */
+static void test_set_last_cmd_id(void **state)
+{
+	static const char *const bad[] = {
+		"{\"execute\":\"x-test-set-last-cmd-id\",\"arguments\":{\"id\":-1}}",
+		"{\"execute\":\"x-test-set-last-cmd-id\",\"arguments\":{\"id\":4294967296}}",
+		"{\"execute\":\"x-test-set-last-cmd-id\",\"arguments\":{\"id\":\"7\"}}",
+		"{\"execute\":\"x-test-set-last-cmd-id\",\"arguments\":{}}",
+		"{\"execute\":\"x-test-set-last-cmd-id\",\"arguments\":{\"id\":1,\"x\":1}}",
+	};
+	struct fx *f = *state;
+	json_object *r;
+	size_t i;
+
+	ready(f);
+	for (i = 0; i < TB_ARRAY_SIZE(bad); i++) {
+		r = handle(f, bad[i]);
+		assert_non_null(err_desc(r));
+		json_object_put(r);
+	}
+	r = handle(f, "{\"execute\":\"x-test-set-last-cmd-id\",\"arguments\":{\"id\":4294967294}}");
+	assert_null(err_desc(r));
+	json_object_put(r);
+	r = handle(f, "{\"execute\":\"inflate\",\"arguments\":{\"target-pages\":100,\"deadline-ms\":2000}}");
+	assert_null(err_desc(r));
+	json_object_put(r);
+	assert_int_equal(TB_CFG(&f->dev, cmd_id), 4294967295U);
+	/* refused while that command runs */
+	r = handle(f, "{\"execute\":\"x-test-set-last-cmd-id\",\"arguments\":{\"id\":5}}");
+	assert_non_null(strstr(err_desc(r), "running"));
+	json_object_put(r);
+	/* the next id after 0xffffffff is 1, never 0 */
+	r = handle(f, "{\"execute\":\"abort\"}");
+	assert_null(err_desc(r));
+	json_object_put(r);
+	assert_int_equal(TB_CFG(&f->dev, cmd_id), 1);
+}
+
 static void test_query_stats(void **state)
 {
 	struct fx *f = *state;
@@ -431,6 +469,7 @@ int main(void)
 		TB_TEST("ctl", test_greeting),
 		T(test_status_contract),
 		T(test_inflate_roundtrip),
+		T(test_set_last_cmd_id),
 		T(test_event),
 	};
 

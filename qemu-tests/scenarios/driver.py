@@ -156,6 +156,12 @@ def _vmstat(g, key):
     return None
 
 
+def _pgalloc(g):
+    """Pages the guest's page allocator handed out so far (all zones)."""
+    return sum(int(v) for k, _, v in (l.partition(" ") for l in
+               g.sh("cat /proc/vmstat").out.splitlines()) if k.startswith("pgalloc_"))
+
+
 def _ram_pages(g):
     """Guest RAM as the driver sees it at probe (MemTotal with the balloon empty)."""
     return g.meminfo()["MemTotal"] * KB // PAGE
@@ -925,6 +931,140 @@ def kcore(ctx):
     _empty(ctx)
     ev2 = _vmstat(g, "balloon_inflate") - _vmstat(g, "balloon_deflate")
     ctx.expect(ev2 == ev0, "vmstat back to %d after the deflate (%d)" % (ev0, ev2))
+    ctx.check_healthy()
+
+
+@scenario("driver-cmd-id-wrap", "driver")
+def cmd_id_wrap(ctx):
+    """command ids wrap from 0xffffffff to 1 (x-test-set-last-cmd-id): each of the commands around the wrap runs and is acknowledged"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    _empty(ctx)
+    ctl = machine.Qmp(g.control)
+    try:
+        ctl.command("x-test-set-last-cmd-id", id=0xfffffffe)
+    finally:
+        ctl.sock.close()
+    seen = []
+    for op, to in (("inflate", 64), ("deflate", 32), ("inflate", 96), ("deflate", 0)):
+        rc, st, _ = ctx.balloon(op, to * MIB // PAGE, "30s", timeout=120)
+        c = _cmd(st)
+        seen.append((c.get("cmd_id"), rc, c.get("state")))
+        ctx.expect(rc == 0 and c.get("state") == "done" and
+                   st.get("actual_pages") == to * MIB // PAGE,
+                   "%s to %d MiB as command %s: done (exit %d %s)"
+                   % (op, to, c.get("cmd_id"), rc, c.get("state")))
+    ctx.diag("commands (id, exit, state): %s", ", ".join("%#x %d %s" % x for x in seen))
+    ctx.expect([x[0] for x in seen] == [0xffffffff, 1, 2, 3],
+               "ids 0xffffffff, 1, 2, 3 (got %s)" % [x[0] for x in seen])
+    ctx.check_healthy()
+
+
+@scenario("driver-cmd-at-insmod", "driver")
+def cmd_at_insmod(ctx):
+    """a command issued the moment the host sees DRIVER_OK of a driver being loaded (before its first config read): run and done"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    _empty(ctx)
+    res = g.sh("rmmod virtio_tballoon", timeout=60)
+    ctx.require(res.rc == 0, "rmmod (%s)" % res.err.strip())
+    ctx.expect(not ctx.status().get("driver_ok"), "the host saw the driver go")
+    # The host tries from before insmod on, as fast as it can: the first
+    # command it may issue comes right after DRIVER_OK, racing the new
+    # driver's first look at config space.
+    out = {}
+
+    def issue():
+        t0 = time.monotonic()
+        out["tries"] = 0
+        while time.monotonic() - t0 < 60:
+            out["tries"] += 1
+            out["r"] = g.tool_json("inflate", "--to", "%dp" % (64 * MIB // PAGE),
+                                   "--deadline", "10s", "--wait", timeout=60)
+            st = out["r"][1]
+            if st and _cmd(st).get("cmd_id") and _cmd(st).get("op") == "inflate":
+                break
+            out["refusal"] = out["r"][2]
+            time.sleep(0.002)
+
+    th = threading.Thread(target=issue)
+    th.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    irc = g.sh("insmod /lib/modules/virtio_tballoon.ko", timeout=60).rc
+    ins = time.monotonic() - t0
+    th.join(90)
+    tries = out.get("tries", 0)
+    rc, st, _ = out.get("r", (None, None, ""))
+    err = out.get("refusal", "")
+    accepted = ins
+    c = _cmd(st)
+    ctx.diag("insmod exit %s in %.2f s; inflate accepted at try %d: exit %s "
+             "%s/%s, actual %s, %s reports; last refusal: %s", irc, accepted, tries, rc,
+             c.get("state"), c.get("reason"), st and st.get("actual_pages"), c.get("reports"),
+             err.strip().splitlines()[-1] if err.strip() else "none")
+    ctx.expect(irc == 0, "insmod exit 0")
+    ctx.expect(tries > 1, "the host refused while the driver was not ready")
+    ctx.expect(rc == 0 and c.get("state") == "done" and
+               st.get("actual_pages") == 64 * MIB // PAGE,
+               "the first command after DRIVER_OK ran: done at 64 MiB (exit %s)" % rc)
+    _empty(ctx)
+    ctx.check_healthy()
+
+
+@scenario("driver-config-noise", "driver")
+def config_noise(ctx):
+    """config change notifications with nothing changed, every 2 ms through a 512 MiB inflate (x-test-config-notify): the run ends done at its target, no work lost to them"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    _empty(ctx)
+    a0 = _pgalloc(g)
+    rc0, st0, _ = ctx.balloon("inflate", 512 * MIB // PAGE, "30s", timeout=120)
+    quiet_alloc = _pgalloc(g) - a0
+    quiet = _cmd(st0).get("elapsed_ms")
+    _empty(ctx)
+    stop = threading.Event()
+    sent = [0, 0]
+
+    def noise():
+        ctl = machine.Qmp(g.control)
+        try:
+            while not stop.is_set():
+                try:
+                    ctl.command("x-test-config-notify")
+                    sent[0] += 1
+                except Exception:     # refused (e.g. between two runs)
+                    sent[1] += 1
+                time.sleep(0.002)
+        finally:
+            ctl.sock.close()
+
+    th = threading.Thread(target=noise)
+    th.start()
+    try:
+        time.sleep(0.2)
+        a0 = _pgalloc(g)
+        rc, st, _ = ctx.balloon("inflate", 512 * MIB // PAGE, "30s", timeout=120)
+        a1 = _pgalloc(g)
+    finally:
+        stop.set()
+        th.join(30)
+    c = _cmd(st)
+    ctx.diag("quiet: exit %d in %s ms, %s allocated; with %d notifications (%d refused): "
+             "exit %d %s/%s, actual %s in %s ms, %s allocated", rc0, quiet,
+             mib(quiet_alloc * PAGE), sent[0], sent[1], rc, c.get("state"), c.get("reason"),
+             mib(st.get("actual_pages", 0) * PAGE), c.get("elapsed_ms"), mib((a1 - a0) * PAGE))
+    # A dropped partial batch shows as pages allocated and freed again.
+    ctx.expect(a1 - a0 <= quiet_alloc + 32 * MIB // PAGE,
+               "the noise cost no more than 32 MiB of allocations beyond the quiet run's "
+               "(%s vs %s)" % (mib((a1 - a0) * PAGE), mib(quiet_alloc * PAGE)))
+    ctx.expect(rc0 == 0, "the quiet inflate is done (exit %d)" % rc0)
+    ctx.expect(sent[0] > 10, "notifications were sent during the run (%d)" % sent[0])
+    ctx.expect(rc == 0 and c.get("state") == "done" and
+               st.get("actual_pages") == 512 * MIB // PAGE,
+               "the noisy inflate is done at 512 MiB (exit %d %s/%s)"
+               % (rc, c.get("state"), c.get("reason")))
+    _empty(ctx)
     ctx.check_healthy()
 
 

@@ -447,18 +447,26 @@ def floor(ctx):
     rc, st, _ = ctx.balloon("inflate", 900 * MIB // PAGE, "120s",
                             extra=("--floor", "300M"), timeout=300)
     c = _cmd(st)
+    plain = g.meminfo()["MemAvailable"] * KB
     avail = available_kb(g) * KB
-    ctx.diag("floor: stopped at %s in the balloon after %s ms, MemAvailable %s vs floor %s "
-             "(%+.1f MiB)", mib(st.get("actual_pages", 0) * PAGE), c.get("elapsed_ms"),
-             mib(avail), mib(floor_b), (avail - floor_b) / MIB)
+    ctx.diag("floor: stopped at %s in the balloon after %s ms, MemAvailable %s (%+.1f MiB), "
+             "with the per-CPU free lists %s (%+.1f MiB) vs floor %s",
+             mib(st.get("actual_pages", 0) * PAGE), c.get("elapsed_ms"), mib(plain),
+             (plain - floor_b) / MIB, mib(avail), (avail - floor_b) / MIB, mib(floor_b))
     ctx.expect(rc == 4 and c.get("state") == "pressure" and c.get("reason") == "floor",
                "exit 4 pressure/floor (got %d %s/%s)" % (rc, c.get("state"), c.get("reason")))
     # Tolerance: MemAvailable comes from per-CPU-batched vmstat counters (drift
     # of up to a few hundred pages per CPU and zone) and the check runs every
     # 256 pages (1 MiB).
-    ctx.expect(avail >= floor_b - 4 * MIB, "MemAvailable %s >= floor - 4 MiB" % mib(avail))
-    ctx.expect(avail <= floor_b + 32 * MIB, "stopped close to the floor (MemAvailable %s)"
-               % mib(avail))
+    # The free memory (MemAvailable and the per-CPU free lists) never went
+    # below the floor; the driver stopped close to it by its own measure
+    # (MemAvailable alone: since 6.7 the per-CPU lists can hold 20 MiB and
+    # more after the balloon's allocations, free memory MemAvailable does
+    # not count, which an upper bound on the sum would charge to the driver).
+    ctx.expect(avail >= floor_b - 4 * MIB, "MemAvailable + per-CPU free lists %s >= floor "
+               "- 4 MiB" % mib(avail))
+    ctx.expect(plain <= floor_b + 32 * MIB, "stopped close to the floor (MemAvailable %s)"
+               % mib(plain))
     # With TIMED the driver ignores num_pages (the device mirrors the target
     # there): after a pressure stop the balloon does not creep on towards it.
     st1 = ctx.status()

@@ -322,12 +322,21 @@ int tb_dev_set_config(struct tb_dev *dev, const uint8_t *buf, uint32_t off,
 		      uint32_t size, uint64_t now_ms)
 {
 	uint32_t old_actual = TB_CFG(dev, actual);
+	uint8_t before[sizeof(dev->config)];
 
 	if (!tb_range_ok(off, size, sizeof(dev->config)))
 		return -EINVAL;
+	memcpy(before, dev->config, sizeof(before));
 	/* only the driver-written fields; the rest is the device's */
 	tb_dev_take(dev, buf, off, size, TB_DRV_ACTUAL_START, TB_DRV_ACTUAL_END);
 	tb_dev_take(dev, buf, off, size, TB_DRV_BLOCK_START, TB_DRV_BLOCK_END);
+	/*
+	 * Every field the driver changed is state: the front-end hears back
+	 * only once it is durable (a daemon restarted after the ack of a
+	 * report's first fields but before report_seq must still have them).
+	 */
+	if (memcmp(before, dev->config, sizeof(before)))
+		dev->gen++;
 
 	if (tb_dev_timed(dev)) {
 		uint32_t seq = TB_CFG(dev, report_seq);
@@ -337,7 +346,6 @@ int tb_dev_set_config(struct tb_dev *dev, const uint8_t *buf, uint32_t off,
 			tb_dev_report(dev, now_ms);
 		}
 	} else if (TB_CFG(dev, actual) != old_actual) {
-		dev->gen++;
 		tb_dev_std_progress(dev, now_ms);
 	}
 	return 0;

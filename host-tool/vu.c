@@ -907,6 +907,82 @@ static int tb_vu_send_flags(int fd, const struct tb_vu_msg *m, int flags)
 }
 
 /*
+ * A whole message without fds that has arrived, copied into vu->rx.msg and
+ * left in the socket: 1 (vu->rx.peeked set), 0 when there is nothing yet,
+ * -EAGAIN when the message is incomplete or carries fds (then it is taken
+ * the ordinary way), -errno when the session must end. The reply to a
+ * request read this way is sent before the request leaves the socket
+ * (tb_vu_rx_consume()): if the daemon is killed in between, while it makes
+ * its state durable for instance, the front-end is not left waiting for a
+ * reply that no one owes it any more: a restarted daemon that takes the
+ * session up again reads the same request and answers it.
+ */
+static int tb_vu_rx_peek(struct tb_vu *vu)
+{
+	struct tb_vu_msg *m = &vu->rx.msg;
+	char cbuf[CMSG_SPACE(TB_VU_MAX_FDS * sizeof(int))];
+	struct iovec iov[2] = {
+		{ .iov_base = &m->hdr, .iov_len = sizeof(m->hdr) },
+		{ .iov_base = &m->p, .iov_len = sizeof(m->p) },
+	};
+	struct msghdr mh = {
+		.msg_iov = iov,
+		.msg_iovlen = 2,
+		.msg_control = cbuf,
+		.msg_controllen = sizeof(cbuf),
+	};
+	struct tb_vu_msg fds = { .nfds = 0 };
+	ssize_t n;
+
+	do {
+		n = recvmsg(vu->sock_fd, &mh, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+	if (n == 0)
+		return -ECONNRESET;
+	/* a peek installs the fds again each time: close them, read it for real */
+	if (tb_vu_take_fds(&mh, &fds) < 0 || fds.nfds) {
+		tb_vu_msg_close_fds(&fds);
+		return -EAGAIN;
+	}
+	if ((size_t)n < sizeof(m->hdr) || m->hdr.size > sizeof(m->p) ||
+	    (size_t)n < sizeof(m->hdr) + m->hdr.size ||
+	    (m->hdr.flags & TB_VU_VERSION_MASK) != TB_VU_VERSION)
+		return -EAGAIN;	/* incomplete, or the ordinary path refuses it */
+	/* zero what lies past the payload, as the ordinary path does */
+	memset((uint8_t *)&m->p + m->hdr.size, 0, sizeof(m->p) - m->hdr.size);
+	m->nfds = 0;
+	vu->rx.got = sizeof(m->hdr) + m->hdr.size;
+	vu->rx.peeked = true;
+	return 1;
+}
+
+/* Take a peeked message, answered now, out of the socket. 0 or -errno. */
+static int tb_vu_rx_consume(struct tb_vu *vu)
+{
+	static uint8_t sink[sizeof(struct tb_vu_hdr) + sizeof(((struct tb_vu_msg *)0)->p)];
+	size_t left = vu->rx.got;
+
+	vu->rx.peeked = false;
+	vu->rx.got = 0;
+	while (left) {
+		ssize_t n = recv(vu->sock_fd, sink, left, MSG_DONTWAIT);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			/* it was there a moment ago: the connection is broken */
+			tb_warn("vhost-user: an answered request could not be taken: %s",
+				n < 0 ? strerror(errno) : "end of stream");
+			return n < 0 ? -errno : -ECONNRESET;
+		}
+		left -= (size_t)n;
+	}
+	return 0;
+}
+
+/*
  * Take what has arrived of the current message without waiting: 1 when it
  * is complete in vu->rx.msg, 0 when more is to come, -errno when the session
  * must end. Never reads past the message, so the fds of the next one stay
@@ -918,6 +994,12 @@ static int tb_vu_rx_step(struct tb_vu *vu)
 	struct tb_vu_msg *m = &rx->msg;
 	const size_t hdr = sizeof(m->hdr);
 
+	if (!rx->started_ms) {
+		int rc = tb_vu_rx_peek(vu);
+
+		if (rc != -EAGAIN)
+			return rc;
+	}
 	if (!rx->started_ms) {
 		rx->started_ms = tb_now_ms();
 		rx->got = 0;
@@ -972,6 +1054,7 @@ static void tb_vu_rx_reset(struct tb_vu *vu)
 	tb_vu_msg_close_fds(&vu->rx.msg);
 	vu->rx.started_ms = 0;
 	vu->rx.got = 0;
+	vu->rx.peeked = false;
 }
 
 int64_t tb_vu_rx_due(const struct tb_vu *vu, uint64_t now_ms)
@@ -1023,6 +1106,9 @@ int tb_vu_serve_one(struct tb_vu *vu)
 			return rc;
 		}
 	}
+	/* answered: only now may the request leave the socket */
+	if (vu->rx.peeked)
+		return tb_vu_rx_consume(vu);
 	return 0;
 }
 

@@ -200,11 +200,15 @@ struct tb_vu_queue {
  * @msg: header, payload and fds so far
  * @got: bytes of header and payload received
  * @started_ms: when its first byte arrived (0: none in progress)
+ * @peeked: @msg is a copy of a whole message still in the socket (no fds):
+ *	it is taken out only once it has been answered, so that a daemon
+ *	killed before the reply leaves the request for its successor
  */
 struct tb_vu_rx {
 	struct tb_vu_msg msg;
 	size_t got;
 	uint64_t started_ms;
+	bool peeked;
 };
 
 struct tb_vu;

@@ -3,6 +3,7 @@
 statistics from the upstream driver, a backend restarted mid-inflate."""
 
 import json
+import shutil
 import subprocess
 import time
 
@@ -214,6 +215,73 @@ def backend_restart(ctx):
                                                                   mi1["MemTotal"]))
     rc, st4, wall = ctx.balloon("deflate", 0, "120s", timeout=300)
     ctx.expect(rc == 0 and st4.get("actual_pages") == 0, "deflate to 0 afterwards (exit %d)" % rc)
+    ctx.check_healthy()
+
+
+# Killed inside the window between taking a request and answering it: the
+# daemon makes a driver report durable (fsync) before it acknowledges the
+# config write, and the vCPU that wrote it waits for that acknowledgement.
+# strace (fault injection: fsync delayed by 4 s from the third one after
+# attaching; the first two are the state save of the command itself) holds
+# the daemon in that window for the kill. Its own guest: a daemon that
+# loses the request leaves the guest's vCPU waiting for good.
+group("restart-reply", driver="tballoon", device="tballoon", mem="1G", fd_holder=True,
+      backend_args=("--state-file", "{rundir}/state.json"))
+
+
+@scenario("backend-restart-in-reply", "restart-reply")
+def backend_restart_in_reply(ctx):
+    """serve SIGKILLed after taking the driver's report and before acknowledging it (fsync held by strace): the restarted daemon answers the same request, the command ends done, the guest goes on"""
+    g = ctx.guest
+    ctx.require(g.holder is not None and "vu-sock" in g.holder.stored_names(),
+                "serve runs under the fd holder with its session in the fd store")
+    ctx.require(shutil.which("strace"), "strace installed (scripts/setup installs it)")
+    st0 = ctx.require_timed_device()
+    # inflate to the current size: done at once, one report, no PFN buffer
+    actual = st0["actual_pages"]
+    pid = g.backend.pid
+    slog = str(g.path("strace.log"))
+    tracer = subprocess.Popen(["strace", "-qq", "-p", str(pid), "-o", slog,
+                               "-e", "trace=fsync",
+                               "-e", "inject=fsync:delay_enter=4000000:when=3+"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT)
+    time.sleep(1.0)     # attached
+    waiter = subprocess.Popen([str(g.env.tool), "-c", str(g.control), "inflate", "--to",
+                               "%dp" % actual, "--deadline", "10s", "--wait", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True)
+    time.sleep(2.0)     # the report's save is in the held fsync
+    with open(slog) as f:
+        held = [l for l in f.read().splitlines() if "fsync" in l]
+    rc = g.kill_backend()
+    tracer.wait(30)
+    g.restart_backend()
+    try:
+        out, err = waiter.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        waiter.kill()
+        out, err = waiter.communicate()
+    try:
+        w = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    except ValueError:
+        w = {}
+    c = w.get("command", {})
+    alive = g.sh("echo alive", timeout=30)
+    ctx.diag("fsync calls seen by strace before the kill: %d (the last held); serve rc %s; "
+             "inflate --wait exit %s: %s/%s, %s reports; guest %s", len(held), rc,
+             waiter.returncode, c.get("state"), c.get("reason"), c.get("reports"),
+             "answers" if alive.rc == 0 else "does not answer")
+    ctx.expect(len(held) >= 3, "the kill came while a third fsync was held (%d seen)"
+               % len(held))
+    ctx.expect(alive.rc == 0 and alive.out.strip() == "alive",
+               "the guest answers after the restart (its config write was acknowledged)")
+    ctx.expect(waiter.returncode == 0 and c.get("state") == "done",
+               "the command ends done (exit %s, %s)" % (waiter.returncode, c.get("state")))
+    st = ctx.status()
+    ctx.expect(st.get("actual_pages") == actual and st.get("device_pages") == actual,
+               "balloon unchanged and consistent (actual %s, device %s)"
+               % (st.get("actual_pages"), st.get("device_pages")))
     ctx.check_healthy()
 
 

@@ -122,13 +122,18 @@ group("reset", driver="tballoon", device="tballoon", mem="2G", allow_reboot=True
       backend_args=("--state-file", "{rundir}/state.json"))
 
 
-@scenario("backend-restart", "restart")
-def backend_restart(ctx):
-    """serve SIGKILLed mid-inflate and restarted: the command is recovered and reported done"""
+def _require_fd_store(ctx):
     g = ctx.guest
     ctx.require(g.holder is not None and "vu-sock" in g.holder.stored_names(),
                 "serve runs under the fd holder with its session in the fd store (%s)"
                 % (g.holder and ",".join(sorted(g.holder.stored_names()))))
+
+
+@scenario("backend-restart", "restart")
+def backend_restart(ctx):
+    """serve SIGKILLed mid-inflate and restarted: the command is recovered and reported done"""
+    g = ctx.guest
+    _require_fd_store(ctx)
     st0 = ctx.require_timed_device()
     mi0 = g.meminfo()
     target = GIB // PAGE
@@ -233,8 +238,7 @@ group("restart-reply", driver="tballoon", device="tballoon", mem="1G", fd_holder
 def backend_restart_in_reply(ctx):
     """serve SIGKILLed after taking the driver's report and before acknowledging it (fsync held by strace): the restarted daemon answers the same request, the command ends done, the guest goes on"""
     g = ctx.guest
-    ctx.require(g.holder is not None and "vu-sock" in g.holder.stored_names(),
-                "serve runs under the fd holder with its session in the fd store")
+    _require_fd_store(ctx)
     ctx.require(shutil.which("strace"), "strace installed (scripts/setup installs it)")
     st0 = ctx.require_timed_device()
     # inflate to the current size: done at once, one report, no PFN buffer

@@ -122,6 +122,19 @@ group("reset", driver="tballoon", device="tballoon", mem="2G", allow_reboot=True
       backend_args=("--state-file", "{rundir}/state.json"))
 
 
+def _waiter_result(waiter, timeout):
+    """The last JSON line of a background `tballoon ... --wait --json`, and its stderr."""
+    try:
+        out, err = waiter.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        waiter.kill()
+        out, err = waiter.communicate()
+    try:
+        return (json.loads(out.strip().splitlines()[-1]) if out.strip() else {}), err
+    except ValueError:
+        return {}, err
+
+
 def _require_fd_store(ctx):
     g = ctx.guest
     ctx.require(g.holder is not None and "vu-sock" in g.holder.stored_names(),
@@ -183,15 +196,7 @@ def backend_restart(ctx):
                "command %d reported done after the restart (exit 0)" % cmd_id)
     ctx.expect(st2["actual_pages"] == target, "actual == %d (got %d)"
                % (target, st2["actual_pages"]))
-    try:
-        out, err = waiter.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        waiter.kill()
-        out, err = waiter.communicate()
-    try:
-        w = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
-    except ValueError:
-        w = {}
+    w, err = _waiter_result(waiter, 120)
     for line in err.strip().splitlines():
         ctx.diag("inflate --wait stderr: %s", line)
     ctx.expect(waiter.returncode == 0 and w.get("command", {}).get("state") == "done" and
@@ -261,15 +266,7 @@ def backend_restart_in_reply(ctx):
     rc = g.kill_backend()
     tracer.wait(30)
     g.restart_backend()
-    try:
-        out, err = waiter.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        waiter.kill()
-        out, err = waiter.communicate()
-    try:
-        w = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
-    except ValueError:
-        w = {}
+    w, err = _waiter_result(waiter, 60)
     c = w.get("command", {})
     alive = g.sh("echo alive", timeout=30)
     ctx.diag("fsync calls seen by strace before the kill: %d (the last held); serve rc %s; "

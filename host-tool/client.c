@@ -286,9 +286,21 @@ void tb_print_status(json_object *st, bool json)
 	       tb_jbool(st, "timed") ? "yes" : "no",
 	       tb_jbool(st, "deflate_on_oom") ? ", deflate-on-oom" : "");
 	printf("guest RAM:  %s, host resident %s, released since start %s\n", r, res, rel);
-	printf("balloon:    %s, num_pages %lld\n",
-	       tb_pages_str(a, sizeof(a), tb_jint(st, "actual_pages")),
-	       (long long)tb_jint(st, "num_pages"));
+	{
+		json_object *stats = NULL;
+		int64_t back = 0;
+
+		if (json_object_object_get_ex(st, "stats", &stats))
+			back = tb_jint(stats, "guest_deflated_pages");
+		printf("balloon:    %s, num_pages %lld",
+		       tb_pages_str(a, sizeof(a), tb_jint(st, "actual_pages")),
+		       (long long)tb_jint(st, "num_pages"));
+		/* DEFLATE_ON_OOM (or a driver removal) took these back */
+		if (back > 0)
+			printf(", taken back by the guest %s",
+			       tb_pages_str(b, sizeof(b), back));
+		printf("\n");
+	}
 	if (!c || !tb_jint(c, "cmd_id")) {
 		printf("command:    none\n");
 		return;

@@ -132,6 +132,7 @@ json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms)
 
 	tb_json_add_u64(s, "inflated_pages", dev->stats.inflated_pages);
 	tb_json_add_u64(s, "deflated_pages", dev->stats.deflated_pages);
+	tb_json_add_u64(s, "guest_deflated_pages", dev->stats.guest_deflated_pages);
 	tb_json_add_u64(s, "refused_pfns", dev->stats.refused_pfns);
 	tb_json_add_u64(s, "bad_buffers", dev->stats.bad_buffers);
 	tb_json_add_u64(s, "punch_errors", dev->stats.punch_errors);

@@ -654,6 +654,8 @@ static bool tb_dev_pfn_chain(struct tb_dev *dev, unsigned int idx,
 			dev->device_pages = ram;
 	} else {
 		dev->stats.deflated_pages += b.pages;
+		if (!tb_cmd_running(&dev->cmd) || dev->cmd.op != TBALLOON_OP_DEFLATE)
+			dev->stats.guest_deflated_pages += b.pages;
 		dev->device_pages -= b.pages < dev->device_pages ? b.pages : dev->device_pages;
 	}
 	dev->stats.refused_pfns += b.refused;

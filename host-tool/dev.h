@@ -140,6 +140,9 @@ struct tb_dev_stats {
 	uint64_t released_bytes;	/* bytes punched (successfully) */
 	uint64_t inflated_pages;	/* valid PFNs received on inflateq */
 	uint64_t deflated_pages;	/* valid PFNs received on deflateq */
+	uint64_t guest_deflated_pages;	/* of those, with no deflate command
+					 * running: taken back by the guest on
+					 * its own (DEFLATE_ON_OOM, removal) */
 	uint64_t refused_pfns;		/* PFNs outside guest RAM */
 	uint64_t bad_buffers;		/* chains refused (malformed, writable...) */
 	uint64_t punch_errors;		/* fallocate failures */

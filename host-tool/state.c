@@ -86,6 +86,7 @@ json_object *tb_state_to_json(const struct tb_dev *dev)
 	tb_add_u64(js, "released_bytes", dev->stats.released_bytes);
 	tb_add_u64(js, "inflated_pages", dev->stats.inflated_pages);
 	tb_add_u64(js, "deflated_pages", dev->stats.deflated_pages);
+	tb_add_u64(js, "guest_deflated_pages", dev->stats.guest_deflated_pages);
 	tb_add_u64(js, "refused_pfns", dev->stats.refused_pfns);
 	tb_add_u64(js, "bad_buffers", dev->stats.bad_buffers);
 	tb_add_u64(js, "punch_errors", dev->stats.punch_errors);
@@ -176,6 +177,9 @@ int tb_state_from_json(struct tb_dev *dev, json_object *o)
 	TB_GET64(js, "released_bytes", st.released_bytes);
 	TB_GET64(js, "inflated_pages", st.inflated_pages);
 	TB_GET64(js, "deflated_pages", st.deflated_pages);
+	/* newer than the rest: a state file written before it lacks it */
+	if (json_object_object_get_ex(js, "guest_deflated_pages", &m))
+		TB_GET64(js, "guest_deflated_pages", st.guest_deflated_pages);
 	TB_GET64(js, "refused_pfns", st.refused_pfns);
 	TB_GET64(js, "bad_buffers", st.bad_buffers);
 	TB_GET64(js, "punch_errors", st.punch_errors);

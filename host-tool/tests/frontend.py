@@ -538,6 +538,28 @@ def run_deflate_on_oom(tmp):
         out = subprocess.run([TB, "-c", cp, "status"], stdout=subprocess.PIPE,
                              universal_newlines=True).stdout
         tap("timed yes, deflate-on-oom" in out, "status (text) says deflate-on-oom")
+        # 1024 pages in, then the guest takes 512 back on its own (as on
+        # OOM), then 512 more for a deflate command: only the first count
+        g.pfn_buffer(0, list(range(0, 1024)))
+        g.wait_call(0)
+        g.pfn_buffer(1, list(range(0, 512)), gpa=BUF_GPA + 0x4000)
+        g.wait_call(1)
+        st1 = status(cp)
+        p = ctl(cp, "deflate", "--to", "0", "--deadline", "5s")
+        g.wait_config_change()
+        cmd = g.cfg(O_CMD)
+        g.report(cmd, ST_RUNNING, 512)
+        g.pfn_buffer(1, list(range(512, 1024)), gpa=BUF_GPA + 0x8000)
+        g.wait_call(1)
+        st2 = status(cp)
+        out = subprocess.run([TB, "-c", cp, "status"], stdout=subprocess.PIPE,
+                             universal_newlines=True).stdout
+        tap(p.returncode == 0 and st1["stats"]["guest_deflated_pages"] == 512 and
+            st2["stats"]["guest_deflated_pages"] == 512 and
+            st2["stats"]["deflated_pages"] == 1024 and
+            "taken back by the guest 512 pages" in out,
+            "stats: guest_deflated_pages counts what the guest took back without a deflate "
+            "command (512 of 1024)")
         g.close()
     finally:
         srv.terminate()

@@ -283,7 +283,7 @@ static void assert_keys(json_object *o, const char *const *keys)
 static void test_status_contract(void **state)
 {
 	static const char *const top[] = {
-		"connected", "timed", "driver_ok", "guest_ram_bytes", "resident_bytes",
+		"connected", "timed", "deflate_on_oom", "driver_ok", "guest_ram_bytes", "resident_bytes",
 		"released_bytes", "actual_pages", "num_pages", "command", NULL
 	};
 	static const char *const cmd[] = {

@@ -1461,6 +1461,7 @@ def oom_timed(ctx):
     # and grows as fast as it can, so the OOM comes while the run is on.
     for paced in (False, True):
         d0 = _vmstat(g, "balloon_deflate") or 0
+        h0 = ctx.status()["stats"]["guest_deflated_pages"]
         _memwatch_start(ctx, g)
         args = ["inflate", "--to", "%dp" % (800 * MIB // PAGE), "--deadline",
                 "10s" if paced else "60s", "--wait", "--json"] + (["--paced"] if paced else [])
@@ -1492,6 +1493,11 @@ def oom_timed(ctx):
         ctx.expect(grc == 0, "memgrow finished, exit 0 (got %s)" % grc)
         ctx.expect(not _oom_lines(g), "no OOM kill in dmesg")
         ctx.expect(d1 > d0, "the balloon gave pages back on OOM (vmstat balloon_deflate)")
+        h1 = st1["stats"]["guest_deflated_pages"]
+        ctx.diag("the daemon counted %s taken back by the guest (vmstat: %s)",
+                 mib((h1 - h0) * PAGE), mib((d1 - d0) * PAGE))
+        ctx.expect(h1 - h0 == d1 - d0, "the daemon's guest_deflated_pages matches vmstat "
+                   "(%d vs %d pages)" % (h1 - h0, d1 - d0))
         ctx.expect(w["grow_min_avail_kb"] * KB >= 24 * MIB,
                    "the balloon grew only with MemAvailable >= the 32 MiB reserve less 8 MiB")
         ctx.expect(g.meminfo()["MemTotal"] == total0,

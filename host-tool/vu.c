@@ -911,11 +911,12 @@ static int tb_vu_send_flags(int fd, const struct tb_vu_msg *m, int flags)
  * left in the socket: 1 (vu->rx.peeked set), 0 when there is nothing yet,
  * -EAGAIN when the message is incomplete or carries fds (then it is taken
  * the ordinary way), -errno when the session must end. The reply to a
- * request read this way is sent before the request leaves the socket
- * (tb_vu_rx_consume()): if the daemon is killed in between, while it makes
- * its state durable for instance, the front-end is not left waiting for a
- * reply that no one owes it any more: a restarted daemon that takes the
- * session up again reads the same request and answers it.
+ * request read this way is prepared and made durable while the request
+ * stays in the socket, which it leaves just before the reply goes out
+ * (tb_vu_rx_consume()): a daemon killed before, while it makes its state
+ * durable for instance, does not leave the front-end waiting for a reply
+ * that no one owes it any more: a restarted daemon that takes the session
+ * up again reads the same request and answers it.
  */
 static int tb_vu_rx_peek(struct tb_vu *vu)
 {
@@ -999,8 +1000,7 @@ static int tb_vu_rx_step(struct tb_vu *vu)
 
 		if (rc != -EAGAIN)
 			return rc;
-	}
-	if (!rx->started_ms) {
+		/* incomplete or with fds: take it the ordinary way */
 		rx->started_ms = tb_now_ms();
 		rx->got = 0;
 		m->nfds = 0;
@@ -1098,6 +1098,16 @@ int tb_vu_serve_one(struct tb_vu *vu)
 	/* whatever must outlive us is durable before the front-end hears back */
 	if (vu->ops->before_reply)
 		vu->ops->before_reply(vu->opaque);
+	/*
+	 * Durable: only now may the request leave the socket, just before
+	 * its reply (taken after the reply, a daemon killed in between would
+	 * leave its successor to answer it a second time).
+	 */
+	if (vu->rx.peeked) {
+		rc = tb_vu_rx_consume(vu);
+		if (rc < 0)
+			return rc;
+	}
 	if (send_reply) {
 		rc = tb_vu_send_reply(vu->sock_fd, &reply);
 		if (rc < 0) {
@@ -1106,9 +1116,6 @@ int tb_vu_serve_one(struct tb_vu *vu)
 			return rc;
 		}
 	}
-	/* answered: only now may the request leave the socket */
-	if (vu->rx.peeked)
-		return tb_vu_rx_consume(vu);
 	return 0;
 }
 

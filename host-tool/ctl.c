@@ -493,7 +493,7 @@ json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len
 			resp = tb_ctl_error(id, err);
 		} else if (!dev->connected || !dev->driver_ok) {
 			resp = tb_ctl_error(id, "the guest driver is not ready");
-		} else if ((rc = tb_dev_test_notify(dev)) < 0) {
+		} else if ((rc = tb_dev_notify(dev)) < 0) {
 			snprintf(err, sizeof(err), "not sent: %s", strerror(-rc));
 			resp = tb_ctl_error(id, err);
 		} else {
@@ -507,19 +507,15 @@ json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len
 		 * a command runs: its id would no longer be the last.
 		 */
 		static const char *const largs[] = { "id", NULL };
-		json_object *v;
-		int64_t n;
+		uint32_t n;
 
-		if (tb_ctl_args_known(args, largs, err, sizeof(err))) {
+		if (tb_ctl_args_known(args, largs, err, sizeof(err)) ||
+		    tb_ctl_arg_u32(args, "id", true, 0, UINT32_MAX, &n, err, sizeof(err))) {
 			resp = tb_ctl_error(id, err);
-		} else if (!json_object_object_get_ex(args, "id", &v) ||
-			   !json_object_is_type(v, json_type_int) ||
-			   (n = json_object_get_int64(v)) < 0 || n > UINT32_MAX) {
-			resp = tb_ctl_error(id, "'id' must be an integer in 0..4294967295");
 		} else if (tb_cmd_running(&dev->cmd)) {
 			resp = tb_ctl_error(id, "a command is running");
 		} else {
-			dev->last_cmd_id = (uint32_t)n;
+			dev->last_cmd_id = n;
 			tb_warn("test: the next command follows id %u (x-test-set-last-cmd-id)",
 				dev->last_cmd_id);
 			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));

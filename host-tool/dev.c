@@ -135,16 +135,11 @@ static void tb_dev_event(struct tb_dev *dev, enum tb_event ev)
 }
 
 /* tell the driver the config changed; 0 or -errno (not told) */
-static int tb_dev_notify(struct tb_dev *dev)
+int tb_dev_notify(struct tb_dev *dev)
 {
 	if (dev->ops && dev->ops->notify_config)
 		return dev->ops->notify_config(dev->opaque);
 	return 0;
-}
-
-int tb_dev_test_notify(struct tb_dev *dev)
-{
-	return tb_dev_notify(dev);
 }
 
 /* end the current command with a host-decided or driver-reported outcome */

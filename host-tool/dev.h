@@ -272,10 +272,10 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 bool tb_cmd_running(const struct tb_cmd *cmd);
 
 /*
- * Test only (x-test-config-notify): a config change notification with
- * nothing changed, as a noisy or hostile device model sends. 0 or -errno.
+ * Tell the driver the config changed: 0 or -errno (not told). Also the
+ * test-only x-test-config-notify, with nothing changed.
  */
-int tb_dev_test_notify(struct tb_dev *dev);
+int tb_dev_notify(struct tb_dev *dev);
 
 /* Host-side timers; returns ms until the next call is due, or -1. */
 int64_t tb_dev_tick(struct tb_dev *dev, uint64_t now_ms);

@@ -83,7 +83,7 @@ static json_object *tb_ctl_command(const struct tb_dev *dev, uint64_t now_ms)
 	const struct tb_cmd *c = &dev->cmd;
 	json_object *o = json_object_new_object();
 	uint64_t end = c->ended_ms ? c->ended_ms : now_ms;
-	uint64_t after = c->ended_ms ? c->resident_after : tb_mem_resident_bytes(dev->mem);
+	uint64_t after = c->ended_ms ? c->resident_after : tb_dev_resident_bytes(dev);
 
 	tb_json_add_u64(o, "cmd_id", c->cmd_id);
 	json_object_object_add(o, "op", json_object_new_string(tb_op_name(c->op)));
@@ -113,13 +113,17 @@ json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms)
 	json_object *o = json_object_new_object();
 	json_object *s = json_object_new_object();
 
+	json_object_object_add(o, "kind", json_object_new_string(tb_kind_name(dev->kind)));
+	/* who keeps the deadline and the floor: the guest only with TIMED */
+	json_object_object_add(o, "enforced_by", json_object_new_string(
+		tb_dev_timed(dev) ? "guest" : "host"));
 	json_object_object_add(o, "connected", json_object_new_boolean(dev->connected));
 	json_object_object_add(o, "timed", json_object_new_boolean(tb_dev_timed(dev)));
 	json_object_object_add(o, "deflate_on_oom", json_object_new_boolean(
 		dev->features_set && (dev->features & TB_BIT(TB_BALLOON_F_DEFLATE_ON_OOM))));
 	json_object_object_add(o, "driver_ok", json_object_new_boolean(dev->driver_ok));
-	tb_json_add_u64(o, "guest_ram_bytes", tb_mem_ram_bytes(dev->mem));
-	tb_json_add_u64(o, "resident_bytes", tb_mem_resident_bytes(dev->mem));
+	tb_json_add_u64(o, "guest_ram_bytes", tb_dev_ram_bytes(dev));
+	tb_json_add_u64(o, "resident_bytes", tb_dev_resident_bytes(dev));
 	tb_json_add_u64(o, "released_bytes", dev->stats.released_bytes);
 	tb_json_add_u64(o, "actual_pages", TB_CFG(dev, actual));
 	tb_json_add_u64(o, "num_pages", TB_CFG(dev, num_pages));
@@ -152,8 +156,8 @@ json_object *tb_ctl_guest_stats(struct tb_dev *dev, uint64_t now_ms)
 	bool on = dev->features_set && (dev->features & TB_BIT(TB_BALLOON_F_STATS_VQ));
 
 	json_object_object_add(o, "stats_vq", json_object_new_boolean(on));
-	tb_json_add_u64(o, "guest_ram_bytes", tb_mem_ram_bytes(dev->mem));
-	tb_json_add_u64(o, "resident_bytes", tb_mem_resident_bytes(dev->mem));
+	tb_json_add_u64(o, "guest_ram_bytes", tb_dev_ram_bytes(dev));
+	tb_json_add_u64(o, "resident_bytes", tb_dev_resident_bytes(dev));
 	tb_json_add_u64(o, "released_bytes", dev->stats.released_bytes);
 	tb_json_add_u64(o, "actual_pages", TB_CFG(dev, actual));
 	tb_json_add_u64(o, "device_pages", dev->device_pages);

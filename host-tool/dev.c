@@ -123,6 +123,37 @@ bool tb_dev_timed(const struct tb_dev *dev)
 	return dev->features_set && (dev->features & TB_BIT(VIRTIO_BALLOON_F_TIMED));
 }
 
+static const char *const tb_kind_names[TB_KIND_COUNT] = {
+	[TB_KIND_VHOST_USER] = "vhost-user",
+	[TB_KIND_QMP] = "qmp",
+	[TB_KIND_LIBVIRT] = "libvirt",
+};
+
+const char *tb_kind_name(enum tb_kind kind)
+{
+	return (unsigned int)kind < TB_KIND_COUNT ? tb_kind_names[kind] : "unknown";
+}
+
+uint64_t tb_dev_ram_bytes(const struct tb_dev *dev)
+{
+	uint64_t ram = 0, res = 0;
+
+	if (!dev->ops || !dev->ops->footprint)
+		return tb_mem_ram_bytes(dev->mem);
+	dev->ops->footprint(dev->opaque, &ram, &res);
+	return ram;
+}
+
+uint64_t tb_dev_resident_bytes(const struct tb_dev *dev)
+{
+	uint64_t ram = 0, res = 0;
+
+	if (!dev->ops || !dev->ops->footprint)
+		return tb_mem_resident_bytes(dev->mem);
+	dev->ops->footprint(dev->opaque, &ram, &res);
+	return res;
+}
+
 bool tb_cmd_running(const struct tb_cmd *cmd)
 {
 	return cmd->cmd_id && cmd->state < TBALLOON_STATE_DONE;
@@ -151,7 +182,7 @@ static void tb_dev_finish(struct tb_dev *dev, uint32_t state, uint32_t reason,
 	c->state = state;
 	c->reason = reason;
 	c->ended_ms = now_ms ? now_ms : 1;
-	c->resident_after = tb_mem_resident_bytes(dev->mem);
+	c->resident_after = tb_dev_resident_bytes(dev);
 	if (!c->timed)
 		c->elapsed_ms = (uint32_t)(now_ms - c->issued_ms);
 	dev->gen++;
@@ -298,6 +329,102 @@ static void tb_dev_report(struct tb_dev *dev, uint64_t now_ms)
 	tb_dev_event(dev, TB_EVENT_PROGRESS);
 }
 
+static uint32_t tb_dev_ram_pages(const struct tb_dev *dev)
+{
+	uint64_t pages = tb_dev_ram_bytes(dev) >> TB_PAGE_SHIFT;
+
+	return pages > UINT32_MAX ? UINT32_MAX : (uint32_t)pages;
+}
+
+/*
+ * Stop the standard balloon where it is: num_pages = actual and tell the
+ * driver, or the peer's own stop (which reads `actual` afresh first).
+ */
+static int tb_dev_stop_here(struct tb_dev *dev)
+{
+	if (dev->ops && dev->ops->stop)
+		return dev->ops->stop(dev->opaque);
+	tb_dev_cfg_put(dev, TB_OFF(num_pages), TB_CFG(dev, actual));
+	return tb_dev_notify(dev);
+}
+
+/* the guest's available memory now, estimated from its last statistics */
+static bool tb_dev_est_avail(const struct tb_dev *dev, uint64_t *avail)
+{
+	const struct tb_guest_stats *g = &dev->gstats;
+	int64_t moved = (int64_t)TB_CFG(dev, actual) - (int64_t)g->actual_pages;
+	int64_t est;
+
+	if (!g->updates || !(g->have & (1U << TB_GSTAT_AVAIL)))
+		return false;
+	est = (int64_t)(g->val[TB_GSTAT_AVAIL] >> TB_PAGE_SHIFT) - moved;
+	*avail = est > 0 ? (uint64_t)est : 0;
+	return true;
+}
+
+/* a counter of the statistics grew by more than @limit since the command began */
+static bool tb_dev_stat_grew(const struct tb_dev *dev, unsigned int tag, uint64_t limit)
+{
+	const struct tb_guest_stats *g = &dev->gstats;
+	const struct tb_host_watch *w = &dev->watch;
+	uint32_t bit = 1U << tag;
+
+	/* 6.12's counters read as absent on older guests, never as growth */
+	if (!(g->have & bit) || !(w->base_have & bit) || g->val[tag] == UINT64_MAX ||
+	    w->base[tag] == UINT64_MAX)
+		return false;
+	return g->val[tag] > w->base[tag] && g->val[tag] - w->base[tag] > limit;
+}
+
+/*
+ * Host enforcement of a running standard inflate (the guest does not
+ * enforce it): stop it at the floor or under pressure (see dev.h).
+ */
+static void tb_dev_host_check(struct tb_dev *dev, uint64_t now_ms)
+{
+	struct tb_cmd *c = &dev->cmd;
+	uint64_t avail, lead = 0, moved;
+
+	if (!tb_cmd_running(c) || c->timed || c->op != TBALLOON_OP_INFLATE)
+		return;
+	if (c->floor_pages && tb_dev_est_avail(dev, &avail)) {
+		moved = TB_CFG(dev, actual) > c->start_pages ?
+			TB_CFG(dev, actual) - c->start_pages : 0;
+		if (now_ms > c->issued_ms)
+			lead = moved * TB_HOST_STOP_LEAD_MS / (now_ms - c->issued_ms);
+		tb_dbg("command %u: floor check: statistics say %llu pages available at "
+		       "balloon %u (%llu ms ago), balloon now %u: about %llu pages, "
+		       "lead %llu", c->cmd_id,
+		       (unsigned long long)(dev->gstats.val[TB_GSTAT_AVAIL] >> TB_PAGE_SHIFT),
+		       dev->gstats.actual_pages,
+		       (unsigned long long)(now_ms - dev->gstats.updated_ms),
+		       TB_CFG(dev, actual), (unsigned long long)avail,
+		       (unsigned long long)lead);
+		if (avail <= (uint64_t)c->floor_pages + lead) {
+			tb_info("command %u: guest available memory about %llu pages "
+				"(statistics %llu ms old), floor %u pages: stopped by the host",
+				c->cmd_id, (unsigned long long)avail,
+				(unsigned long long)(now_ms - dev->gstats.updated_ms),
+				c->floor_pages);
+			tb_dev_stop_here(dev);
+			tb_dev_finish(dev, TBALLOON_STATE_PRESSURE, TBALLOON_REASON_FLOOR,
+				      now_ms);
+			return;
+		}
+	}
+	if (dev->gstats.updates > dev->watch.base_updates &&
+	    (tb_dev_stat_grew(dev, TB_GSTAT_SWAP_IN, 0) ||
+	     tb_dev_stat_grew(dev, TB_GSTAT_ALLOC_STALL, 0) ||
+	     tb_dev_stat_grew(dev, TB_GSTAT_DIRECT_RECLAIM, 0) ||
+	     tb_dev_stat_grew(dev, TB_GSTAT_MAJFLT, TB_HOST_MAJFLT_PRESSURE))) {
+		tb_info("command %u: the guest is under memory pressure (swap-in, "
+			"stalls, direct reclaim or major faults since it began): "
+			"stopped by the host", c->cmd_id);
+		tb_dev_stop_here(dev);
+		tb_dev_finish(dev, TBALLOON_STATE_PRESSURE, TBALLOON_REASON_RECLAIM, now_ms);
+	}
+}
+
 /* without TIMED: the standard balloon moves `actual` towards num_pages */
 static void tb_dev_std_progress(struct tb_dev *dev, uint64_t now_ms)
 {
@@ -307,10 +434,65 @@ static void tb_dev_std_progress(struct tb_dev *dev, uint64_t now_ms)
 		return;
 	c->reports++;
 	c->elapsed_ms = (uint32_t)(now_ms - c->issued_ms);
-	if (TB_CFG(dev, actual) == TB_CFG(dev, num_pages))
+	dev->watch.moved = true;
+	if (TB_CFG(dev, actual) == TB_CFG(dev, num_pages)) {
 		tb_dev_finish(dev, TBALLOON_STATE_DONE, TBALLOON_REASON_NONE, now_ms);
-	else
+		return;
+	}
+	tb_dev_host_check(dev, now_ms);
+	if (tb_cmd_running(c))
 		tb_dev_event(dev, TB_EVENT_PROGRESS);
+}
+
+void tb_dev_peer_link(struct tb_dev *dev, bool up, uint64_t now_ms)
+{
+	if (!up) {
+		if (dev->connected)
+			tb_dev_session(dev, false, now_ms);
+		return;
+	}
+	tb_dev_session(dev, true, now_ms);
+	tb_dev_set_features(dev, TB_BIT(TB_BALLOON_F_STATS_VQ));
+	dev->driver_ok = true;
+	dev->notify_ok = true;
+	dev->gen++;
+}
+
+void tb_dev_peer_target(struct tb_dev *dev, uint64_t pages)
+{
+	uint64_t ram = tb_dev_ram_pages(dev);
+
+	tb_dev_cfg_put(dev, TB_OFF(num_pages), (uint32_t)(pages > ram ? ram : pages));
+	dev->gen++;
+}
+
+void tb_dev_peer_actual(struct tb_dev *dev, uint64_t pages, uint64_t now_ms)
+{
+	uint64_t ram = tb_dev_ram_pages(dev);
+
+	if (pages > ram)
+		pages = ram;
+	dev->device_pages = pages;
+	if (TB_CFG(dev, actual) == pages)
+		return;
+	tb_dev_cfg_put(dev, TB_OFF(actual), (uint32_t)pages);
+	dev->gen++;
+	tb_dev_std_progress(dev, now_ms);
+}
+
+void tb_dev_peer_stats(struct tb_dev *dev, uint32_t have,
+		       const uint64_t val[TB_GSTAT_COUNT], uint32_t at_pages,
+		       uint64_t now_ms)
+{
+	struct tb_guest_stats *g = &dev->gstats;
+
+	for (unsigned int i = 0; i < TB_GSTAT_COUNT; i++)
+		g->val[i] = (have & (1U << i)) ? val[i] : 0;
+	g->have = have;
+	g->updates++;
+	g->updated_ms = now_ms;
+	g->actual_pages = at_pages;
+	tb_dev_host_check(dev, now_ms);
 }
 
 int tb_dev_set_config(struct tb_dev *dev, const uint8_t *buf, uint32_t off,
@@ -344,13 +526,6 @@ int tb_dev_set_config(struct tb_dev *dev, const uint8_t *buf, uint32_t off,
 		tb_dev_std_progress(dev, now_ms);
 	}
 	return 0;
-}
-
-static uint32_t tb_dev_ram_pages(const struct tb_dev *dev)
-{
-	uint64_t pages = tb_mem_ram_bytes(dev->mem) >> TB_PAGE_SHIFT;
-
-	return pages > UINT32_MAX ? UINT32_MAX : (uint32_t)pages;
 }
 
 #define tb_refuse(...) \
@@ -395,9 +570,17 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 				  floor_pages, ram);
 		if (flags & ~TBALLOON_FLAGS_ALL)
 			tb_refuse("unknown flags 0x%x", flags);
-		if (!timed && (floor_pages || flags))
-			tb_refuse("the guest driver does not support timed commands "
-				  "(no floor, no pacing)");
+		if (!timed && flags)
+			tb_refuse("pacing needs the guest driver's timed protocol; "
+				  "this guest's balloon is driven by the host");
+		if (!timed && floor_pages &&
+		    !(dev->features & TB_BIT(TB_BALLOON_F_STATS_VQ)))
+			tb_refuse("a floor needs the guest's statistics, and this driver "
+				  "does not send them (no timed protocol, no stats queue)");
+		if (!timed && floor_pages && op == TBALLOON_OP_INFLATE &&
+		    !(dev->gstats.have & (1U << TB_GSTAT_AVAIL)))
+			tb_refuse("a floor needs the guest's available memory, and no "
+				  "statistics holding it have arrived yet; try again");
 		/* actual is stable only while nothing runs */
 		if (!running && op == TBALLOON_OP_INFLATE && target_pages < actual)
 			tb_refuse("inflate target %u pages is below the balloon (%u pages)",
@@ -435,11 +618,13 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 		if (op != TBALLOON_OP_ABORT)
 			tb_dev_cfg_put(dev, TB_OFF(num_pages), target_pages);
 		tb_dev_cfg_put(dev, TB_OFF(cmd_id), id);
+		rc = tb_dev_notify(dev);
+	} else if (op == TBALLOON_OP_ABORT) {
+		rc = tb_dev_stop_here(dev);
 	} else {
-		tb_dev_cfg_put(dev, TB_OFF(num_pages),
-			       op == TBALLOON_OP_ABORT ? actual : target_pages);
+		tb_dev_cfg_put(dev, TB_OFF(num_pages), target_pages);
+		rc = tb_dev_notify(dev);
 	}
-	rc = tb_dev_notify(dev);
 	if (rc < 0) {
 		memcpy(dev->config, saved, sizeof(saved));
 		tb_warn("command not issued: the driver could not be notified: %s",
@@ -467,7 +652,11 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 	c->start_pages = actual;
 	c->timed = timed;
 	c->issued_ms = now_ms;
-	c->resident_before = tb_mem_resident_bytes(dev->mem);
+	c->resident_before = tb_dev_resident_bytes(dev);
+	dev->watch.base_updates = dev->gstats.updates;
+	dev->watch.base_have = dev->gstats.have;
+	memcpy(dev->watch.base, dev->gstats.val, sizeof(dev->watch.base));
+	dev->watch.moved = false;
 	dev->gen++;
 	tb_info("command %u: %s target %u pages deadline %u ms floor %u flags 0x%x%s",
 		id, tb_op_name(op), target_pages, deadline_ms, floor_pages, flags,
@@ -512,12 +701,24 @@ int64_t tb_dev_tick(struct tb_dev *dev, uint64_t now_ms)
 		tb_dev_finish(dev, TB_STATE_UNRESPONSIVE, TBALLOON_REASON_NONE, now_ms);
 		return -1;
 	}
+	/* a balloon that never moved: nobody drives it in the guest */
+	if (!dev->watch.moved && dev->grace_ms < c->deadline_ms &&
+	    now_ms >= c->issued_ms + dev->grace_ms) {
+		dev->stats.unresponsive++;
+		tb_warn("balloon: command %u: the balloon did not move in %u ms: "
+			"no working balloon driver in the guest?", c->cmd_id, dev->grace_ms);
+		tb_dev_stop_here(dev);
+		tb_dev_finish(dev, TB_STATE_UNRESPONSIVE, TBALLOON_REASON_NONE, now_ms);
+		return -1;
+	}
 	due = c->issued_ms + c->deadline_ms;
+	if (!dev->watch.moved && dev->grace_ms < c->deadline_ms &&
+	    c->issued_ms + dev->grace_ms < due)
+		due = c->issued_ms + dev->grace_ms;
 	if (now_ms < due)
 		return (int64_t)(due - now_ms);
 	/* stop the standard balloon where it is */
-	tb_dev_cfg_put(dev, TB_OFF(num_pages), TB_CFG(dev, actual));
-	tb_dev_notify(dev);
+	tb_dev_stop_here(dev);
 	tb_dev_finish(dev, TBALLOON_STATE_DEADLINE, TBALLOON_REASON_NONE, now_ms);
 	return -1;
 }
@@ -609,6 +810,8 @@ static bool tb_dev_chain_stats(struct tb_dev *dev, const struct tb_vring_chain *
 	dev->gstats.have = have;
 	dev->gstats.updates++;
 	dev->gstats.updated_ms = now_ms;
+	dev->gstats.actual_pages = TB_CFG(dev, actual);
+	tb_dev_host_check(dev, now_ms);
 	return true;
 }
 

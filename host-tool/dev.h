@@ -80,6 +80,8 @@ enum tb_gstat {
  * @held: a buffer is held by the device (returned to ask for fresh stats)
  * @head: its descriptor head
  * @requested_ms: when the last buffer was returned to the driver
+ * @actual_pages: the balloon size when the last buffer arrived (the host's
+ *	floor estimate moves the guest's available memory on from there)
  */
 struct tb_guest_stats {
 	uint64_t updates;
@@ -90,7 +92,40 @@ struct tb_guest_stats {
 	bool held;
 	uint16_t head;
 	uint64_t requested_ms;
+	uint32_t actual_pages;
 };
+
+/*
+ * What is on the other side of the daemon. TB_KIND_VHOST_USER is our device
+ * model behind QEMU's vhost-user device (the guest enforces a timed command
+ * when its driver negotiates TIMED); the others are a stock virtio-balloon
+ * driven from outside, through QEMU's QMP or libvirt (the host enforces
+ * every command: see "Host-enforced commands" in Documentation/host-tool.rst).
+ */
+enum tb_kind {
+	TB_KIND_VHOST_USER,
+	TB_KIND_QMP,
+	TB_KIND_LIBVIRT,
+	TB_KIND_COUNT
+};
+
+/*
+ * Host enforcement of a command the guest does not enforce itself (no
+ * TIMED): how it is stopped early.
+ *
+ * Floor: the guest's available memory, from its last statistics and moved
+ * on by the pages inflated since (the statistics are up to one polling
+ * period old), must stay above the floor plus what the balloon still
+ * inflates in TB_HOST_STOP_LEAD_MS at its rate so far (the stop takes
+ * that long to reach the guest).
+ * Pressure: since the statistics before the command, any swap-in, any
+ * allocation stall or direct reclaim (where the guest reports them: Linux
+ * >= 6.12), or more than TB_HOST_MAJFLT_PRESSURE major faults.
+ * Unresponsive: a balloon that has not moved TB_DEV_GRACE_MS (--grace)
+ * after the command was issued.
+ */
+#define TB_HOST_STOP_LEAD_MS 100U
+#define TB_HOST_MAJFLT_PRESSURE 256U
 
 enum tb_event {
 	TB_EVENT_PROGRESS,	/* a driver report for the current command */
@@ -135,6 +170,19 @@ struct tb_cmd {
 	bool recovered;
 };
 
+/**
+ * struct tb_host_watch - host-side view of a running standard command
+ * @base_updates: statistics buffers seen when it was issued
+ * @base_have, @base: the statistics then (pressure counts from there)
+ * @moved: the balloon moved since it was issued
+ */
+struct tb_host_watch {
+	uint64_t base_updates;
+	uint32_t base_have;
+	uint64_t base[TB_GSTAT_COUNT];
+	bool moved;
+};
+
 /* counters since the daemon started */
 struct tb_dev_stats {
 	uint64_t released_bytes;	/* bytes punched (successfully) */
@@ -163,11 +211,18 @@ struct tb_dev;
  *	PFN buffers were accounted and before any of them is returned to the
  *	driver, so a daemon killed at any point never loses a buffer it already
  *	returned); may be NULL
+ * @stop: stop the balloon where it is now (host-enforced deadline, floor,
+ *	pressure, abort); NULL: num_pages = actual, then @notify_config. A
+ *	peer whose view of `actual` lags (QMP) reads it afresh first.
+ * @footprint: guest RAM and the host memory backing it, for a VM whose
+ *	memory the daemon does not map (QMP, libvirt); NULL: from @mem
  */
 struct tb_dev_ops {
 	int (*notify_config)(void *opaque);
 	void (*event)(void *opaque, enum tb_event ev, const struct tb_cmd *cmd);
 	void (*commit)(void *opaque);
+	int (*stop)(void *opaque);
+	void (*footprint)(void *opaque, uint64_t *ram_bytes, uint64_t *resident_bytes);
 };
 
 /**
@@ -195,6 +250,8 @@ struct tb_dev_ops {
  * @gen: incremented on every change the state file must record
  * @restored: the config and command came from a state file
  * @last_driver_ms: last driver report, or session start
+ * @kind: what the daemon serves (TB_KIND_*)
+ * @watch: host enforcement of the running standard command
  * @counted_pos: per PFN queue, the ring position up to which buffers are in
  *	@device_pages and the counters (valid if @counted_valid): a restarted
  *	daemon may see buffers again that its predecessor counted but had not
@@ -228,6 +285,8 @@ struct tb_dev {
 	uint64_t last_driver_ms;
 	uint16_t counted_pos[2];
 	bool counted_valid[2];
+	enum tb_kind kind;
+	struct tb_host_watch watch;
 	/* test only (x-test-withhold-buffers): PFN buffers are left in the ring */
 	bool test_withhold;
 };
@@ -237,6 +296,35 @@ void tb_dev_init(struct tb_dev *dev, const struct tb_mem *mem,
 
 /* TIMED negotiated */
 bool tb_dev_timed(const struct tb_dev *dev);
+
+/* guest RAM, and the host memory backing it now (bytes) */
+uint64_t tb_dev_ram_bytes(const struct tb_dev *dev);
+uint64_t tb_dev_resident_bytes(const struct tb_dev *dev);
+
+/* "vhost-user", "qmp", "libvirt" */
+const char *tb_kind_name(enum tb_kind kind);
+
+/*
+ * A peer (QMP, libvirt) found the VM's balloon (@up) or lost it. Up: the
+ * device is connected and ready, with statistics; down ends a running
+ * command (aborted, removed) as a vhost-user disconnect does.
+ */
+void tb_dev_peer_link(struct tb_dev *dev, bool up, uint64_t now_ms);
+/* the peer set the balloon's target to @pages itself (a stop) */
+void tb_dev_peer_target(struct tb_dev *dev, uint64_t pages);
+/* the balloon is @pages now (from an event or a query) */
+void tb_dev_peer_actual(struct tb_dev *dev, uint64_t pages, uint64_t now_ms);
+/*
+ * Fresh guest statistics from a peer: @have bit i set if tag i is in @val.
+ * @at_pages is the balloon size at the earliest moment the guest may have
+ * taken them (the peer's previous look that did not see them yet): the
+ * floor estimate counts the pages inflated since then, so a sample of
+ * unknown age errs towards stopping early. Drives host enforcement of a
+ * running command.
+ */
+void tb_dev_peer_stats(struct tb_dev *dev, uint32_t have,
+		       const uint64_t val[TB_GSTAT_COUNT], uint32_t at_pages,
+		       uint64_t now_ms);
 
 /* session up/down; down ends a running command (aborted, removed) */
 void tb_dev_session(struct tb_dev *dev, bool up, uint64_t now_ms);

@@ -118,6 +118,9 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		{ "socket-mode", required_argument, NULL, 'M' },
 		{ "socket-group", required_argument, NULL, 'G' },
 		{ "deflate-on-oom", no_argument, NULL, 'D' },
+		{ "qmp", required_argument, NULL, 'Q' },
+		{ "libvirt", required_argument, NULL, 'V' },
+		{ "connect", required_argument, NULL, 'U' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -128,6 +131,7 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		.listen = { .mode = 0600 },
 	};
 	const char *sock = NULL, *ctrl = o->control, *why;
+	bool stats_set = false;
 	struct stat st;
 	uint64_t ms;
 	int c, fd = -1;
@@ -167,10 +171,12 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 				return tb_usage_error("serve: %s", why);
 			if (ms > TBALLOON_DEADLINE_MAX_MS)
 				return tb_usage_error("serve: %s: at most 1h", optarg);
-			if (c == 'g')
+			if (c == 'g') {
 				so.grace_ms = (uint32_t)ms;
-			else
+			} else {
 				so.stats_interval_ms = (uint32_t)ms;
+				stats_set = true;
+			}
 			break;
 		case 'L': {
 			size_t i;
@@ -218,6 +224,15 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		case 'D':
 			so.deflate_on_oom = true;
 			break;
+		case 'Q':
+			so.qmp_path = optarg;
+			break;
+		case 'V':
+			so.libvirt_domain = optarg;
+			break;
+		case 'U':
+			so.libvirt_uri = optarg;
+			break;
 		case 'v':
 			if (tb_log_level < TB_LOG_DEBUG)
 				tb_log_level++;
@@ -226,12 +241,20 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 			tb_log_level = TB_LOG_ERR;
 			break;
 		case 'h':
-			printf("Usage: %s serve --socket-path PATH|--fd FD --control CTRL [OPTIONS]\n\n"
-			       "Run the vhost-user balloon device backend for QEMU's\n"
-			       "vhost-user-test-device-pci (virtio-id=5, num_vqs=3, config_size=64).\n\n"
+			printf("Usage: %s serve --socket-path PATH|--fd FD|--qmp PATH|--libvirt DOMAIN\n"
+			       "       --control CTRL [OPTIONS]\n\n"
+			       "Manage one VM's balloon: serve the vhost-user balloon device for\n"
+			       "QEMU's vhost-user-test-device-pci (virtio-id=5, num_vqs=3,\n"
+			       "config_size=64), where the guest enforces timed commands, or drive\n"
+			       "a stock virtio-balloon through QMP or libvirt, where the host does.\n\n"
 			       "  -s, --socket-path PATH  vhost-user socket to listen on\n"
 			       "      --fd FD             serve this connected vhost-user socket\n"
 			       "                          instead, exit when its session ends\n"
+			       "      --qmp PATH          drive the virtio-balloon of the QEMU whose\n"
+			       "                          QMP socket this is (host-enforced)\n"
+			       "      --libvirt DOMAIN    drive this libvirt domain's memballoon\n"
+			       "                          through libvirt (host-enforced)\n"
+			       "      --connect URI       libvirt connection (default: libvirt's)\n"
 			       "      --print-capabilities  print the backend capabilities (JSON)\n"
 			       "  -c, --control CTRL      control socket to listen on (mode 0600)\n"
 			       "  -S, --state-file FILE   keep the device state in FILE (written\n"
@@ -240,7 +263,9 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 			       "  -g, --grace DUR         a command without an outcome at deadline +\n"
 			       "                          DUR ends guest-unresponsive (default 5s)\n"
 			       "  -i, --stats-interval DUR  request guest statistics every DUR\n"
-			       "                          (default 2s, 0: only on query-stats)\n"
+			       "                          (default 2s, 0: only on query-stats; with\n"
+			       "                          --qmp/--libvirt the guest's polling period,\n"
+			       "                          whole seconds, default 1s)\n"
 			       "  -L, --log-level LEVEL   error, warning, info (default) or debug\n"
 			       "  -v, --verbose           one level more (debug)\n"
 			       "  -q, --quiet             errors only\n"
@@ -264,9 +289,27 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 	}
 	if (optind < argc)
 		return tb_usage_error("serve: unexpected argument '%s'", argv[optind]);
-	if (!sock == (fd < 0))
-		return tb_usage_error("serve: exactly one of --socket-path and --fd "
-				      "is required%s", "");
+	if ((sock != NULL) + (fd >= 0) + (so.qmp_path != NULL) +
+	    (so.libvirt_domain != NULL) != 1)
+		return tb_usage_error("serve: exactly one of --socket-path, --fd, --qmp "
+				      "and --libvirt is required%s", "");
+	if (so.libvirt_uri && !so.libvirt_domain)
+		return tb_usage_error("serve: --connect is for --libvirt%s", "");
+	if (so.qmp_path || so.libvirt_domain) {
+		const char *opt = so.state_path ? "--state-file" :
+				  so.deflate_on_oom ? "--deflate-on-oom" : NULL;
+
+		if (opt)
+			return tb_usage_error("serve: %s is for the vhost-user device; with "
+					      "--qmp or --libvirt QEMU keeps the balloon and its "
+					      "device properties", opt);
+		if (!stats_set)
+			so.stats_interval_ms = 1000;
+		if (!so.stats_interval_ms)
+			return tb_usage_error("serve: --stats-interval 0: a stock balloon's "
+					      "statistics are the host's only view of the "
+					      "guest; at least 1s%s", "");
+	}
 	if (!ctrl)
 		return tb_usage_error("serve: --control is required%s", "");
 	if (so.listen.gid_set && so.listen.mode == 0600)

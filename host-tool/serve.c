@@ -3,8 +3,10 @@
  * serve.c - single-threaded poll() loop of the backend daemon.
  *
  * Sources: signals (signalfd), the vhost-user listener or session socket,
- * the backend channel, each started queue's kick eventfd, the control
- * listener and its clients. Host-side timers come from tb_dev_tick().
+ * the backend channel, each started queue's kick eventfd -- or, instead of
+ * all of those, a peer's fds (QMP, libvirt: peer.h) --, the control
+ * listener and its clients. Host-side timers come from tb_dev_tick() and
+ * the peer's tick.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,6 +29,7 @@
 
 #include "ctl.h"
 #include "dev.h"
+#include "peer.h"
 #include "sd.h"
 #include "serve.h"
 #include "session.h"
@@ -93,6 +96,8 @@ struct tb_serve {
 	bool peer_gid_set;
 	/* queues whose last pass hit its work bound: go on after a poll round */
 	uint32_t queue_more;
+	/* --qmp / --libvirt: the VM's stock balloon, instead of vhost-user */
+	struct tb_peer *peer;
 };
 
 /*
@@ -571,6 +576,8 @@ static void tb_serve_queue(struct tb_serve *s, unsigned int idx)
 
 static void tb_serve_update_driver_ok(struct tb_serve *s)
 {
+	if (s->peer)
+		return;	/* the peer says (tb_dev_peer_link) */
 	s->dev.notify_ok = tb_vu_can_notify(&s->vu);
 	s->dev.driver_ok = s->vu.sock_fd >= 0 && s->vu.features_set &&
 			   tb_vu_queue_ready(&s->vu, VIRTIO_TBALLOON_VQ_INFLATE) &&
@@ -671,7 +678,16 @@ static int64_t tb_serve_stats(struct tb_serve *s, uint64_t now)
 static int tb_ops_notify_config(void *opaque)
 {
 	struct tb_serve *s = opaque;
-	int rc = tb_vu_notify_config(&s->vu);
+	int rc;
+
+	if (s->peer) {
+		rc = s->peer->ops->set_balloon(s->peer, TB_CFG(&s->dev, num_pages));
+		if (rc < 0)
+			tb_warn("%s: balloon target not set: %s", s->peer->what,
+				strerror(-rc));
+		return rc;
+	}
+	rc = tb_vu_notify_config(&s->vu);
 
 	if (rc < 0)
 		tb_warn("vhost-user: config change notification not sent: %s",
@@ -716,6 +732,28 @@ static const struct tb_dev_ops tb_serve_dev_ops = {
 	.notify_config = tb_ops_notify_config,
 	.event = tb_ops_event,
 	.commit = tb_ops_commit,
+};
+
+static int tb_ops_peer_stop(void *opaque)
+{
+	struct tb_serve *s = opaque;
+
+	return s->peer->ops->stop(s->peer);
+}
+
+static void tb_ops_peer_footprint(void *opaque, uint64_t *ram, uint64_t *res)
+{
+	struct tb_serve *s = opaque;
+
+	s->peer->ops->footprint(s->peer, ram, res);
+}
+
+/* a stock balloon driven through a peer: no rings, no state of our own */
+static const struct tb_dev_ops tb_serve_peer_dev_ops = {
+	.notify_config = tb_ops_notify_config,
+	.event = tb_ops_event,
+	.stop = tb_ops_peer_stop,
+	.footprint = tb_ops_peer_footprint,
 };
 
 /* ------------------------------------------------------------------------
@@ -860,7 +898,7 @@ static int tb_serve_signals(void)
 }
 
 enum tb_pfd_kind { TB_PFD_SIG, TB_PFD_VU_LISTEN, TB_PFD_VU, TB_PFD_BACKEND,
-		   TB_PFD_KICK, TB_PFD_CTL_LISTEN, TB_PFD_CLIENT };
+		   TB_PFD_KICK, TB_PFD_CTL_LISTEN, TB_PFD_CLIENT, TB_PFD_PEER };
 
 struct tb_pfd_tag {
 	enum tb_pfd_kind kind;
@@ -906,7 +944,7 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	const char *socket_path = o->socket_path, *control_path = o->control_path;
 	int vu_fd = o->vu_fd;
 	static struct tb_serve s;
-	struct pollfd pfd[8 + TB_VU_MAX_QUEUES + TB_MAX_CLIENTS];
+	struct pollfd pfd[8 + TB_VU_MAX_QUEUES + TB_MAX_CLIENTS + TB_PEER_FDS];
 	struct tb_pfd_tag tag[TB_ARRAY_SIZE(pfd)];
 	struct tb_listener vu_l = { .fd = -1, .lock_fd = -1 };
 	struct tb_listener ctl_l = { .fd = -1, .lock_fd = -1 };
@@ -916,7 +954,8 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	tb_vu_init(&s.vu, &tb_serve_vu_ops, &s);
 	if (o->deflate_on_oom)
 		s.vu.extra_features |= TB_BIT(TB_BALLOON_F_DEFLATE_ON_OOM);
-	tb_dev_init(&s.dev, &s.vu.mem, &tb_serve_dev_ops, &s);
+	tb_dev_init(&s.dev, &s.vu.mem, o->qmp_path || o->libvirt_domain ?
+		    &tb_serve_peer_dev_ops : &tb_serve_dev_ops, &s);
 	s.dev.grace_ms = o->grace_ms;
 	s.dev.stats_interval_ms = o->stats_interval_ms;
 	s.vu_listen_fd = s.ctl_listen_fd = -1;
@@ -950,7 +989,21 @@ int tb_serve_run(const struct tb_serve_opts *o)
 		goto out_early;
 	}
 	tb_sigbus_install();
-	if (vu_fd < 0) {
+	if (o->qmp_path || o->libvirt_domain) {
+		char why[256];
+
+		s.dev.kind = o->qmp_path ? TB_KIND_QMP : TB_KIND_LIBVIRT;
+		s.peer = o->qmp_path ?
+			tb_qmp_peer_new(&s.dev, o->qmp_path, o->stats_interval_ms,
+					why, sizeof(why)) :
+			tb_virt_peer_new(&s.dev, o->libvirt_uri, o->libvirt_domain,
+					 o->stats_interval_ms, why, sizeof(why));
+		if (!s.peer || s.peer->ops->start(s.peer, TB_SERVE_PEER_SETUP_MS, why,
+						  sizeof(why)) < 0) {
+			tb_err("%s", why);
+			goto out_early;
+		}
+	} else if (vu_fd < 0) {
 		rc0 = tb_serve_listener(&s, socket_path, &o->listen, &vu_l);
 		if (rc0 < 0) {
 			tb_err("%s: %s", socket_path, rc0 == -EADDRINUSE ?
@@ -969,6 +1022,8 @@ int tb_serve_run(const struct tb_serve_opts *o)
 		goto out_early;
 	}
 	s.ctl_listen_fd = ctl_l.fd;
+	if (s.peer)
+		tb_info("serving %s, control on %s", s.peer->what, control_path);
 
 	/* the fd store gave a connection back: take its session up again */
 	if (session && vu_fd < 0 && tb_sd_has_passed(&s.sd, TB_SESSION_FD_PREFIX "sock")) {
@@ -984,13 +1039,13 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	if (vu_fd >= 0) {
 		tb_info("serving vhost-user on fd %d, control on %s", vu_fd, control_path);
 		tb_vu_attach(&s.vu, vu_fd);
-	} else {
+	} else if (!s.peer) {
 		tb_info("serving vhost-user on %s, control on %s", socket_path,
 			control_path);
 	}
 	tb_serve_update_driver_ok(&s);
 	tb_serve_save(&s);
-	tb_sd_notify(&s.sd, "READY=1\nSTATUS=%s", s.vu.sock_fd >= 0 ?
+	tb_sd_notify(&s.sd, "READY=1\nSTATUS=%s", s.vu.sock_fd >= 0 || s.peer ?
 		     "serving the VM's balloon" : "waiting for the VM to connect");
 
 	for (;;) {
@@ -1007,7 +1062,13 @@ int tb_serve_run(const struct tb_serve_opts *o)
 		} while (0)
 
 		TB_ADD(s.sig_fd, POLLIN, TB_PFD_SIG, 0);
-		if (s.vu.sock_fd < 0) {
+		if (s.peer) {
+			unsigned int np = s.peer->ops->pollfds(s.peer, pfd + n);
+
+			for (unsigned int i = 0; i < np; i++)
+				tag[n + i] = (struct tb_pfd_tag){ TB_PFD_PEER, i };
+			n += np;
+		} else if (s.vu.sock_fd < 0) {
 			/* with --fd there is nothing to come back to */
 			if (s.vu_listen_fd < 0) {
 				tb_info("vhost-user session on fd %d ended, exiting", vu_fd);
@@ -1031,6 +1092,8 @@ int tb_serve_run(const struct tb_serve_opts *o)
 
 		now = tb_now_ms();
 		timeout = tb_dev_tick(&s.dev, now);
+		if (s.peer)
+			timeout = tb_due_min(timeout, s.peer->ops->tick(s.peer, now));
 		/* the earliest of every timer; a partly received message too */
 		timeout = tb_due_min(timeout, tb_serve_stats(&s, now));
 		timeout = tb_due_min(timeout, tb_serve_idle_clients(&s, now));
@@ -1061,6 +1124,14 @@ int tb_serve_run(const struct tb_serve_opts *o)
 				tb_info("signal %u, exiting", si.ssi_signo);
 				break;
 			}
+		}
+		if (s.peer) {
+			unsigned int first = 1, np = 0;
+
+			while (first + np < n && tag[first + np].kind == TB_PFD_PEER)
+				np++;
+			if (np)
+				s.peer->ops->ready(s.peer, pfd + first, np, tb_now_ms());
 		}
 		for (unsigned int i = 1; i < n; i++) {
 			short re = pfd[i].revents;
@@ -1134,6 +1205,9 @@ int tb_serve_run(const struct tb_serve_opts *o)
 		tb_client_free(&s.clients[i]);
 	s.nclients = 0;
 	tb_vu_detach(&s.vu);
+	if (s.peer)
+		s.peer->ops->destroy(s.peer);
+	s.peer = NULL;
 	json_object_put(s.deferred);
 	s.deferred = NULL;
 	free(s.session_saved);
@@ -1146,6 +1220,9 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	return exit_code;
 
 out_early:
+	if (s.peer)
+		s.peer->ops->destroy(s.peer);
+	s.peer = NULL;
 	json_object_put(session);
 	tb_sd_close_unused(&s.sd);
 	if (s.sig_fd >= 0)

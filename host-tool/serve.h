@@ -49,6 +49,10 @@ struct tb_listener {
  * @deflate_on_oom: offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM (the guest may
  *	take pages back from the balloon to avoid an OOM kill, as with
  *	QEMU's virtio-balloon deflate-on-oom=on)
+ * @qmp_path: drive the stock balloon of the QEMU behind this QMP socket
+ *	instead of serving vhost-user (host-enforced commands)
+ * @libvirt_domain, @libvirt_uri: the same through libvirt (NULL uri:
+ *	libvirt's default)
  */
 struct tb_serve_opts {
 	const char *socket_path;
@@ -59,7 +63,13 @@ struct tb_serve_opts {
 	uint32_t stats_interval_ms;
 	struct tb_listen_opts listen;
 	bool deflate_on_oom;
+	const char *qmp_path;
+	const char *libvirt_domain;
+	const char *libvirt_uri;
 };
+
+/* a peer (QMP, libvirt) must be set up within this at start */
+#define TB_SERVE_PEER_SETUP_MS 10000U
 
 /*
  * Run until SIGTERM/SIGINT. Listens for the front-end on @socket_path, or,

@@ -183,7 +183,7 @@ class Guest:
                  kvm=False, keep=False, name="guest", log=None, boot_timeout=180.0,
                  extra_append="", bzimage=False, reconnect_ms=None, backend_args=(),
                  qemu_listens=False, stock_props="", fd_holder=False, allow_reboot=False,
-                 device_props="", root_port=False):
+                 device_props="", root_port=False, serve_qmp=False):
         self.env = tbenv.load()
         self.driver = driver
         self.device = device
@@ -209,6 +209,10 @@ class Guest:
         self.device_props = device_props
         # the balloon device behind a PCIe root port (bus rp1): hot-unpluggable
         self.root_port = root_port
+        # device="stock" driven by `tballoon serve --qmp` on a second QMP
+        # monitor of its own (tbqmp.sock; QEMU serves one client per monitor,
+        # qmp.sock stays the harness's)
+        self.serve_qmp = serve_qmp
         self.reconnect_ms = reconnect_ms    # QEMU re-connects to a restarted backend
         self.backend_args = tuple(backend_args)     # extra `tballoon serve` options
         # QEMU listens on tb.sock (server=on,wait=on) and the harness connects
@@ -312,6 +316,8 @@ class Guest:
         self._start_qemu()
         if self.device == "tballoon" and self.qemu_listens:
             self._connect_backend()
+        if self.device == "stock" and self.serve_qmp:
+            self._start_qmp_backend()
         self.agent = Agent(self.listener, self.check_alive)
         self.agent.connect(self.boot_timeout)
         self.boot_s = time.monotonic() - t0
@@ -382,6 +388,31 @@ class Guest:
                     self.backend.returncode, "\n".join(tail(self.backend_log, 20))))
             if time.monotonic() > deadline:
                 raise GuestError("tballoon serve did not create %s in 10 s" % self.control.name)
+            time.sleep(0.05)
+
+    def _start_qmp_backend(self, mode="wb"):
+        """`tballoon serve --qmp RUN/tbqmp.sock` once QEMU listens on it."""
+        sock = self.path("tbqmp.sock")
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise GuestError("QEMU did not create %s in 30 s" % sock.name)
+            time.sleep(0.05)
+        argv = [str(self.env.tool), "serve", "--qmp", str(sock),
+                "--control", str(self.control), "-v"] + self._backend_args()
+        with open(str(self.backend_log), mode) as logf:
+            self.backend = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                            stderr=subprocess.STDOUT,
+                                            preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + 15
+        while not self.control.exists():
+            if self.backend.poll() is not None:
+                raise GuestError("tballoon serve --qmp exited with %d:\n%s" % (
+                    self.backend.returncode, "\n".join(tail(self.backend_log, 20))))
+            if time.monotonic() > deadline:
+                raise GuestError("tballoon serve --qmp did not create %s in 15 s"
+                                 % self.control.name)
             time.sleep(0.05)
 
     def _backend_args(self):
@@ -457,6 +488,9 @@ class Guest:
         elif self.device == "stock":
             argv += ["-device", "virtio-balloon-pci,id=balloon0"
                      + ("," + self.stock_props if self.stock_props else "")]
+            if self.serve_qmp:
+                argv += ["-chardev", "socket,id=tbqmp,path=%s/tbqmp.sock,server=on,wait=off"
+                         % run, "-mon", "chardev=tbqmp,mode=control"]
         return argv
 
     def _start_qemu(self):

@@ -175,6 +175,85 @@ def dommemstat(name):
     return out
 
 
+def tool(e, ctl, *args, timeout=120):
+    try:
+        return subprocess.run([str(e.tool), "-c", str(ctl)] + list(args),
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(args, 124, "", "no answer in %d s" % timeout)
+
+
+def serve_libvirt(e, work, name):
+    """`tballoon serve --libvirt` on the running stock domain NAME: the
+    documented CLI through libvirt's C API, host-enforced."""
+    import json
+    bad = subprocess.run([str(e.tool), "serve", "--libvirt", "no-such-domain-%d" % os.getpid(),
+                          "--connect", URI, "--control", str(work / "bad.ctl")],
+                         capture_output=True, text=True, timeout=60)
+    tap(bad.returncode == 1 and "no such domain" in bad.stderr.lower(),
+        "serve --libvirt on a domain that does not exist: exit %d, %s"
+        % (bad.returncode, bad.stderr.strip()[-120:]))
+    ctl = work / "lv.ctl"
+    log = open(str(work / "serve-libvirt.log"), "w")
+    srv = subprocess.Popen([str(e.tool), "serve", "--libvirt", name, "--connect", URI,
+                            "--control", str(ctl), "-v"], stdout=log, stderr=log)
+    log.close()
+    try:
+        up = wait_for(lambda: ctl.exists() or srv.poll() is not None, 30) and srv.poll() is None
+        st = {}
+        if up:
+            r = tool(e, ctl, "status", "-j")
+            st = json.loads(r.stdout) if r.returncode == 0 else {}
+        tap(up and st.get("kind") == "libvirt" and st.get("enforced_by") == "host" and
+            st.get("connected"),
+            "serve --libvirt %s: kind %s, enforced by %s, guest RAM %s bytes"
+            % (name, st.get("kind"), st.get("enforced_by"), st.get("guest_ram_bytes")))
+        if not up:
+            return
+        # statistics arrive once the guest has sent a sample (period 1 s)
+        wait_for(lambda: json.loads(tool(e, ctl, "stats", "-j").stdout or "{}")
+                 .get("updates", 0) > 0, 30)
+        for args, want in ((("inflate", "--to", "256M", "--deadline", "30s",
+                             "--floor", "128M", "--wait"), "done"),
+                           (("deflate", "--to", "64M", "--deadline", "30s", "--wait"), "done")):
+            r = tool(e, ctl, *args)
+            last = (r.stdout.strip().splitlines() or [""])[-1]
+            tap(r.returncode == 0 and (" %s " % want) in last,
+                "tballoon %s through libvirt: exit %d, %s" % (" ".join(args[:3]), r.returncode,
+                                                              (last or r.stderr)[-140:]))
+        # abort: a long inflate stopped where it is
+        w = subprocess.Popen([str(e.tool), "-c", str(ctl), "inflate", "--to", "900M",
+                              "--deadline", "60s", "--wait"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        time.sleep(1.0)
+        a = tool(e, ctl, "abort")
+        try:
+            out, _ = w.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            out, _ = w.communicate()
+        last = (out.strip().splitlines() or [""])[-1]
+        tap(a.returncode == 0 and "aborted (host-abort)" in last,
+            "tballoon abort through libvirt ends the running inflate: exit %d, %s"
+            % (w.returncode, last[-140:]))
+        time.sleep(3)   # the guest settles at the stop; libvirt's view follows
+        st = json.loads(tool(e, ctl, "status", "-j").stdout or "{}")
+        ms = dommemstat(name)
+        want_kib = st.get("guest_ram_bytes", 0) // 1024 - st.get("actual_pages", 0) * 4
+        tap(ms.get("actual") == want_kib,
+            "virsh dommemstat agrees with tballoon status: actual %s KiB, tballoon "
+            "%s KiB (RAM %s KiB - balloon %s pages)" % (
+                ms.get("actual"), want_kib, st.get("guest_ram_bytes", 0) // 1024,
+                st.get("actual_pages")))
+        tap(srv.poll() is None, "serve --libvirt is still running")
+    finally:
+        srv.terminate()
+        try:
+            srv.wait(10)
+        except subprocess.TimeoutExpired:
+            srv.kill()
+
+
 def main():
     e = tbenv.load()
     work = Path(tempfile.mkdtemp(prefix="tballoon-libvirt-", dir="/var/tmp"))
@@ -225,6 +304,9 @@ def main():
             tap(ok and p.returncode == 0 and got,
                 "virsh setmem 512M: virtio_tballoon (standard mode) brings actual to "
                 "524288 KiB (%s)" % dommemstat(name).get("actual"))
+            virsh("setmem", name, "1G", "--live")
+            wait_for(lambda: dommemstat(name).get("actual") == 1024 * 1024, 120)
+            serve_libvirt(e, work, name)
             virsh("destroy", name)
             domains.remove(name)
 

@@ -337,6 +337,22 @@ static uint32_t tb_dev_ram_pages(const struct tb_dev *dev)
 }
 
 /*
+ * The host's paced target @elapsed_ms into a standard command from @start
+ * to @target (the next step's, TB_HOST_PACE_MS on).
+ */
+static uint32_t tb_dev_pace_step(uint32_t start, uint32_t target, uint32_t deadline_ms,
+				 uint64_t elapsed_ms)
+{
+	uint64_t span = (uint64_t)deadline_ms * TB_HOST_PACE_SHARE / 100;
+	uint64_t t = elapsed_ms + TB_HOST_PACE_MS;
+	int64_t delta = (int64_t)target - (int64_t)start;
+
+	if (!span || t >= span)
+		return target;
+	return (uint32_t)((int64_t)start + delta * (int64_t)t / (int64_t)span);
+}
+
+/*
  * Stop the standard balloon where it is: num_pages = actual and tell the
  * driver, or the peer's own stop (which reads `actual` afresh first).
  */
@@ -435,7 +451,7 @@ static void tb_dev_std_progress(struct tb_dev *dev, uint64_t now_ms)
 	c->reports++;
 	c->elapsed_ms = (uint32_t)(now_ms - c->issued_ms);
 	dev->watch.moved = true;
-	if (TB_CFG(dev, actual) == TB_CFG(dev, num_pages)) {
+	if (TB_CFG(dev, actual) == c->target_pages) {
 		tb_dev_finish(dev, TBALLOON_STATE_DONE, TBALLOON_REASON_NONE, now_ms);
 		return;
 	}
@@ -570,9 +586,6 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 				  floor_pages, ram);
 		if (flags & ~TBALLOON_FLAGS_ALL)
 			tb_refuse("unknown flags 0x%x", flags);
-		if (!timed && flags)
-			tb_refuse("pacing needs the guest driver's timed protocol; "
-				  "this guest's balloon is driven by the host");
 		if (!timed && floor_pages &&
 		    !(dev->features & TB_BIT(TB_BALLOON_F_STATS_VQ)))
 			tb_refuse("a floor needs the guest's statistics, and this driver "
@@ -622,7 +635,9 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 	} else if (op == TBALLOON_OP_ABORT) {
 		rc = tb_dev_stop_here(dev);
 	} else {
-		tb_dev_cfg_put(dev, TB_OFF(num_pages), target_pages);
+		tb_dev_cfg_put(dev, TB_OFF(num_pages), (flags & TBALLOON_FLAG_PACED) ?
+			       tb_dev_pace_step(actual, target_pages, deadline_ms, 0) :
+			       target_pages);
 		rc = tb_dev_notify(dev);
 	}
 	if (rc < 0) {
@@ -715,6 +730,21 @@ int64_t tb_dev_tick(struct tb_dev *dev, uint64_t now_ms)
 	if (!dev->watch.moved && dev->grace_ms < c->deadline_ms &&
 	    c->issued_ms + dev->grace_ms < due)
 		due = c->issued_ms + dev->grace_ms;
+	if (now_ms < due && (c->flags & TBALLOON_FLAG_PACED) &&
+	    TB_CFG(dev, num_pages) != c->target_pages) {
+		/* host pacing: the next step of the target */
+		uint64_t el = now_ms - c->issued_ms;
+		uint32_t step = tb_dev_pace_step(c->start_pages, c->target_pages,
+						 c->deadline_ms, el);
+
+		if (step != TB_CFG(dev, num_pages)) {
+			tb_dev_cfg_put(dev, TB_OFF(num_pages), step);
+			dev->gen++;
+			tb_dev_notify(dev);
+		}
+		if (due - now_ms > TB_HOST_PACE_MS)
+			due = now_ms + TB_HOST_PACE_MS - el % TB_HOST_PACE_MS;
+	}
 	if (now_ms < due)
 		return (int64_t)(due - now_ms);
 	/* stop the standard balloon where it is */

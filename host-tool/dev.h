@@ -126,6 +126,14 @@ enum tb_kind {
  */
 #define TB_HOST_STOP_LEAD_MS 100U
 #define TB_HOST_MAJFLT_PRESSURE 256U
+/*
+ * Host pacing of a paced standard command: the target moves in steps every
+ * TB_HOST_PACE_MS, linearly from the start to the target over
+ * TB_HOST_PACE_SHARE percent of the deadline (the rest is the guest's
+ * slack to catch up with the last step).
+ */
+#define TB_HOST_PACE_MS 100U
+#define TB_HOST_PACE_SHARE 80U
 
 enum tb_event {
 	TB_EVENT_PROGRESS,	/* a driver report for the current command */

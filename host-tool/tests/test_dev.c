@@ -347,9 +347,8 @@ static void test_standard_balloon(void **state)
 
 	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_BIT(TB_BALLOON_F_MUST_TELL_HOST));
 	assert_false(tb_dev_timed(&f->dev));
-	/* timed-only options are refused */
+	/* a floor needs statistics, and this driver sends none */
 	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 100, 1000, 5, 0, 1), 0);
-	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 100, 1000, 0, TBALLOON_FLAG_PACED, 1), 0);
 
 	id = issue(f, TBALLOON_OP_INFLATE, 100, 1000, 0, 0, 1000);
 	assert_int_not_equal(id, 0);
@@ -384,6 +383,167 @@ static void test_standard_balloon(void **state)
 	assert_int_not_equal(issue(f, TBALLOON_OP_ABORT, 0, 0, 0, 0, 4200), 0);
 	assert_int_equal(TB_CFG(&f->dev, num_pages), 70);
 	assert_false(tb_cmd_running(&f->dev.cmd));
+}
+
+/* a standard driver with statistics (Linux's virtio_balloon, a peer) */
+static void std_with_stats(struct fx *f, uint64_t avail_pages, uint64_t now)
+{
+	uint64_t val[TB_GSTAT_COUNT] = { 0 };
+	uint32_t have = (1U << TB_GSTAT_AVAIL) | (1U << TB_GSTAT_SWAP_IN) |
+			(1U << TB_GSTAT_MAJFLT);
+
+	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_BIT(TB_BALLOON_F_STATS_VQ));
+	val[TB_GSTAT_AVAIL] = avail_pages * 4096;
+	tb_dev_peer_stats(&f->dev, have, val, TB_CFG(&f->dev, actual), now);
+}
+
+static void stats_at(struct fx *f, uint64_t avail_pages, uint64_t swap_in,
+		     uint64_t majflt, uint32_t at, uint64_t now)
+{
+	uint64_t val[TB_GSTAT_COUNT] = { 0 };
+	uint32_t have = (1U << TB_GSTAT_AVAIL) | (1U << TB_GSTAT_SWAP_IN) |
+			(1U << TB_GSTAT_MAJFLT) | (1U << TB_GSTAT_ALLOC_STALL);
+
+	val[TB_GSTAT_AVAIL] = avail_pages * 4096;
+	val[TB_GSTAT_SWAP_IN] = swap_in;
+	val[TB_GSTAT_MAJFLT] = majflt;
+	val[TB_GSTAT_ALLOC_STALL] = UINT64_MAX;	/* a 6.1 guest: absent */
+	tb_dev_peer_stats(&f->dev, have, val, at, now);
+}
+
+/* host floor: estimated from the last statistics and the pages moved since */
+static void test_host_floor(void **state)
+{
+	struct fx *f = *state;
+
+	std_with_stats(f, 10000, 900);
+	/* no statistics with available memory yet: a floor is refused */
+	f->dev.gstats.have = 0;
+	assert_int_equal(issue(f, TBALLOON_OP_INFLATE, 9000, 10000, 2000, 0, 950), 0);
+	std_with_stats(f, 10000, 990);
+	assert_int_not_equal(issue(f, TBALLOON_OP_INFLATE, 9000, 10000, 2000, 0, 1000), 0);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 9000);
+	/* 4000 pages in 1 s: 10000 - 4000 = 6000 left, lead 400: go on */
+	guest_write(f, OFF(actual), 4000, 2000);
+	assert_true(tb_cmd_running(&f->dev.cmd));
+	/* a sample taken after the balloon was at 4000 says 5000 available */
+	stats_at(f, 5000, 0, 0, 4000, 2100);
+	assert_true(tb_cmd_running(&f->dev.cmd));
+	/* 7000 pages in 2.5 s: 5000 - 3000 = 2000 <= floor + lead: stop here */
+	guest_write(f, OFF(actual), 7000, 3500);
+	assert_false(tb_cmd_running(&f->dev.cmd));
+	assert_int_equal(f->last.state, TBALLOON_STATE_PRESSURE);
+	assert_int_equal(f->last.reason, TBALLOON_REASON_FLOOR);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 7000);
+	/* the floor does not stop a deflate */
+	assert_int_not_equal(issue(f, TBALLOON_OP_DEFLATE, 0, 10000, 9000, 0, 4000), 0);
+	guest_write(f, OFF(actual), 3000, 4100);
+	assert_true(tb_cmd_running(&f->dev.cmd));
+}
+
+/* host pressure: swap-in, or a burst of major faults, since the command began */
+static void test_host_pressure(void **state)
+{
+	struct fx *f = *state;
+
+	std_with_stats(f, 10000, 900);
+	stats_at(f, 10000, 7, 100, 0, 950);
+	assert_int_not_equal(issue(f, TBALLOON_OP_INFLATE, 9000, 10000, 0, 0, 1000), 0);
+	guest_write(f, OFF(actual), 1000, 1200);
+	/* the same counters, an absent 6.12 counter: no pressure */
+	stats_at(f, 9000, 7, 100 + TB_HOST_MAJFLT_PRESSURE, 1000, 1300);
+	assert_true(tb_cmd_running(&f->dev.cmd));
+	stats_at(f, 8500, 8, 100, 1000, 1400);
+	assert_false(tb_cmd_running(&f->dev.cmd));
+	assert_int_equal(f->last.state, TBALLOON_STATE_PRESSURE);
+	assert_int_equal(f->last.reason, TBALLOON_REASON_RECLAIM);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 1000);
+	/* major faults beyond the bound */
+	assert_int_not_equal(issue(f, TBALLOON_OP_INFLATE, 9000, 10000, 0, 0, 2000), 0);
+	guest_write(f, OFF(actual), 1500, 2100);
+	stats_at(f, 8000, 8, 101 + TB_HOST_MAJFLT_PRESSURE, 1500, 2200);
+	assert_int_equal(f->last.state, TBALLOON_STATE_PRESSURE);
+}
+
+/* a balloon that never moves: guest-unresponsive after the grace */
+static void test_host_unresponsive(void **state)
+{
+	struct fx *f = *state;
+
+	tb_dev_set_features(&f->dev, TB_BIT(32));
+	f->dev.grace_ms = 500;
+	assert_int_not_equal(issue(f, TBALLOON_OP_INFLATE, 100, 5000, 0, 0, 1000), 0);
+	assert_int_equal(tb_dev_tick(&f->dev, 1100), 400);
+	assert_int_equal(tb_dev_tick(&f->dev, 1500), -1);
+	assert_int_equal(f->last.state, TB_STATE_UNRESPONSIVE);
+	assert_int_equal(f->dev.stats.unresponsive, 1);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 0);	/* stopped where it is */
+	/* one that moved is only late: the deadline decides */
+	assert_int_not_equal(issue(f, TBALLOON_OP_INFLATE, 100, 5000, 0, 0, 2000), 0);
+	guest_write(f, OFF(actual), 10, 2100);
+	assert_int_equal(tb_dev_tick(&f->dev, 2600), 4400);
+	assert_int_equal(tb_dev_tick(&f->dev, 7000), -1);
+	assert_int_equal(f->last.state, TBALLOON_STATE_DEADLINE);
+	/* a deadline shorter than the grace ends at the deadline */
+	assert_int_not_equal(issue(f, TBALLOON_OP_INFLATE, 100, 300, 0, 0, 8000), 0);
+	assert_int_equal(tb_dev_tick(&f->dev, 8300), -1);
+	assert_int_equal(f->last.state, TBALLOON_STATE_DEADLINE);
+}
+
+/* host pacing: the target moves in steps over 80% of the deadline */
+static void test_host_paced(void **state)
+{
+	struct fx *f = *state;
+
+	tb_dev_set_features(&f->dev, TB_BIT(32));
+	assert_int_not_equal(issue(f, TBALLOON_OP_INFLATE, 800, 1000, 0,
+				   TBALLOON_FLAG_PACED, 1000), 0);
+	/* first step: 100 ms of 800 ms */
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 100);
+	assert_int_equal(f->notifies, 1);
+	guest_write(f, OFF(actual), 100, 1050);
+	assert_true(tb_cmd_running(&f->dev.cmd));	/* a step is not the target */
+	/* each tick sets the target of 100 ms later, and is due at the next 100 */
+	assert_int_equal(tb_dev_tick(&f->dev, 1050), 50);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 150);
+	tb_dev_tick(&f->dev, 1100);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 200);
+	assert_int_equal(f->notifies, 3);
+	tb_dev_tick(&f->dev, 1120);
+	assert_int_equal(f->notifies, 4);	/* 220: moved, told */
+	tb_dev_tick(&f->dev, 1650);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 750);
+	tb_dev_tick(&f->dev, 1700);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 800);
+	guest_write(f, OFF(actual), 800, 1750);
+	assert_int_equal(f->last.state, TBALLOON_STATE_DONE);
+	/* a paced deflate steps down */
+	assert_int_not_equal(issue(f, TBALLOON_OP_DEFLATE, 0, 1000, 0,
+				   TBALLOON_FLAG_PACED, 2000), 0);
+	assert_int_equal(TB_CFG(&f->dev, num_pages), 700);
+}
+
+/* a peer reports the balloon and its link */
+static void test_peer_link(void **state)
+{
+	struct fx *f = *state;
+
+	tb_dev_peer_link(&f->dev, false, 1000);
+	assert_false(f->dev.connected);
+	tb_dev_peer_link(&f->dev, true, 1100);
+	assert_true(f->dev.connected && f->dev.driver_ok && f->dev.notify_ok);
+	assert_false(tb_dev_timed(&f->dev));
+	tb_dev_peer_actual(&f->dev, 300, 1200);
+	assert_int_equal(TB_CFG(&f->dev, actual), 300);
+	/* beyond guest RAM is clamped */
+	tb_dev_peer_actual(&f->dev, RAM_PAGES + 5, 1300);
+	assert_int_equal(TB_CFG(&f->dev, actual), RAM_PAGES);
+	assert_int_not_equal(issue(f, TBALLOON_OP_DEFLATE, 0, 10000, 0, 0, 1400), 0);
+	/* the VM goes away: the command ends removed */
+	tb_dev_peer_link(&f->dev, false, 1500);
+	assert_int_equal(f->last.state, TBALLOON_STATE_ABORTED);
+	assert_int_equal(f->last.reason, TBALLOON_REASON_REMOVED);
+	assert_false(f->dev.connected);
 }
 
 /* ---- queue processing: build a ring in guest memory ---- */
@@ -749,6 +909,11 @@ int main(void)
 		T(test_notify_failure_not_issued),
 		T(test_disconnect_ends_command),
 		T(test_standard_balloon),
+		T(test_host_floor),
+		T(test_host_pressure),
+		T(test_host_unresponsive),
+		T(test_host_paced),
+		T(test_peer_link),
 		T(test_process_inflate),
 		T(test_process_split_pfn),
 		T(test_process_bad_buffers),

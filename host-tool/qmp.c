@@ -772,9 +772,9 @@ static int tb_qmp_start(struct tb_peer *p, uint32_t timeout_ms, char *err, size_
 			break;
 		}
 		t = tb_qmp_tick(p, now);
-		if (q->state == TB_QMP_DOWN)
+		/* no fd: the tick dropped the connection */
+		if (!tb_qmp_pollfds(p, &pfd))
 			break;
-		tb_qmp_pollfds(p, &pfd);
 		if (t < 0 || t > (int64_t)(end - now))
 			t = (int64_t)(end - now);
 		if (poll(&pfd, 1, (int)t) > 0)

@@ -15,6 +15,7 @@ import subprocess
 import time
 
 from . import MIB, PAGE, available_kb, group, mib, scenario
+from tbtest import machine
 from .docs import DOC, doc_commands
 
 group("qmp-upstream", driver="upstream", device="stock", mem="1G", serve_qmp=True)
@@ -224,3 +225,61 @@ def qmp_unresponsive(ctx):
                "decided at the grace (3 s), before the deadline (after %s ms)"
                % cmd.get("host_elapsed_ms"))
     ctx.expect(st.get("stats", {}).get("unresponsive") == 1, "counted as unresponsive")
+
+
+# Live migration between two QEMUs on this machine, the balloon managed by
+# `tballoon serve --qmp`: one daemon per QEMU, the balloon size travels in
+# QEMU's device state.
+group("qmp-migrate", driver="upstream", device="stock", mem="1G", serve_qmp=True)
+
+
+def _ram_bytes(info):
+    ram = info.get("ram", {})
+    return ram.get("transferred", 0), info.get("total-time", 0)
+
+
+@scenario("qmp-migrate", "qmp-migrate", needs=("tool",))
+def qmp_migrate(ctx):
+    """serve --qmp: live migration before and after a timed shrink; the balloon survives"""
+    g = ctx.guest
+    _require_qmp(ctx, "virtio_balloon")
+    # memory the guest used and freed: not zero pages, migration must send it
+    res = g.sh("memhog 600 0", timeout=120)
+    ctx.require(res.rc == 0, "memhog 600 MiB in the guest (%s)" % res.out.strip())
+    info = g.migrate()
+    sent0, ms0 = _ram_bytes(info)
+    st = ctx.status()
+    ctx.diag("migration without a shrink: %s of RAM sent in %d ms", mib(sent0), ms0)
+    ctx.expect(st.get("connected") and st.get("actual_pages") == 0,
+               "the destination's daemon sees the VM, balloon empty (%s, %s pages)"
+               % (st.get("connected"), st.get("actual_pages")))
+    ctx.require(_wait_stats(ctx), "guest statistics on the destination within 30 s")
+    avail = g.meminfo()["MemAvailable"] * KB
+    target = (avail - 160 * MIB) // PAGE
+    rc, st, wall = ctx.balloon("inflate", target, "60s",
+                               extra=("--floor", "%dp" % (128 * MIB // PAGE)))
+    ctx.expect(rc in (0, 4), "the pre-migration shrink ends done or at the floor (exit %d)" % rc)
+    pages = _settle(ctx)
+    ctx.diag("shrink: %s taken in %.1f s (MemAvailable was %s)", mib(pages * PAGE), wall,
+             mib(avail))
+    info = g.migrate()
+    sent1, ms1 = _ram_bytes(info)
+    st = ctx.status()
+    ctx.diag("migration after the shrink: %s of RAM sent in %d ms (%.0f%% of before)",
+             mib(sent1), ms1, 100.0 * sent1 / max(sent0, 1))
+    ctx.expect(st.get("actual_pages") == pages,
+               "the balloon survived: the destination's daemon sees %s pages (was %s)"
+               % (st.get("actual_pages"), pages))
+    qmp = machine.Qmp(g.path(g.sock_names["qmp"]))
+    try:
+        qa = qmp.command("query-balloon")["actual"]
+    finally:
+        qmp.close()
+    ctx.expect(qa == st.get("guest_ram_bytes", 0) - pages * PAGE,
+               "QEMU's query-balloon on the destination agrees (%s)" % mib(qa))
+    ctx.expect(sent1 < sent0, "the shrink sends less RAM (%s against %s)"
+               % (mib(sent1), mib(sent0)))
+    rc, st, _ = ctx.balloon("deflate", 0, "60s")
+    ctx.expect(rc == 0 and st.get("actual_pages") == 0,
+               "deflate on the destination: exit %d, actual %s" % (rc, st.get("actual_pages")))
+    ctx.check_healthy()

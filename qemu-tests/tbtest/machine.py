@@ -132,6 +132,22 @@ class Agent:
         line, _, self.buf = self.buf.partition(b"\n")
         return line.rstrip(b"\r").decode("ascii", "replace")
 
+    def reattach(self, timeout):
+        """Accept a new QEMU's connection to the same guest (after a live
+        migration): the guest's agent runs on and says nothing new."""
+        deadline = time.monotonic() + timeout
+        old, self.conn, self.buf = self.conn, None, b""
+        if old is not None:
+            old.close()
+        while self.conn is None:
+            self.listener.settimeout(0.5)
+            try:
+                self.conn, _ = self.listener.accept()
+            except socket.timeout:
+                self.alive()
+                if time.monotonic() > deadline:
+                    raise AgentTimeout("the new QEMU did not connect the agent serial port")
+
     def connect(self, timeout):
         """Accept QEMU's connection and wait for TBREADY."""
         deadline = time.monotonic() + timeout
@@ -390,9 +406,9 @@ class Guest:
                 raise GuestError("tballoon serve did not create %s in 10 s" % self.control.name)
             time.sleep(0.05)
 
-    def _start_qmp_backend(self, mode="wb"):
+    def _start_qmp_backend(self, mode="wb", sock_name="tbqmp.sock"):
         """`tballoon serve --qmp RUN/tbqmp.sock` once QEMU listens on it."""
-        sock = self.path("tbqmp.sock")
+        sock = self.path(sock_name)
         deadline = time.monotonic() + 30
         while not sock.exists():
             self.check_alive()
@@ -493,7 +509,83 @@ class Guest:
                          % run, "-mon", "chardev=tbqmp,mode=control"]
         return argv
 
-    def _start_qemu(self):
+    def migrate(self, timeout=600.0, backend=True):
+        """Live-migrate the guest to a second QEMU on this machine.
+
+        The destination runs with the same arguments, its own sockets
+        (RUN/<name>-N.sock) and `-incoming unix:RUN/migrate-N.sock`; the
+        source is migrated with QMP `migrate`, then killed, and this Guest
+        goes on with the destination (QEMU, agent, QMP sockets). With
+        backend and serve_qmp, `tballoon serve --qmp` is started anew on the
+        destination's monitor (the balloon size travels in QEMU's device
+        state; a daemon per QEMU). Returns the source's final query-migrate.
+        """
+        self.migrations = getattr(self, "migrations", 0) + 1
+        k = self.migrations
+        run = CHROOT_RUN
+        sfx = "-%d" % k
+        # qemu_argv() names the first QEMU's sockets; the k-th gets NAME-k
+        names = {"qmp": "qmp.sock", "tbqmp": "tbqmp.sock", "agent": "agent.sock",
+                 "console": "console.log"}
+        cur = getattr(self, "sock_names", names)
+        new = {key: "%s%s.%s" % (v.rsplit(".", 1)[0], sfx, v.rsplit(".", 1)[1])
+               for key, v in names.items()}
+        argv = self.qemu_argv()
+        for key in names:
+            argv = [a.replace("%s/%s" % (run, names[key]), "%s/%s" % (run, new[key]))
+                    for a in argv]
+        msock = "migrate%s.sock" % sfx
+        argv += ["-incoming", "unix:%s/%s" % (run, msock)]
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(self.path(new["agent"])))
+        listener.listen(1)
+        src_qemu = self.qemu
+        self._start_qemu(argv=argv, log_name="qemu%s.log" % sfx)
+        dst_qemu = self.qemu
+        self.qemu = src_qemu
+        deadline = time.monotonic() + 60
+        while not self.path(msock).exists():
+            if dst_qemu.poll() is not None:
+                raise GuestError("destination QEMU exited with %d:\n%s" % (
+                    dst_qemu.returncode, "\n".join(tail(self.path("qemu%s.log" % sfx), 10))))
+            if time.monotonic() > deadline:
+                raise GuestError("destination QEMU did not listen on %s" % msock)
+            time.sleep(0.05)
+        src = Qmp(self.path(cur["qmp"]))
+        try:
+            src.command("migrate", uri="unix:%s/%s" % (run, msock))
+            end = time.monotonic() + timeout
+            info = {}
+            while time.monotonic() < end:
+                info = src.command("query-migrate")
+                if info.get("status") in ("completed", "failed", "cancelled"):
+                    break
+                time.sleep(0.1)
+        finally:
+            src.close()
+        if info.get("status") != "completed":
+            _kill_group(dst_qemu)
+            raise GuestError("migration %s: %s" % (info.get("status"), info))
+        # the source is paused now; it has done its part
+        old_backend = self.backend if self.serve_qmp else None
+        _kill_group(src_qemu)
+        self.qemu = dst_qemu
+        self.sock_names = new
+        self.listener.close()
+        self.listener = listener
+        self.agent.listener = listener
+        self.agent.reattach(60)
+        if old_backend is not None and backend:
+            _kill_group(old_backend)
+            self.backend = None
+            try:
+                os.unlink(str(self.control))
+            except FileNotFoundError:
+                pass
+            self._start_qmp_backend(mode="ab", sock_name=new["tbqmp"])
+        return info
+
+    def _start_qemu(self, argv=None, log_name="qemu.log"):
         qroot = self.env.qroot
         for d in (CHROOT_RUN, CHROOT_CACHE):
             (qroot / d.lstrip("/")).mkdir(exist_ok=True)
@@ -504,12 +596,13 @@ class Guest:
                   'mount -t proc proc "$3/proc" && '
                   'r=$3 && shift 3 && exec chroot "$r" "$@"'
                   % (CHROOT_RUN, CHROOT_CACHE, CHROOT_CACHE))
+        qargv = argv if argv is not None else self.qemu_argv()
         argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
                 str(self.rundir), str(self.initramfs.path.parent), str(qroot)]
-        argv += self.qemu_argv()
-        with open(str(self.path("qemu.cmdline")), "w") as f:
+        argv += qargv
+        with open(str(self.path(log_name.replace(".log", ".cmdline"))), "w") as f:
             f.write(" ".join(argv) + "\n")
-        with open(str(self.qemu_log), "wb") as logf:
+        with open(str(self.path(log_name)), "wb") as logf:
             self.qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
                                          stderr=subprocess.STDOUT,
                                          preexec_fn=_die_with_parent)

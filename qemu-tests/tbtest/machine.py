@@ -502,6 +502,10 @@ class Guest:
                      + (",id=tb0,bus=rp1" if self.root_port else "")
                      + ("," + self.device_props if self.device_props else "")]
         elif self.device == "stock":
+            # free-page-hint=on needs an iothread: iothread=NAME creates it
+            for prop in self.stock_props.split(","):
+                if prop.startswith("iothread="):
+                    argv += ["-object", "iothread,id=%s" % prop.split("=", 1)[1]]
             argv += ["-device", "virtio-balloon-pci,id=balloon0"
                      + ("," + self.stock_props if self.stock_props else "")]
             if self.serve_qmp:

@@ -12,6 +12,8 @@
 #   make sparse       the module under sparse (C=2)
 #   make bench        tballoon vs upstream balloon vs virtio-mem vs the allocator
 #                     (bench/run.py: table, out/bench/results.json, balloon.png)
+#   make bench-enforce  guest- against host-enforced timed commands (bench/enforce.py)
+#   make bench-migrate  live migration with and without a timed shrink (bench/migrate.py)
 #   make dkms-install install the module with DKMS for KVER (default: the
 #                     linux-headers-amd64 kernel; several: KVER="V1 V2"):
 #                     sources to /usr/src/tballoon-<version>/, dkms add,
@@ -32,7 +34,7 @@ MODULE_SRCS := Kbuild Kconfig $(wildcard driver/*.[ch]) $(wildcard proto/*.h)
 DKMS_VERSION := $(shell sed -nE 's/^PACKAGE_VERSION="?([^"]*)"?/\1/p' dkms.conf)
 DKMS_SRC := /usr/src/tballoon-$(DKMS_VERSION)
 
-.PHONY: all module host-tool check demo bench sparse clean dkms-install dkms-remove \
+.PHONY: all module host-tool check demo bench bench-enforce bench-migrate sparse clean dkms-install dkms-remove \
 	install uninstall
 
 PREFIX ?= /usr/local
@@ -98,6 +100,12 @@ uninstall:
 
 bench: module host-tool
 	/usr/bin/python3 bench/run.py
+
+bench-enforce: module host-tool
+	/usr/bin/python3 bench/enforce.py
+
+bench-migrate: module host-tool
+	/usr/bin/python3 bench/migrate.py
 
 clean:
 	-$(MAKE) -C $(KDIR) M=$(CURDIR) clean

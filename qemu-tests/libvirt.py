@@ -9,6 +9,10 @@ On Debian 12 with libvirt 11.3 and QEMU 10.0 from bookworm-backports
 2. libvirtd starts that domain with libvirt's stock balloon instead of ours
    (memballoon virtio, no <qemu:commandline>) on QEMU 10.0, and
    `virsh setmem` moves virtio_tballoon (standard mode) in the guest;
+   then `tballoon serve --libvirt` drives that domain through libvirt's C
+   API: a missing domain is refused, an inflate with a floor and a deflate
+   end done, an abort ends a running inflate, and `virsh dommemstat`
+   agrees with `tballoon status` afterwards;
 3. QEMU 10.0 refuses the timed device (reported, not a failure: it is the
    documented limit);
 4. libvirtd starts the documented timed domain as written when its

@@ -184,42 +184,44 @@ def one_config(key, reps):
     return out
 
 
-def med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
 def table(res):
     rows = ["| | " + " | ".join("(%s)" % k for k in res) + " |",
             "|---|" + "---|" * len(res)]
 
     def row(label, fn, fmt):
+        """fn(result) -> the values of the repetitions: median [min, max]"""
         vals = []
         for k in res:
             try:
-                v = fn(res[k])
+                xs = [x for x in fn(res[k]) if x is not None]
             except (KeyError, ValueError, TypeError):
-                v = None
-            vals.append("-" if v is None else fmt % v)
+                xs = []
+            if not xs:
+                vals.append("-")
+            elif len(xs) == 1:
+                vals.append(fmt % xs[0])
+            else:
+                vals.append((fmt + " [" + fmt + ", " + fmt + "]")
+                            % (statistics.median(xs), min(xs), max(xs)))
         rows.append("| %s | %s |" % (label, " | ".join(vals)))
 
     for d in DEADLINES:
         row("1 GiB in %s: outcome after the deadline (ms)" % d,
-            lambda r: med([x["late_ms"] for x in r["deadline"][d]]), "%+.0f")
+            lambda r: [x["late_ms"] for x in r["deadline"][d]], "%+.0f")
         row("1 GiB in %s: moved on after the outcome (MiB)" % d,
-            lambda r: med([x["after_pages"] * PAGE / MIB for x in r["deadline"][d]]), "%.1f")
+            lambda r: [x["after_pages"] * PAGE / MIB for x in r["deadline"][d]], "%.1f")
         row("1 GiB in %s: reached by the deadline (MiB)" % d,
-            lambda r: med([x["at_outcome"] * PAGE / MIB for x in r["deadline"][d]]), "%.0f")
+            lambda r: [x["at_outcome"] * PAGE / MIB for x in r["deadline"][d]], "%.0f")
     row("1 GiB, 60 s deadline: time to target (s)",
-        lambda r: med([x["host_ms"] / 1000.0 for x in r["full"]]), "%.2f")
-    row("progress reports per second", lambda r: med([x["reports_per_s"] for x in r["full"]]),
+        lambda r: [x["host_ms"] / 1000.0 for x in r["full"]], "%.2f")
+    row("progress reports per second", lambda r: [x["reports_per_s"] for x in r["full"]],
         "%.0f")
     row("progress lines per second (`--wait` client)",
-        lambda r: med([x["lines_per_s"] for x in r["full"]]), "%.0f")
+        lambda r: [x["lines_per_s"] for x in r["full"]], "%.0f")
     row("floor: lowest MemAvailable below the floor (MiB; < 0: stayed above)",
-        lambda r: med([x["below_floor_mib"] for x in r["floor"]]), "%+.1f")
+        lambda r: [x["below_floor_mib"] for x in r["floor"]], "%+.1f")
     row("floor: settled above the floor (MiB)",
-        lambda r: med([x["settled_above_mib"] for x in r["floor"]]), "%.1f")
+        lambda r: [x["settled_above_mib"] for x in r["floor"]], "%.1f")
     return "\n".join(rows)
 
 
@@ -228,7 +230,11 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--only", default="a,b,c")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--replot", metavar="JSON", help="print the table of an earlier run")
     args = ap.parse_args()
+    if args.replot:
+        print(table(json.load(open(args.replot))["results"]))
+        return 0
     res = {}
     t0 = time.monotonic()
     for k in args.only.split(","):

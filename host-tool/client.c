@@ -280,6 +280,8 @@ void tb_print_status(json_object *st, bool json)
 	tb_format_bytes(r, sizeof(r), tb_jint(st, "guest_ram_bytes"));
 	tb_format_bytes(res, sizeof(res), tb_jint(st, "resident_bytes"));
 	tb_format_bytes(rel, sizeof(rel), tb_jint(st, "released_bytes"));
+	printf("VM:         %s, deadline and floor enforced by the %s\n",
+	       tb_jstr(st, "kind"), tb_jstr(st, "enforced_by"));
 	printf("front-end:  %s, driver %s, timed %s%s\n",
 	       tb_jbool(st, "connected") ? "connected" : "not connected",
 	       tb_jbool(st, "driver_ok") ? "ready" : "not ready",

@@ -83,6 +83,14 @@ struct tb_peer *tb_qmp_peer_new(struct tb_dev *dev, const char *path,
 				uint32_t stats_interval_ms, char *err, size_t errlen);
 
 /*
+ * Fuzzing and tests: attach @fd (if the peer has no connection) as a fresh
+ * connection, process @len bytes as received from QEMU at @now_ms, run its
+ * timers, and drop what it would have sent. Returns its state (0: down).
+ * The peer may close @fd (a dropped connection).
+ */
+int tb_qmp_test_feed(struct tb_peer *p, int fd, const char *buf, size_t len, uint64_t now_ms);
+
+/*
  * The libvirt domain @domain on @uri (NULL: libvirt's default), through
  * libvirt's C API; started as the QMP peer is. NULL with *@err set when it
  * cannot be made (libvirt not built in, its event loop did not start).

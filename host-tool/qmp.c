@@ -495,13 +495,56 @@ static void tb_qmp_message(struct tb_qmp *q, json_object *msg, uint64_t now)
 	tb_qmp_reply(q, msg, now);
 }
 
+/* bytes from QEMU: complete lines are messages, the rest waits (bounded) */
+static void tb_qmp_feed(struct tb_qmp *q, const char *buf, size_t n, uint64_t now)
+{
+	size_t start = 0;
+
+	for (size_t i = 0; i <= n && q->fd >= 0; i++) {
+		json_object *msg;
+		size_t len = i - start;
+		char *nin;
+
+		if (i < n && buf[i] != '\n')
+			continue;
+		if (i == n && !len)
+			break;
+		if (q->inlen + len > TB_QMP_LINE_MAX) {
+			tb_qmp_drop(q, now, "a QMP line longer than %u bytes", TB_QMP_LINE_MAX);
+			return;
+		}
+		nin = realloc(q->in, q->inlen + len + 1);
+		if (!nin) {
+			tb_qmp_drop(q, now, "out of memory");
+			return;
+		}
+		q->in = nin;
+		memcpy(q->in + q->inlen, buf + start, len);
+		q->inlen += len;
+		q->in[q->inlen] = 0;
+		start = i + 1;
+		if (i == n)
+			break;		/* a partial line: kept for the next read */
+		q->inlen = 0;
+		msg = json_tokener_parse(q->in);
+		if (!msg || !json_object_is_type(msg, json_type_object)) {
+			json_object_put(msg);
+			if (strspn(q->in, " \t\r") == strlen(q->in))
+				continue;
+			tb_qmp_drop(q, now, "not JSON from the QMP socket");
+			return;
+		}
+		tb_qmp_message(q, msg, now);
+		json_object_put(msg);
+	}
+}
+
 static void tb_qmp_read(struct tb_qmp *q, uint64_t now)
 {
 	char buf[16384];
 
-	for (;;) {
+	while (q->fd >= 0) {
 		ssize_t n = recv(q->fd, buf, sizeof(buf), MSG_DONTWAIT);
-		size_t start = 0;
 
 		if (n == 0) {
 			tb_qmp_drop(q, now, "QEMU closed the QMP connection");
@@ -512,59 +555,25 @@ static void tb_qmp_read(struct tb_qmp *q, uint64_t now)
 				tb_qmp_drop(q, now, "read: %s", strerror(errno));
 			return;
 		}
-		for (size_t i = 0; i < (size_t)n && q->fd >= 0; i++) {
-			json_object *msg;
-			char *nin;
-			size_t len;
-
-			if (buf[i] != '\n')
-				continue;
-			len = i - start;
-			if (q->inlen + len > TB_QMP_LINE_MAX) {
-				tb_qmp_drop(q, now, "a QMP line longer than %u bytes", TB_QMP_LINE_MAX);
-				return;
-			}
-			nin = realloc(q->in, q->inlen + len + 1);
-			if (!nin) {
-				tb_qmp_drop(q, now, "out of memory");
-				return;
-			}
-			q->in = nin;
-			memcpy(q->in + q->inlen, buf + start, len);
-			q->in[q->inlen + len] = 0;
-			q->inlen = 0;
-			start = i + 1;
-			msg = json_tokener_parse(q->in);
-			if (!msg || !json_object_is_type(msg, json_type_object)) {
-				json_object_put(msg);
-				if (strspn(q->in, " \t\r") == strlen(q->in))
-					continue;
-				tb_qmp_drop(q, now, "not JSON from the QMP socket");
-				return;
-			}
-			tb_qmp_message(q, msg, now);
-			json_object_put(msg);
-		}
-		if (q->fd < 0)
-			return;
-		if ((size_t)n > start) {
-			size_t len = (size_t)n - start;
-			char *nin;
-
-			if (q->inlen + len > TB_QMP_LINE_MAX) {
-				tb_qmp_drop(q, now, "a QMP line longer than %u bytes", TB_QMP_LINE_MAX);
-				return;
-			}
-			nin = realloc(q->in, q->inlen + len + 1);
-			if (!nin) {
-				tb_qmp_drop(q, now, "out of memory");
-				return;
-			}
-			q->in = nin;
-			memcpy(q->in + q->inlen, buf + start, len);
-			q->inlen += len;
-		}
+		tb_qmp_feed(q, buf, (size_t)n, now);
 	}
+}
+
+static int64_t tb_qmp_tick(struct tb_peer *p, uint64_t now);
+
+int tb_qmp_test_feed(struct tb_peer *p, int fd, const char *buf, size_t len, uint64_t now_ms)
+{
+	struct tb_qmp *q = tb_qmp_of(p);
+
+	if (q->fd < 0 && fd >= 0) {
+		q->fd = fd;
+		q->state = TB_QMP_GREETING;
+		q->state_ms = now_ms;
+	}
+	tb_qmp_feed(q, buf, len, now_ms);
+	tb_qmp_tick(p, now_ms);
+	q->outlen = 0;		/* what it would send goes nowhere */
+	return q->state;
 }
 
 static void tb_qmp_connect(struct tb_qmp *q, uint64_t now)

@@ -250,6 +250,18 @@ def serve_libvirt(e, work, name):
                 ms.get("actual"), want_kib, st.get("guest_ram_bytes", 0) // 1024,
                 st.get("actual_pages")))
         tap(srv.poll() is None, "serve --libvirt is still running")
+        # the domain goes away mid-command: aborted (removed), serve lives
+        tool(e, ctl, "deflate", "--to", "0", "--deadline", "30s", "--wait")
+        r = tool(e, ctl, "inflate", "--to", "600M", "--deadline", "30s", "--paced")
+        time.sleep(1.0)
+        virsh("destroy", name)
+        gone = wait_for(lambda: json.loads(tool(e, ctl, "status", "-j").stdout or "{}")
+                        .get("connected") is False, 30)
+        cmd = json.loads(tool(e, ctl, "status", "-j").stdout or "{}").get("command", {})
+        tap(r.returncode == 0 and gone and cmd.get("state") == "aborted" and
+            cmd.get("reason") == "removed" and srv.poll() is None,
+            "virsh destroy mid-command: the command ends %s (%s), serve --libvirt lives "
+            "and shows the domain disconnected" % (cmd.get("state"), cmd.get("reason")))
     finally:
         srv.terminate()
         try:

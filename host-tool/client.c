@@ -646,10 +646,10 @@ int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m)
 		}
 		if (m->target_pct >= 0)
 			json_object_object_add(args, "target-pages", json_object_new_uint64(
-				ram * (uint64_t)m->target_pct / 100));
+				ram * (uint64_t)m->target_pct / 10000));
 		if (m->floor_pct >= 0)
 			json_object_object_add(args, "floor-pages", json_object_new_uint64(
-				ram * (uint64_t)m->floor_pct / 100));
+				ram * (uint64_t)m->floor_pct / 10000));
 	}
 	st = tb_conn_execute(&c, m->op, args, m->op);
 	if (!st) {

@@ -39,7 +39,8 @@ struct tb_move_opts {
 	bool paced;
 	bool wait;
 	uint64_t grace_ms;
-	int target_pct;		/* 0..100: --to N% of guest RAM, else -1 */
+	int target_pct;		/* 0..10000: --to N% of guest RAM in hundredths
+				 * of a percent (12.5% is 1250), else -1 */
 	int floor_pct;		/* same for --floor */
 };
 

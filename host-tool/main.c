@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
+#include <stdarg.h>
 #include <grp.h>
 #include <sys/stat.h>
 #include <stdio.h>
@@ -70,9 +71,10 @@ static void tb_usage(FILE *f)
 		"  -c, --control CTRL  control socket (default: $TBALLOON_CONTROL, else %s)\n"
 		"  -h, --help          show this help and exit\n"
 		"  -V, --version       show the version and exit\n\n"
-		"SIZE: bytes with an optional unit K, M, G, T (binary), Np for N 4 KiB pages,\n"
-		"      or N%% of guest RAM.\n"
-		"DUR:  an integer with unit ms, s, m or h; plain numbers are milliseconds.\n\n"
+		"SIZE: bytes with an optional unit K, M, G, T (binary; 1.5G; hex 0x100000),\n"
+		"      Np for N 4 KiB pages, or N%% of guest RAM (12.5%%).\n"
+		"DUR:  a number with unit ms, s, m or h (1.5s), or parts from the largest\n"
+		"      unit down (1m30s); a plain number alone is milliseconds.\n\n"
 		"Exit codes: 0 done (or accepted, without --wait), 1 error, 2 usage,\n"
 		"  3 deadline, 4 pressure, 5 aborted, 6 rejected,\n"
 		"  7 no outcome from the guest within deadline + grace (guest-unresponsive).\n\n"
@@ -80,10 +82,16 @@ static void tb_usage(FILE *f)
 		TB_DEFAULT_CONTROL, tb_prog);
 }
 
-static int tb_usage_error(const char *fmt, const char *arg)
+static int tb_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int tb_usage_error(const char *fmt, ...)
 {
+	va_list ap;
+
 	fprintf(stderr, "%s: ", tb_prog);
-	fprintf(stderr, fmt, arg);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
 	fprintf(stderr, "\nTry '%s --help' for more information.\n", tb_prog);
 	return TB_EXIT_USAGE;
 }
@@ -168,9 +176,11 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		case 'g':
 		case 'i':
 			if (tb_parse_duration_ms(optarg, &ms, &why))
-				return tb_usage_error("serve: %s", why);
+				return tb_usage_error("serve: %s %s: %s", c == 'g' ? "--grace" :
+						      "--stats-interval", optarg, why);
 			if (ms > TBALLOON_DEADLINE_MAX_MS)
-				return tb_usage_error("serve: %s: at most 1h", optarg);
+				return tb_usage_error("serve: %s %s: at most 1h", c == 'g' ?
+						      "--grace" : "--stats-interval", optarg);
 			if (c == 'g') {
 				so.grace_ms = (uint32_t)ms;
 			} else {
@@ -367,37 +377,41 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 				  .floor_pct = -1 };
 	bool have_to = false, have_deadline = false;
 	const char *why;
+	uint32_t centi;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "t:d:f:pwg:jc:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 't':
-			if (!tb_parse_percent(optarg, &m.target_pct, &why)) {
+			if (!tb_parse_percent(optarg, &centi, &why)) {
+				m.target_pct = (int)centi;
 				have_to = true;
 				break;
 			}
 			if (why)
-				return tb_usage_error("--to: %s", why);
+				return tb_usage_error("--to %s: %s", optarg, why);
 			if (tb_parse_size_pages(optarg, &m.target_pages, &why))
-				return tb_usage_error("--to: %s", why);
+				return tb_usage_error("--to %s: %s", optarg, why);
 			have_to = true;
 			break;
 		case 'd':
 			if (tb_parse_duration_ms(optarg, &m.deadline_ms, &why))
-				return tb_usage_error("--deadline: %s", why);
+				return tb_usage_error("--deadline %s: %s", optarg, why);
 			have_deadline = true;
 			break;
 		case 'f':
-			if (!tb_parse_percent(optarg, &m.floor_pct, &why))
+			if (!tb_parse_percent(optarg, &centi, &why)) {
+				m.floor_pct = (int)centi;
 				break;
+			}
 			if (why)
-				return tb_usage_error("--floor: %s", why);
+				return tb_usage_error("--floor %s: %s", optarg, why);
 			if (tb_parse_size_pages(optarg, &m.floor_pages, &why))
-				return tb_usage_error("--floor: %s", why);
+				return tb_usage_error("--floor %s: %s", optarg, why);
 			break;
 		case 'g':
 			if (tb_parse_duration_ms(optarg, &m.grace_ms, &why))
-				return tb_usage_error("--grace: %s", why);
+				return tb_usage_error("--grace %s: %s", optarg, why);
 			break;
 		case 'p':
 			m.paced = true;

@@ -371,6 +371,13 @@ def main():
                                    capture_output=True, text=True).stdout.split()
             tap(up and "libvirt-qemu" in users,
                 "QEMU runs as libvirt-qemu and reaches the driver through the group's socket")
+            # this domain has <memballoon model='none'/>: nothing to drive
+            nb = subprocess.run([str(e.tool), "serve", "--libvirt", name, "--connect", URI,
+                                 "--control", str(work / "nb.ctl")], capture_output=True,
+                                text=True, timeout=60)
+            tap(nb.returncode == 1 and "no memory balloon" in nb.stderr,
+                "serve --libvirt on a domain without a balloon: exit %d, %s"
+                % (nb.returncode, nb.stderr.strip()[-120:]))
             for op, to in (("inflate", "256M"), ("deflate", "0")):
                 r = subprocess.run([str(e.tool), "-c", str(ctl), op, "--to", to, "--deadline",
                                     "30s", "--wait"], capture_output=True, text=True,

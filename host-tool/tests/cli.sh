@@ -29,6 +29,28 @@ $TB inflate --to 1G >/dev/null 2>&1; rc=$?
 check "cli: inflate without --deadline exits 2" '[ $rc -eq 2 ]'
 $TB inflate --to 1000 --deadline 2s >/dev/null 2>&1; rc=$?
 check "cli: size not a multiple of 4 KiB exits 2" '[ $rc -eq 2 ]'
+err=$($TB inflate --to 99999999999999999999 --deadline 2s 2>&1); rc=$?
+check "cli: a size beyond 64 bits is too large, naming the argument" '[ $rc -eq 2 ] && echo "$err" | grep -q -- "--to 99999999999999999999: size too large"'
+err=$($TB inflate --to 1x --deadline 2s 2>&1); rc=$?
+check "cli: an unknown unit shows the accepted forms" '[ $rc -eq 2 ] && echo "$err" | grep -q -- "--to 1x: unknown unit: .*1.5G.*0x100000.*262144p"'
+err=$($TB inflate --to 1.5p --deadline 2s 2>&1); rc=$?
+check "cli: a fraction of a page is refused" '[ $rc -eq 2 ] && echo "$err" | grep -q "whole number"'
+err=$($TB inflate --to 12.125% --deadline 2s 2>&1); rc=$?
+check "cli: a percentage with three decimals is refused" '[ $rc -eq 2 ] && echo "$err" | grep -q -- "--to 12.125%: a percentage is 0% to 100% .*two"'
+err=$($TB inflate --to 1G --deadline 1m30 2>&1); rc=$?
+check "cli: a duration part without its unit is refused" '[ $rc -eq 2 ] && echo "$err" | grep -q -- "--deadline 1m30: every part of a duration needs its unit"'
+err=$($TB inflate --to 1.5G --deadline 1m30s -c "$tmp/none.ctl" 2>&1); rc=$?
+check "cli: decimals, hex, compound durations parse (then no daemon: exit 1)" '[ $rc -eq 1 ] && echo "$err" | grep -q "cannot connect"'
+err=$($TB inflate --to 0x100000 --deadline 1.5s -c "$tmp/none.ctl" 2>&1); rc=$?
+check "cli: a hex size and a decimal duration parse" '[ $rc -eq 1 ] && echo "$err" | grep -q "cannot connect"'
+err=$($TB serve --grace 1x --qmp x --control y 2>&1); rc=$?
+check "cli: serve names the duration option it refuses" '[ $rc -eq 2 ] && echo "$err" | grep -q -- "serve: --grace 1x: unknown unit"'
+err=$($TB serve --qmp x --libvirt y --control z 2>&1); rc=$?
+check "cli: serve takes one kind of VM" '[ $rc -eq 2 ] && echo "$err" | grep -q "exactly one of --socket-path, --fd, --qmp and --libvirt"'
+err=$($TB serve --qmp x --stats-interval 0 --control z 2>&1); rc=$?
+check "cli: serve --qmp refuses statistics off" '[ $rc -eq 2 ] && echo "$err" | grep -q "at least 1s"'
+err=$($TB serve --socket-path x --connect qemu:///system --control z 2>&1); rc=$?
+check "cli: --connect is for --libvirt" '[ $rc -eq 2 ] && echo "$err" | grep -q "connect is for --libvirt"'
 $TB inflate --to 1G --deadline 2h >/dev/null 2>&1; rc=$?
 check "cli: deadline above 1h exits 2" '[ $rc -eq 2 ]'
 $TB inflate --to 1G --deadline 0 >/dev/null 2>&1; rc=$?

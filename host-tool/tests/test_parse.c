@@ -28,7 +28,21 @@ static const struct size_case size_cases[] = {
 	{ "2T", 0, 536870912 },
 	{ "1000", -1, 0 },		/* not a multiple of 4 KiB */
 	{ "1K", -1, 0 },
-	{ "1.5G", -1, 0 },
+	{ "1.5G", 0, 393216 },
+	{ "0.5M", 0, 128 },
+	{ "1.25M", 0, 320 },
+	{ "1.001M", -1, 0 },		/* 1049624.576 bytes */
+	{ "1.5K", -1, 0 },		/* 1536 bytes: not a multiple of 4 KiB */
+	{ "1.5p", -1, 0 },		/* pages are whole */
+	{ "1.5", -1, 0 },
+	{ "1.", -1, 0 },
+	{ ".5G", -1, 0 },
+	{ "0x1000", 0, 1 },
+	{ "0X2000", 0, 2 },
+	{ "0x10M", 0, 4096 },
+	{ "0x", -1, 0 },
+	{ "0x1.8G", -1, 0 },
+	{ "1.0000000001G", -1, 0 },	/* more than 9 decimals */
 	{ "", -1, 0 },
 	{ "-1G", -1, 0 },
 	{ " 1G", -1, 0 },
@@ -36,7 +50,6 @@ static const struct size_case size_cases[] = {
 	{ "1X", -1, 0 },
 	{ "1P", -1, 0 },		/* p is pages, lower case only */
 	{ "G", -1, 0 },
-	{ "0x1000", -1, 0 },
 	{ "99999999999999999999", -1, 0 },
 	{ "16777216T", -1, 0 },	/* overflows 64 bits */
 };
@@ -75,9 +88,19 @@ static const struct dur_case dur_cases[] = {
 	{ "", -1, 0 },
 	{ "s", -1, 0 },
 	{ "5x", -1, 0 },
-	{ "1.5s", -1, 0 },
+	{ "1.5s", 0, 1500 },
+	{ "0.25s", 0, 250 },
+	{ "1m30s", 0, 90000 },
+	{ "1h2m3s4ms", 0, 3723004 },
+	{ "1H", 0, 3600000 },
+	{ "30S", 0, 30000 },
+	{ "250MS", 0, 250 },
+	{ "1.5ms", -1, 0 },		/* not whole milliseconds */
+	{ "1m30", -1, 0 },		/* a part without its unit */
+	{ "30s1m", -1, 0 },		/* smallest unit first */
+	{ "1s1s", -1, 0 },		/* a unit twice */
+	{ "1.5", -1, 0 },
 	{ "-2s", -1, 0 },
-	{ "2S", -1, 0 },
 	{ "2 s", -1, 0 },
 	{ "18446744073709551615h", -1, 0 },
 };
@@ -126,20 +149,22 @@ static void test_format_bytes(void **state)
 static void test_percent(void **state)
 {
 	static const struct { const char *in; int rc; int pct; bool why; } t[] = {
-		{ "25%", 0, 25, false }, { "0%", 0, 0, false }, { "100%", 0, 100, false },
+		{ "25%", 0, 2500, false }, { "0%", 0, 0, false }, { "100%", 0, 10000, false },
 		{ "101%", -1, 0, true }, { "%", -1, 0, true }, { "-5%", -1, 0, true },
-		{ "2.5%", -1, 0, true }, { "25", -1, 0, false }, { "1G", -1, 0, false },
+		{ "2.5%", 0, 250, false }, { "12.25%", 0, 1225, false },
+		{ "12.125%", -1, 0, true }, { "100.5%", -1, 0, true },
+		{ "25", -1, 0, false }, { "1G", -1, 0, false },
 		{ "", -1, 0, false },
 	};
 
 	(void)state;
 	for (size_t i = 0; i < TB_ARRAY_SIZE(t); i++) {
 		const char *why = "unset";
-		int pct = -7;
+		uint32_t pct = 7;
 
 		assert_int_equal(tb_parse_percent(t[i].in, &pct, &why), t[i].rc);
 		if (!t[i].rc)
-			assert_int_equal(pct, t[i].pct);
+			assert_int_equal(pct, (uint32_t)t[i].pct);
 		else
 			assert_true(t[i].why == (why != NULL));
 	}

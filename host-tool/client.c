@@ -25,7 +25,15 @@ struct tb_conn {
 	char *buf;
 	size_t len;
 	size_t cap;
+	/* the error class of the last refused request ("" if none) */
+	char err_class[32];
 };
+
+/* the exit code for a request @c could not get done */
+static int tb_conn_failed(const struct tb_conn *c)
+{
+	return strcmp(c->err_class, "DeviceNotActive") ? TB_EXIT_ERROR : TB_EXIT_NOT_READY;
+}
 
 static void tb_conn_close(struct tb_conn *c)
 {
@@ -117,6 +125,7 @@ static int tb_conn_open_q(struct tb_conn *c, const char *path, bool quiet)
 	c->fd = -1;
 	c->buf = NULL;
 	c->len = c->cap = 0;
+	c->err_class[0] = 0;
 	if (strlen(path) >= sizeof(sa.sun_path)) {
 		fprintf(stderr, "tballoon: %s: path too long\n", path);
 		return -1;
@@ -214,8 +223,14 @@ static json_object *tb_conn_execute(struct tb_conn *c, const char *name,
 			break;
 		}
 		if (json_object_object_get_ex(resp, "error", &v)) {
-			fprintf(stderr, "tballoon: %s: %s\n", what,
-				json_object_get_string(json_object_object_get(v, "desc")));
+			const char *cls = json_object_get_string(json_object_object_get(v,
+											 "class"));
+
+			snprintf(c->err_class, sizeof(c->err_class), "%s", cls ? cls : "");
+			fprintf(stderr, "tballoon: %s: %s%s\n", what,
+				json_object_get_string(json_object_object_get(v, "desc")),
+				!strcmp(c->err_class, "DeviceNotActive") ?
+				" (not ready yet: worth retrying, or `tballoon wait --ready`)" : "");
 			break;
 		}
 		json_object_put(resp);	/* an event */
@@ -388,9 +403,13 @@ static int tb_client_simple(const struct tb_client_opts *o, const char *name,
 	if (tb_conn_open(&c, o->control) < 0)
 		return TB_EXIT_ERROR;
 	st = tb_conn_execute(&c, name, NULL, what);
+	if (!st) {
+		int rc = tb_conn_failed(&c);
+
+		tb_conn_close(&c);
+		return rc;
+	}
 	tb_conn_close(&c);
-	if (!st)
-		return TB_EXIT_ERROR;
 	tb_print_status(st, o->json);
 	json_object_put(st);
 	return TB_EXIT_OK;
@@ -401,15 +420,76 @@ int tb_client_status(const struct tb_client_opts *o)
 	return tb_client_simple(o, "query-balloon", "status");
 }
 
-int tb_client_abort(const struct tb_client_opts *o)
-{
-	return tb_client_simple(o, "abort", "abort");
-}
-
 static bool tb_state_is_terminal(const char *state)
 {
 	return strcmp(state, "running") && strcmp(state, "idle");
 }
+
+int tb_client_abort(const struct tb_client_opts *o)
+{
+	json_object *st, *cmd;
+	struct tb_conn c;
+	bool idle;
+
+	/* nothing to abort is no failure: the command is stopped either way */
+	if (tb_conn_open(&c, o->control) < 0)
+		return TB_EXIT_ERROR;
+	st = tb_conn_execute(&c, "query-balloon", NULL, "abort");
+	tb_conn_close(&c);
+	if (!st)
+		return TB_EXIT_ERROR;
+	cmd = tb_jobj(st, "command");
+	idle = !strcmp(tb_jstr(cmd, "state"), "idle") || !tb_jint(cmd, "cmd_id") ||
+	       tb_state_is_terminal(tb_jstr(cmd, "state"));
+	if (idle) {
+		fprintf(stderr, "tballoon: abort: no command is running, nothing to abort\n");
+		tb_print_status(st, o->json);
+		json_object_put(st);
+		return TB_EXIT_OK;
+	}
+	json_object_put(st);
+	return tb_client_simple(o, "abort", "abort");
+}
+
+int tb_client_wait_ready(const struct tb_client_opts *o, uint64_t timeout_ms)
+{
+	uint64_t end = tb_now_ms() + timeout_ms;
+	const char *why = "the daemon does not answer";
+	bool answered = false;
+
+	for (;;) {
+		struct tb_conn c;
+		json_object *st = NULL;
+
+		if (tb_conn_open_q(&c, o->control, true) == 0) {
+			st = tb_conn_execute(&c, "query-balloon", NULL, "wait");
+			tb_conn_close(&c);
+		}
+		if (st) {
+			answered = true;
+			if (tb_jbool(st, "connected") && tb_jbool(st, "driver_ok")) {
+				if (o->json)
+					tb_print_status(st, true);
+				else
+					printf("ready: %s, driver ready, balloon %lld pages\n",
+					       tb_jstr(st, "kind"),
+					       (long long)tb_jint(st, "actual_pages"));
+				json_object_put(st);
+				return TB_EXIT_OK;
+			}
+			why = tb_jbool(st, "connected") ? "the guest driver is not ready" :
+							  "no VM is connected";
+			json_object_put(st);
+		}
+		if (tb_now_ms() >= end)
+			break;
+		usleep(100 * 1000);
+	}
+	fprintf(stderr, "tballoon: wait: not ready after %llu ms: %s\n",
+		(unsigned long long)timeout_ms, why);
+	return answered ? TB_EXIT_NOT_READY : TB_EXIT_ERROR;
+}
+
 
 /* how long a client waits for a restarted daemon */
 #define TB_REJOIN_MS 30000
@@ -621,6 +701,7 @@ int tb_client_stats(const struct tb_client_opts *o)
 
 int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m)
 {
+	const char *op = m->op;
 	json_object *args = json_object_new_object();
 	json_object *st;
 	struct tb_conn c;
@@ -636,25 +717,63 @@ int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m)
 		json_object_put(args);
 		return TB_EXIT_ERROR;
 	}
+	if (!strcmp(op, "set")) {
+		/* direction-free: the verb follows from where the balloon is */
+		json_object *now = tb_conn_execute(&c, "query-balloon", NULL, "set");
+		int64_t ram, actual, target = (int64_t)m->target_pages;
+
+		if (!now) {
+			json_object_put(args);
+			tb_conn_close(&c);
+			return TB_EXIT_ERROR;
+		}
+		ram = tb_jint(now, "guest_ram_bytes") / 4096;
+		actual = tb_jint(now, "actual_pages");
+		json_object_put(now);
+		if (!ram && (m->guest_pages >= 0 || m->target_pct >= 0)) {
+			fprintf(stderr, "tballoon: set: guest RAM unknown (no VM connected yet): "
+				"a guest size or percentage cannot be resolved (not ready yet: "
+				"worth retrying, or `tballoon wait --ready`)\n");
+			json_object_put(args);
+			tb_conn_close(&c);
+			return TB_EXIT_NOT_READY;
+		}
+		if (m->guest_pages >= 0) {
+			if (m->guest_pages > ram) {
+				fprintf(stderr, "tballoon: set: --guest-size is more than the "
+					"guest's RAM (%lld pages)\n", (long long)ram);
+				json_object_put(args);
+				tb_conn_close(&c);
+				return TB_EXIT_ERROR;
+			}
+			target = ram - m->guest_pages;
+		} else if (m->target_pct >= 0) {
+			target = ram * m->target_pct / 10000;
+		}
+		json_object_object_add(args, "target-pages", json_object_new_uint64((uint64_t)target));
+		op = target < actual ? "deflate" : "inflate";
+	}
 	if (m->target_pct >= 0 || m->floor_pct >= 0) {
 		uint64_t ram = tb_client_ram_pages(&c);
 
 		if (!ram) {
 			json_object_put(args);
 			tb_conn_close(&c);
-			return TB_EXIT_ERROR;
+			return TB_EXIT_NOT_READY;
 		}
-		if (m->target_pct >= 0)
+		if (m->target_pct >= 0 && strcmp(m->op, "set"))
 			json_object_object_add(args, "target-pages", json_object_new_uint64(
 				ram * (uint64_t)m->target_pct / 10000));
 		if (m->floor_pct >= 0)
 			json_object_object_add(args, "floor-pages", json_object_new_uint64(
 				ram * (uint64_t)m->floor_pct / 10000));
 	}
-	st = tb_conn_execute(&c, m->op, args, m->op);
+	st = tb_conn_execute(&c, op, args, op);
 	if (!st) {
+		int rc = tb_conn_failed(&c);
+
 		tb_conn_close(&c);
-		return TB_EXIT_ERROR;
+		return rc;
 	}
 	id = tb_jint(tb_jobj(st, "command"), "cmd_id");
 	if (!m->wait) {
@@ -663,7 +782,7 @@ int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m)
 		} else {
 			char a[64];
 
-			printf("%s %lld: issued, target %s, deadline %llu ms\n", m->op,
+			printf("%s %lld: issued, target %s, deadline %llu ms\n", op,
 			       (long long)id, tb_pages_str(a, sizeof(a), tb_jint(tb_jobj(st,
 					"command"), "target_pages")),
 			       (unsigned long long)m->deadline_ms);

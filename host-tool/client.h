@@ -19,6 +19,9 @@ enum tb_exit {
 	TB_EXIT_ABORTED = 5,	/* aborted (host abort, superseded, removed) */
 	TB_EXIT_REJECTED = 6,	/* the guest rejected the command */
 	TB_EXIT_TIMEOUT = 7,	/* no outcome within deadline + grace */
+	TB_EXIT_NOT_READY = 8,	/* not ready yet, worth retrying: no front-end,
+				 * driver not ready, guest RAM or statistics
+				 * not known yet (wait --ready waits for it) */
 };
 
 /* control socket when neither -c nor TBALLOON_CONTROL is given */
@@ -32,7 +35,10 @@ struct tb_client_opts {
 
 /* a balloon move request as parsed from the command line */
 struct tb_move_opts {
-	const char *op;		/* "inflate" or "deflate" */
+	const char *op;		/* "inflate", "deflate", or "set": either, by
+				 * where the balloon is */
+	int64_t guest_pages;	/* set --guest-size: guest memory after it, in
+				 * pages (the target is RAM - this), else -1 */
 	uint64_t target_pages;
 	uint64_t deadline_ms;
 	uint64_t floor_pages;
@@ -49,6 +55,8 @@ int tb_client_abort(const struct tb_client_opts *o);
 int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m);
 int tb_client_watch(const struct tb_client_opts *o);
 int tb_client_stats(const struct tb_client_opts *o);
+/* wait until the device is connected and its driver ready, or @timeout_ms */
+int tb_client_wait_ready(const struct tb_client_opts *o, uint64_t timeout_ms);
 
 /* exit code for a terminal state name ("done", "deadline", ...) */
 int tb_exit_for_state(const char *state);

@@ -242,6 +242,38 @@ static int tb_ctl_args_known(json_object *args, const char *const *allowed,
 	return 0;
 }
 
+/*
+ * A command the device refused: DeviceNotActive (QMP's class for "No
+ * balloon device has been activated") when it may succeed later unchanged
+ * (no front-end yet, the driver not ready, no statistics yet), else
+ * GenericError.
+ */
+static json_object *tb_ctl_refused(const struct tb_dev *dev, json_object *id, const char *err)
+{
+	return dev->refused_retry ? tb_ctl_error_class(id, "DeviceNotActive", err) :
+				    tb_ctl_error(id, err);
+}
+
+/* the commands, for query-commands (QMP's reply shape: [{"name": ...}]) */
+static const char *const tb_ctl_commands[] = {
+	"qmp_capabilities", "query-version", "query-commands", "query-balloon",
+	"query-stats", "inflate", "deflate", "abort",
+	"x-test-withhold-buffers", "x-test-config-notify", "x-test-set-last-cmd-id",
+};
+
+static json_object *tb_ctl_version(void)
+{
+	json_object *o = json_object_new_object();
+	json_object *t = json_object_new_object();
+
+	tb_json_add_u64(t, "major", TB_VERSION_MAJOR);
+	tb_json_add_u64(t, "minor", TB_VERSION_MINOR);
+	tb_json_add_u64(t, "micro", TB_VERSION_MICRO);
+	json_object_object_add(o, "tballoon", t);
+	json_object_object_add(o, "package", json_object_new_string("tballoon " TB_VERSION));
+	return o;
+}
+
 static json_object *tb_ctl_move(struct tb_dev *dev, uint32_t op, json_object *args,
 				json_object *id, uint64_t now_ms)
 {
@@ -267,7 +299,7 @@ static json_object *tb_ctl_move(struct tb_dev *dev, uint32_t op, json_object *ar
 			flags |= TBALLOON_FLAG_PACED;
 	}
 	if (!tb_dev_issue(dev, op, target, deadline, floor, flags, now_ms, err, sizeof(err)))
-		return tb_ctl_error(id, err);
+		return tb_ctl_refused(dev, id, err);
 	return tb_ctl_return(id, tb_ctl_status(dev, now_ms));
 }
 
@@ -450,16 +482,30 @@ json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len
 	} else if (!strcmp(name, "deflate")) {
 		resp = tb_ctl_move(dev, TBALLOON_OP_DEFLATE, args, id, now_ms);
 	} else if (!strcmp(name, "abort") || !strcmp(name, "query-balloon") ||
-		   !strcmp(name, "query-stats")) {
+		   !strcmp(name, "query-stats") || !strcmp(name, "query-version") ||
+		   !strcmp(name, "query-commands")) {
 		if (tb_ctl_args_known(args, no_args, err, sizeof(err))) {
 			resp = tb_ctl_error(id, err);
+		} else if (!strcmp(name, "query-version")) {
+			resp = tb_ctl_return(id, tb_ctl_version());
+		} else if (!strcmp(name, "query-commands")) {
+			json_object *a = json_object_new_array();
+
+			for (size_t i = 0; i < TB_ARRAY_SIZE(tb_ctl_commands); i++) {
+				json_object *c = json_object_new_object();
+
+				json_object_object_add(c, "name",
+						       json_object_new_string(tb_ctl_commands[i]));
+				json_object_array_add(a, c);
+			}
+			resp = tb_ctl_return(id, a);
 		} else if (!strcmp(name, "query-stats")) {
 			resp = tb_ctl_return(id, tb_ctl_guest_stats(dev, now_ms));
 		} else if (!strcmp(name, "query-balloon")) {
 			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));
 		} else if (!tb_dev_issue(dev, TBALLOON_OP_ABORT, 0, 0, 0, 0, now_ms,
 					 err, sizeof(err))) {
-			resp = tb_ctl_error(id, err);
+			resp = tb_ctl_refused(dev, id, err);
 		} else {
 			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));
 		}
@@ -525,8 +571,9 @@ json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len
 			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));
 		}
 	} else {
-		snprintf(err, sizeof(err), "the command %.64s has not been found", name);
-		resp = tb_ctl_error(id, err);
+		/* QMP's words and class for it */
+		snprintf(err, sizeof(err), "The command %.64s has not been found", name);
+		resp = tb_ctl_error_class(id, "CommandNotFound", err);
 	}
 out:
 	/* resp holds its own reference to id */

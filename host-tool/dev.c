@@ -563,16 +563,22 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 	uint32_t id;
 	int rc;
 
+	/* not yet: the same command may succeed later */
+	dev->refused_retry = true;
 	if (!dev->connected)
 		tb_refuse("no front-end (QEMU) is connected");
+	/* broken needs the guest (or an operator), not patience */
+	dev->refused_retry = false;
 	if (dev->broken)
 		tb_refuse("the device is broken until the guest resets it: %s",
 			  dev->broken_why);
+	dev->refused_retry = true;
 	if (!dev->driver_ok)
 		tb_refuse("the guest driver is not ready");
 	if (!dev->notify_ok)
 		tb_refuse("the front-end gave no backend channel: "
 			  "config changes cannot be announced");
+	dev->refused_retry = false;
 	switch (op) {
 	case TBALLOON_OP_INFLATE:
 	case TBALLOON_OP_DEFLATE:
@@ -591,9 +597,11 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 			tb_refuse("a floor needs the guest's statistics, and this driver "
 				  "does not send them (no timed protocol, no stats queue)");
 		if (!timed && floor_pages && op == TBALLOON_OP_INFLATE &&
-		    !(dev->gstats.have & (1U << TB_GSTAT_AVAIL)))
+		    !(dev->gstats.have & (1U << TB_GSTAT_AVAIL))) {
+			dev->refused_retry = true;
 			tb_refuse("a floor needs the guest's available memory, and no "
 				  "statistics holding it have arrived yet; try again");
+		}
 		/* actual is stable only while nothing runs */
 		if (!running && op == TBALLOON_OP_INFLATE && target_pages < actual)
 			tb_refuse("inflate target %u pages is below the balloon (%u pages)",
@@ -644,6 +652,7 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 		memcpy(dev->config, saved, sizeof(saved));
 		tb_warn("command not issued: the driver could not be notified: %s",
 			strerror(-rc));
+		dev->refused_retry = rc == -EAGAIN || rc == -ENOTCONN;
 		tb_refuse("not issued: the guest could not be notified (backend channel: %s)",
 			  rc == -EAGAIN ? "the front-end does not read it" : strerror(-rc));
 	}

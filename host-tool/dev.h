@@ -259,6 +259,8 @@ struct tb_dev_ops {
  * @restored: the config and command came from a state file
  * @last_driver_ms: last driver report, or session start
  * @kind: what the daemon serves (TB_KIND_*)
+ * @refused_retry: the last command tb_dev_issue() refused may succeed
+ *	later as it is (no front-end, driver not ready, no statistics yet)
  * @watch: host enforcement of the running standard command
  * @counted_pos: per PFN queue, the ring position up to which buffers are in
  *	@device_pages and the counters (valid if @counted_valid): a restarted
@@ -295,6 +297,7 @@ struct tb_dev {
 	bool counted_valid[2];
 	enum tb_kind kind;
 	struct tb_host_watch watch;
+	bool refused_retry;
 	/* test only (x-test-withhold-buffers): PFN buffers are left in the ring */
 	bool test_withhold;
 };

@@ -29,6 +29,8 @@ struct tb_subcmd {
 
 static int tb_cmd_help(int argc, char **argv, struct tb_client_opts *o);
 static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o);
+static int tb_cmd_set(int argc, char **argv, struct tb_client_opts *o);
+static int tb_cmd_wait(int argc, char **argv, struct tb_client_opts *o);
 static int tb_cmd_inflate(int argc, char **argv, struct tb_client_opts *o);
 static int tb_cmd_deflate(int argc, char **argv, struct tb_client_opts *o);
 static int tb_cmd_status(int argc, char **argv, struct tb_client_opts *o);
@@ -38,8 +40,11 @@ static int tb_cmd_stats(int argc, char **argv, struct tb_client_opts *o);
 
 static const struct tb_subcmd tb_subcmds[] = {
 	{ "serve", tb_cmd_serve,
-	  "--socket-path PATH|--fd FD --control CTRL [--state-file FILE] [--deflate-on-oom] [-v|-q]",
-	  "run the vhost-user balloon device backend" },
+	  "--socket-path PATH|--fd FD|--qmp PATH|--libvirt DOMAIN --control CTRL [...]",
+	  "manage one VM's balloon: our vhost-user device, or QEMU's through QMP or libvirt" },
+	{ "set", tb_cmd_set,
+	  "--balloon SIZE|--guest-size SIZE --deadline DUR [--floor SIZE] [--paced] [--wait] [-j]",
+	  "bring the balloon (or guest memory, as virsh setmem means it) to SIZE, either way" },
 	{ "inflate", tb_cmd_inflate,
 	  "--to SIZE --deadline DUR [--floor SIZE] [--paced] [--wait] [-j]",
 	  "grow the balloon to SIZE within DUR" },
@@ -52,6 +57,8 @@ static const struct tb_subcmd tb_subcmds[] = {
 	  "follow the running command until it ends (exit code of its outcome)" },
 	{ "stats", tb_cmd_stats, "[-j]",
 	  "host accounting and guest statistics (statistics queue) with their age" },
+	{ "wait", tb_cmd_wait, "--ready [--timeout DUR] [-j]",
+	  "wait until a VM is connected and its balloon driver ready (exit 8 if not)" },
 	{ "help", tb_cmd_help, "", "show this help" },
 };
 
@@ -77,7 +84,9 @@ static void tb_usage(FILE *f)
 		"      unit down (1m30s); a plain number alone is milliseconds.\n\n"
 		"Exit codes: 0 done (or accepted, without --wait), 1 error, 2 usage,\n"
 		"  3 deadline, 4 pressure, 5 aborted, 6 rejected,\n"
-		"  7 no outcome from the guest within deadline + grace (guest-unresponsive).\n\n"
+		"  7 no outcome from the guest within deadline + grace (guest-unresponsive),\n"
+		"  8 not ready yet, worth retrying (no VM connected, driver not ready,\n"
+		"  no statistics yet): `wait --ready` waits for it.\n\n"
 		"Run '%s COMMAND --help' for the options of a command.\n",
 		TB_DEFAULT_CONTROL, tb_prog);
 }
@@ -350,8 +359,11 @@ static int tb_parse_common(int c, struct tb_client_opts *o)
 	}
 }
 
+/* the control socket: -c, else $TBALLOON_CONTROL, else the default; -1 if -c "" */
 static int tb_finish_client(struct tb_client_opts *o)
 {
+	if (o->control && !*o->control)
+		return -1;
 	if (!o->control)
 		o->control = getenv("TBALLOON_CONTROL");
 	if (!o->control || !*o->control)
@@ -363,6 +375,8 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 {
 	static const struct option opts[] = {
 		{ "to", required_argument, NULL, 't' },
+		{ "balloon", required_argument, NULL, 'B' },
+		{ "guest-size", required_argument, NULL, 'G' },
 		{ "deadline", required_argument, NULL, 'd' },
 		{ "floor", required_argument, NULL, 'f' },
 		{ "paced", no_argument, NULL, 'p' },
@@ -374,15 +388,41 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 		{ NULL, 0, NULL, 0 },
 	};
 	struct tb_move_opts m = { .op = op, .grace_ms = 10000, .target_pct = -1,
-				  .floor_pct = -1 };
-	bool have_to = false, have_deadline = false;
+				  .floor_pct = -1, .guest_pages = -1 };
+	bool have_to = false, have_deadline = false, have_floor = false, have_grace = false;
+	bool set = !strcmp(op, "set");
 	const char *why;
 	uint32_t centi;
 	int c;
 
 	while ((c = getopt_long(argc, argv, "t:d:f:pwg:jc:h", opts, NULL)) != -1) {
 		switch (c) {
+		case 'B':
+		case 'G':
+			if (!set)
+				return tb_usage_error("%s: --%s is for `set`; %s takes --to SIZE",
+						      op, c == 'B' ? "balloon" : "guest-size", op);
+			if (have_to)
+				return tb_usage_error("set: one of --balloon and --guest-size%s", "");
+			if (c == 'B' && !tb_parse_percent(optarg, &centi, &why)) {
+				m.target_pct = (int)centi;
+				have_to = true;
+				break;
+			}
+			if (c == 'B' && why)
+				return tb_usage_error("--balloon %s: %s", optarg, why);
+			if (tb_parse_size_pages(optarg, &m.target_pages, &why))
+				return tb_usage_error("--%s %s: %s", c == 'B' ? "balloon" :
+						      "guest-size", optarg, why);
+			if (c == 'G')
+				m.guest_pages = (int64_t)m.target_pages;
+			have_to = true;
+			break;
 		case 't':
+			if (set)
+				return tb_usage_error("set: --to is ambiguous here: use --balloon SIZE "
+						      "(the balloon) or --guest-size SIZE (guest "
+						      "memory)%s", "");
 			if (!tb_parse_percent(optarg, &centi, &why)) {
 				m.target_pct = (int)centi;
 				have_to = true;
@@ -400,6 +440,7 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 			have_deadline = true;
 			break;
 		case 'f':
+			have_floor = true;
 			if (!tb_parse_percent(optarg, &centi, &why)) {
 				m.floor_pct = (int)centi;
 				break;
@@ -410,6 +451,7 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 				return tb_usage_error("--floor %s: %s", optarg, why);
 			break;
 		case 'g':
+			have_grace = true;
 			if (tb_parse_duration_ms(optarg, &m.grace_ms, &why))
 				return tb_usage_error("--grace %s: %s", optarg, why);
 			break;
@@ -420,6 +462,27 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 			m.wait = true;
 			break;
 		case 'h':
+			if (set) {
+				printf("Usage: %s [-c CTRL] set --balloon SIZE|--guest-size SIZE "
+				       "--deadline DUR [OPTIONS]\n\n"
+				       "Bring the balloon to a size within DUR, inflating or deflating\n"
+				       "as needed.\n\n"
+				       "      --balloon SIZE   the balloon's size (as --to of inflate)\n"
+				       "      --guest-size SIZE  the guest's memory afterwards, as virsh\n"
+				       "                       setmem and QMP balloon mean it: the\n"
+				       "                       balloon becomes guest RAM - SIZE\n", tb_prog);
+				printf("  -d, --deadline DUR   time budget (1ms..1h)\n"
+				       "  -f, --floor SIZE     when it inflates: keep at least SIZE\n"
+				       "                       available in the guest\n"
+				       "  -p, --paced          spread the work over the deadline\n"
+				       "  -w, --wait           wait for the outcome, showing progress\n"
+				       "  -g, --grace DUR      with --wait, give up (exit 7) at deadline +\n"
+				       "                       DUR (default 10s)\n"
+				       "  -j, --json           print the status object as JSON\n"
+				       "  -c, --control CTRL   control socket\n"
+				       "  -h, --help           show this help and exit\n");
+				return TB_EXIT_OK;
+			}
 			printf("Usage: %s [-c CTRL] %s --to SIZE --deadline DUR [OPTIONS]\n\n"
 			       "Bring the balloon to SIZE within DUR.\n\n"
 			       "  -t, --to SIZE        target balloon size\n"
@@ -443,14 +506,24 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 	if (optind < argc)
 		return tb_usage_error("unexpected argument '%s'", argv[optind]);
 	if (!have_to)
-		return tb_usage_error("%s: --to SIZE is required", op);
+		return tb_usage_error(set ? "%s: --balloon SIZE or --guest-size SIZE is required" :
+				      "%s: --to SIZE is required", op);
+	if (have_floor && !strcmp(op, "deflate"))
+		return tb_usage_error("deflate: --floor protects the guest while the balloon "
+				      "grows; a deflate only gives memory back%s", "");
+	if (have_grace && !m.wait)
+		return tb_usage_error("%s: --grace is how long --wait waits past the deadline; "
+				      "add --wait", op);
 	if (!have_deadline)
 		return tb_usage_error("%s: --deadline DUR is required", op);
 	if (m.target_pages > UINT32_MAX || m.floor_pages > UINT32_MAX)
 		return tb_usage_error("%s: size too large for the balloon", op);
 	if (m.deadline_ms == 0 || m.deadline_ms > TBALLOON_DEADLINE_MAX_MS)
 		return tb_usage_error("%s: --deadline must be between 1ms and 1h", op);
-	tb_finish_client(o);
+	if (tb_finish_client(o))
+		return tb_usage_error("-c/--control: an empty path; give the control socket "
+				      "or leave the option out (then $TBALLOON_CONTROL, else %s)",
+				      TB_DEFAULT_CONTROL);
 	return tb_client_move(o, &m);
 }
 
@@ -462,6 +535,63 @@ static int tb_cmd_inflate(int argc, char **argv, struct tb_client_opts *o)
 static int tb_cmd_deflate(int argc, char **argv, struct tb_client_opts *o)
 {
 	return tb_cmd_move(argc, argv, o, "deflate");
+}
+
+static int tb_cmd_set(int argc, char **argv, struct tb_client_opts *o)
+{
+	return tb_cmd_move(argc, argv, o, "set");
+}
+
+static int tb_cmd_wait(int argc, char **argv, struct tb_client_opts *o)
+{
+	static const struct option opts[] = {
+		{ "ready", no_argument, NULL, 'r' },
+		{ "timeout", required_argument, NULL, 'T' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "control", required_argument, NULL, 'c' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	uint64_t timeout = 60000;
+	bool ready = false;
+	const char *why;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "rT:jc:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'r':
+			ready = true;
+			break;
+		case 'T':
+			if (tb_parse_duration_ms(optarg, &timeout, &why))
+				return tb_usage_error("--timeout %s: %s", optarg, why);
+			break;
+		case 'h':
+			printf("Usage: %s [-c CTRL] wait --ready [--timeout DUR] [-j]\n\n"
+			       "Wait until the daemon answers, a VM is connected and its balloon\n"
+			       "driver is ready: exit 0; 8 if it is not by the timeout, 1 if the\n"
+			       "daemon never answered.\n\n"
+			       "  -r, --ready          what to wait for (the only condition)\n"
+			       "  -T, --timeout DUR    give up after DUR (default 1m)\n"
+			       "  -j, --json           print the status object as JSON when ready\n"
+			       "  -c, --control CTRL   control socket\n"
+			       "  -h, --help           show this help and exit\n", tb_prog);
+			return TB_EXIT_OK;
+		default:
+			if (tb_parse_common(c, o))
+				return tb_usage_error("wait: invalid option%s", "");
+			break;
+		}
+	}
+	if (optind < argc)
+		return tb_usage_error("unexpected argument '%s'", argv[optind]);
+	if (!ready)
+		return tb_usage_error("wait: say what to wait for: --ready%s", "");
+	if (tb_finish_client(o))
+		return tb_usage_error("-c/--control: an empty path; give the control socket "
+				      "or leave the option out (then $TBALLOON_CONTROL, else %s)",
+				      TB_DEFAULT_CONTROL);
+	return tb_client_wait_ready(o, timeout);
 }
 
 /* status and abort take only -j and -c */
@@ -486,7 +616,10 @@ static int tb_cmd_plain(int argc, char **argv, struct tb_client_opts *o,
 	}
 	if (optind < argc)
 		return tb_usage_error("unexpected argument '%s'", argv[optind]);
-	tb_finish_client(o);
+	if (tb_finish_client(o))
+		return tb_usage_error("-c/--control: an empty path; give the control socket "
+				      "or leave the option out (then $TBALLOON_CONTROL, else %s)",
+				      TB_DEFAULT_CONTROL);
 	return fn(o);
 }
 

@@ -108,9 +108,21 @@ assert s[\"connected\"] is False and s[\"command\"][\"state\"] == \"idle\"
 out=$(TBALLOON_CONTROL="$tmp/ctl.sock" $TB status); rc=$?
 check "serve: TBALLOON_CONTROL selects the socket" '[ $rc -eq 0 ] && echo "$out" | grep -q "not connected"'
 err=$($TB -c "$tmp/ctl.sock" inflate --to 1G --deadline 2s 2>&1); rc=$?
-check "serve: inflate with no guest is refused (exit 1)" '[ $rc -eq 1 ] && echo "$err" | grep -q "no front-end"'
-$TB -c "$tmp/ctl.sock" abort >/dev/null 2>&1; rc=$?
-check "serve: abort with nothing running exits 1" '[ $rc -eq 1 ]'
+check "serve: inflate with no guest is refused as not ready yet (exit 8)" '[ $rc -eq 8 ] && echo "$err" | grep -q "no front-end.*worth retrying"'
+err=$($TB -c "$tmp/ctl.sock" set --guest-size 512M --deadline 2s 2>&1); rc=$?
+check "serve: set --guest-size with no guest: not ready yet (exit 8)" '[ $rc -eq 8 ] && echo "$err" | grep -q "guest RAM unknown"'
+err=$($TB -c "$tmp/ctl.sock" abort 2>&1); rc=$?
+check "serve: abort with nothing running exits 0 and says so" '[ $rc -eq 0 ] && echo "$err" | grep -q "nothing to abort"'
+out=$($TB -c "$tmp/ctl.sock" wait --ready --timeout 300ms 2>&1); rc=$?
+check "serve: wait --ready with no VM: exit 8 at the timeout, saying why" '[ $rc -eq 8 ] && echo "$out" | grep -q "not ready after 300 ms: no VM is connected"'
+out=$(printf '{"execute":"qmp_capabilities"}\n{"execute":"frobnicate","id":1}\n{"execute":"query-version","id":2}\n{"execute":"query-commands","id":3}\n' | python3 -c "
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile('rwb')
+f.readline(); f.write(sys.stdin.buffer.read()); f.flush()
+for _ in range(4): print(f.readline().decode().strip())
+" "$tmp/ctl.sock"); rc=$?
+check "serve: an unknown command is CommandNotFound, as in QMP" '[ $rc -eq 0 ] && echo "$out" | grep -q "\"class\": *\"CommandNotFound\".*frobnicate has not been found"'
+check "serve: query-version and query-commands answer" 'echo "$out" | grep -q "\"tballoon\": *{ *\"major\"" && echo "$out" | grep -q "\"name\": *\"query-commands\""'
 out=$(printf 'garbage\n{"execute":"qmp_capabilities"}\n{"execute":"query-balloon","id":7}\n' | python3 -c "
 import socket, sys
 s = socket.socket(socket.AF_UNIX); s.connect('$tmp/ctl.sock')

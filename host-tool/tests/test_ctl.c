@@ -58,9 +58,13 @@ static const char *err_desc(json_object *r)
 	if (!json_object_object_get_ex(r, "error", &e))
 		return NULL;
 	assert_true(json_object_object_get_ex(e, "class", &c));
-	/* QMP's classes: GenericError, CommandNotFound before negotiation */
+	/*
+	 * QMP's classes: GenericError, CommandNotFound (unknown commands,
+	 * before negotiation), DeviceNotActive (not ready yet)
+	 */
 	assert_true(!strcmp(json_object_get_string(c), "GenericError") ||
-		    !strcmp(json_object_get_string(c), "CommandNotFound"));
+		    !strcmp(json_object_get_string(c), "CommandNotFound") ||
+		    !strcmp(json_object_get_string(c), "DeviceNotActive"));
 	assert_true(json_object_object_get_ex(e, "desc", &d));
 	return json_object_get_string(d);
 }

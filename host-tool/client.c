@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -19,6 +20,15 @@
 #include "util.h"
 
 #define TB_CONNECT_TIMEOUT_MS 5000
+
+/* SIGINT/SIGTERM while following a command (--wait, watch): detach */
+static volatile sig_atomic_t tb_client_interrupted;
+
+static void tb_client_on_signal(int sig)
+{
+	(void)sig;
+	tb_client_interrupted = 1;
+}
 
 struct tb_conn {
 	int fd;
@@ -81,6 +91,8 @@ static int tb_conn_read(struct tb_conn *c, json_object **out, uint64_t deadline_
 			timeout = (int)(deadline_ms - now > 1000000 ? 1000000 : deadline_ms - now);
 		}
 		n = poll(&pfd, 1, timeout);
+		if (n < 0 && errno == EINTR && tb_client_interrupted)
+			return -2;
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
@@ -282,17 +294,31 @@ static const char *tb_pages_str(char *buf, size_t len, int64_t pages)
 	return buf;
 }
 
+/* "done", or "pressure (floor)": the reason only when there is one */
+static const char *tb_state_str(char *buf, size_t len, json_object *c)
+{
+	const char *reason = tb_jstr(c, "reason");
+
+	if (!strcmp(reason, "none") || !strcmp(reason, "?"))
+		snprintf(buf, len, "%s", tb_jstr(c, "state"));
+	else
+		snprintf(buf, len, "%s (%s)", tb_jstr(c, "state"), reason);
+	return buf;
+}
+
 void tb_print_status(json_object *st, bool json)
 {
 	json_object *c = tb_jobj(st, "command");
-	char a[64], b[64], r[32], res[32], rel[32];
+	char a[64], b[64], r[32], res[32], rel[32], g[32];
+	int64_t ram = tb_jint(st, "guest_ram_bytes");
+	int64_t actual = tb_jint(st, "actual_pages");
 
 	if (json) {
 		puts(json_object_to_json_string_ext(st, JSON_C_TO_STRING_PLAIN |
 						    JSON_C_TO_STRING_NOSLASHESCAPE));
 		return;
 	}
-	tb_format_bytes(r, sizeof(r), tb_jint(st, "guest_ram_bytes"));
+	tb_format_bytes(r, sizeof(r), ram);
 	tb_format_bytes(res, sizeof(res), tb_jint(st, "resident_bytes"));
 	tb_format_bytes(rel, sizeof(rel), tb_jint(st, "released_bytes"));
 	printf("VM:         %s, deadline and floor enforced by the %s\n",
@@ -302,16 +328,27 @@ void tb_print_status(json_object *st, bool json)
 	       tb_jbool(st, "driver_ok") ? "ready" : "not ready",
 	       tb_jbool(st, "timed") ? "yes" : "no",
 	       tb_jbool(st, "deflate_on_oom") ? ", deflate-on-oom" : "");
-	printf("guest RAM:  %s, host resident %s, released since start %s\n", r, res, rel);
+	if (tb_jbool(st, "broken"))
+		printf("device:     BROKEN, commands refused until the guest resets it: %s\n",
+		       tb_jstr(st, "broken_reason"));
+	if (ram)
+		printf("guest RAM:  %s, host resident %s, released since start %s\n", r, res, rel);
+	else
+		printf("guest RAM:  unknown (no VM connected, or its driver not started yet)\n");
 	{
 		json_object *stats = NULL;
 		int64_t back = 0;
 
 		if (json_object_object_get_ex(st, "stats", &stats))
 			back = tb_jint(stats, "guest_deflated_pages");
-		printf("balloon:    %s, num_pages %lld",
-		       tb_pages_str(a, sizeof(a), tb_jint(st, "actual_pages")),
-		       (long long)tb_jint(st, "num_pages"));
+		printf("balloon:    %s", tb_pages_str(a, sizeof(a), actual));
+		/* the other way round, as virsh setmem and QMP balloon count */
+		if (ram) {
+			tb_format_bytes(g, sizeof(g), ram - actual * 4096);
+			printf(", guest memory %s", g);
+		}
+		if (tb_jint(st, "num_pages") != actual)
+			printf(", target %s", tb_pages_str(b, sizeof(b), tb_jint(st, "num_pages")));
 		/* DEFLATE_ON_OOM (or a driver removal) took these back */
 		if (back > 0)
 			printf(", taken back by the guest %s",
@@ -319,17 +356,22 @@ void tb_print_status(json_object *st, bool json)
 		printf("\n");
 	}
 	if (!c || !tb_jint(c, "cmd_id")) {
-		printf("command:    none\n");
+		printf("command:    none yet\n");
 		return;
 	}
-	printf("command:    %lld %s to %s, deadline %lld ms, floor %s%s\n",
-	       (long long)tb_jint(c, "cmd_id"), tb_jstr(c, "op"),
-	       tb_pages_str(a, sizeof(a), tb_jint(c, "target_pages")),
-	       (long long)tb_jint(c, "deadline_ms"),
-	       tb_pages_str(b, sizeof(b), tb_jint(c, "floor_pages")),
-	       tb_jbool(c, "paced") ? ", paced" : "");
-	printf("state:      %s (%s), started at %lld pages, guest %lld ms, host %lld ms, "
-	       "%lld reports\n", tb_jstr(c, "state"), tb_jstr(c, "reason"),
+	if (!strcmp(tb_jstr(c, "op"), "abort")) {
+		printf("command:    %lld abort\n", (long long)tb_jint(c, "cmd_id"));
+	} else {
+		printf("command:    %lld %s to %s, deadline %lld ms",
+		       (long long)tb_jint(c, "cmd_id"), tb_jstr(c, "op"),
+		       tb_pages_str(a, sizeof(a), tb_jint(c, "target_pages")),
+		       (long long)tb_jint(c, "deadline_ms"));
+		if (tb_jint(c, "floor_pages"))
+			printf(", floor %s", tb_pages_str(b, sizeof(b), tb_jint(c, "floor_pages")));
+		printf("%s\n", tb_jbool(c, "paced") ? ", paced" : "");
+	}
+	printf("state:      %s, started at %lld pages, guest %lld ms, host %lld ms, "
+	       "%lld reports\n", tb_state_str(a, sizeof(a), c),
 	       (long long)tb_jint(c, "start_pages"), (long long)tb_jint(c, "elapsed_ms"),
 	       (long long)tb_jint(c, "host_elapsed_ms"), (long long)tb_jint(c, "reports"));
 }
@@ -347,29 +389,52 @@ static void tb_print_progress(json_object *st, bool tty)
 	json_object *c = tb_jobj(st, "command");
 	int64_t total = tb_jint(c, "target_pages") - tb_jint(c, "start_pages");
 	int64_t moved = tb_moved(st);
+	int64_t el = tb_jint(c, "host_elapsed_ms"), dl = tb_jint(c, "deadline_ms");
+	char m[32], t[32];
 	int pct;
 
 	total = total < 0 ? -total : total;
 	pct = total ? (int)(moved * 100 / total) : 100;
-	printf("%s%s %lld: %s, %lld/%lld pages (%d%%), %.1f s%s", tty ? "\r" : "",
-	       tb_jstr(c, "op"), (long long)tb_jint(c, "cmd_id"), tb_jstr(c, "state"),
-	       (long long)moved, (long long)total, pct,
-	       (double)tb_jint(c, "host_elapsed_ms") / 1000.0, tty ? "\033[K" : "\n");
+	if (pct > 100)
+		pct = 100;
+	if (tty) {
+		/* one line redrawn in place: a bar, MiB, the deadline's time left */
+		char bar[21];
+		int fill = pct / 5;
+
+		for (int i = 0; i < 20; i++)
+			bar[i] = i < fill ? '#' : '.';
+		bar[20] = 0;
+		tb_format_bytes(m, sizeof(m), moved * 4096);
+		tb_format_bytes(t, sizeof(t), total * 4096);
+		printf("\r%s %lld: [%s] %3d%% %s of %s, %.1f s, %.1f s left\033[K",
+		       tb_jstr(c, "op"), (long long)tb_jint(c, "cmd_id"), bar, pct, m, t,
+		       (double)el / 1000.0, el < dl ? (double)(dl - el) / 1000.0 : 0.0);
+	} else {
+		printf("%s %lld: %s, %lld/%lld pages (%d%%), %.1f s\n", tb_jstr(c, "op"),
+		       (long long)tb_jint(c, "cmd_id"), tb_jstr(c, "state"), (long long)moved,
+		       (long long)total, pct, (double)el / 1000.0);
+	}
 	fflush(stdout);
 }
 
 static void tb_print_outcome(json_object *st)
 {
 	json_object *c = tb_jobj(st, "command");
-	char rel[32];
+	char rel[32], m[32], sb[64];
 
-	tb_format_bytes(rel, sizeof(rel), tb_jint(c, "host_released_bytes"));
-	printf("%s %lld: %s (%s), %lld pages moved in %.3f s (guest %.3f s, %lld reports), "
-	       "host memory released %s\n", tb_jstr(c, "op"), (long long)tb_jint(c, "cmd_id"),
-	       tb_jstr(c, "state"), tb_jstr(c, "reason"), (long long)tb_moved(st),
+	tb_format_bytes(m, sizeof(m), tb_moved(st) * 4096);
+	printf("%s %lld: %s, %lld pages (%s) moved in %.3f s (guest %.3f s, %lld reports)",
+	       tb_jstr(c, "op"), (long long)tb_jint(c, "cmd_id"), tb_state_str(sb, sizeof(sb), c),
+	       (long long)tb_moved(st), m,
 	       (double)tb_jint(c, "host_elapsed_ms") / 1000.0,
-	       (double)tb_jint(c, "elapsed_ms") / 1000.0, (long long)tb_jint(c, "reports"),
-	       rel);
+	       (double)tb_jint(c, "elapsed_ms") / 1000.0, (long long)tb_jint(c, "reports"));
+	/* what the host got back: an inflate's business only */
+	if (!strcmp(tb_jstr(c, "op"), "inflate") && tb_jint(c, "resident_before_bytes")) {
+		tb_format_bytes(rel, sizeof(rel), tb_jint(c, "host_released_bytes"));
+		printf(", host memory released %s", rel);
+	}
+	printf("\n");
 }
 
 int tb_exit_for_state(const char *state)
@@ -543,15 +608,41 @@ static int tb_client_follow(const struct tb_client_opts *o, struct tb_conn *c,
 			    uint64_t budget_ms)
 {
 	bool tty = !o->json && isatty(STDOUT_FILENO);
-	bool progress_shown = false;
+	bool progress_shown = false, heard = false, said_waiting = false;
+	uint64_t quiet_until = tb_now_ms() + TB_QUIET_MS;
+	struct sigaction sa = { .sa_handler = tb_client_on_signal };
 	json_object *ev = NULL;
 	int rc;
 
+	/* no SA_RESTART: a Ctrl-C ends the wait, not the command */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
 	/* already over (standard balloon at target)? */
 	while (!tb_state_is_terminal(tb_jstr(tb_jobj(st, "command"), "state"))) {
 		json_object *data, *cmd;
+		bool quiet = !heard && !said_waiting && !o->json;
 
-		rc = tb_conn_read(c, &ev, give_up);
+		rc = tb_conn_read(c, &ev, quiet && quiet_until < give_up ? quiet_until : give_up);
+		if (rc == -2) {
+			if (progress_shown)
+				putchar('\n');
+			fprintf(stderr, "tballoon: interrupted: %s %lld goes on in the daemon; "
+				"follow it with `tballoon watch`, stop it with `tballoon abort`\n",
+				tb_jstr(tb_jobj(st, "command"), "op"), (long long)id);
+			json_object_put(st);
+			tb_conn_close(c);
+			return TB_EXIT_INTERRUPTED;
+		}
+		if (rc == 0 && quiet && tb_now_ms() < give_up) {
+			/* a silent guest: say what we are waiting for */
+			said_waiting = true;
+			fprintf(stderr, "tballoon: %s %lld: issued, waiting for the guest to report "
+				"(deadline %lld ms; giving up at deadline + grace)\n",
+				tb_jstr(tb_jobj(st, "command"), "op"), (long long)id,
+				(long long)tb_jint(tb_jobj(st, "command"), "deadline_ms"));
+			continue;
+		}
 		if (rc < 0) {
 			json_object *again = c->fd >= 0 ? tb_client_rejoin(o, c, id, give_up) : NULL;
 
@@ -586,6 +677,7 @@ static int tb_client_follow(const struct tb_client_opts *o, struct tb_conn *c,
 		json_object_put(st);
 		st = json_object_get(data);
 		json_object_put(ev);
+		heard = true;
 		if (!o->json && !tb_state_is_terminal(tb_jstr(cmd, "state"))) {
 			tb_print_progress(st, tty);
 			progress_shown = tty;
@@ -628,11 +720,21 @@ int tb_client_watch(const struct tb_client_opts *o)
 		tb_conn_close(&c);
 		return TB_EXIT_OK;
 	}
-	if (!tb_state_is_terminal(tb_jstr(cmd, "state"))) {
-		/* the daemon's watchdog ends it; ours is a backstop */
-		budget = (uint64_t)tb_jint(cmd, "deadline_ms") + 60000;
-		give_up = tb_now_ms() + budget;
+	if (tb_state_is_terminal(tb_jstr(cmd, "state"))) {
+		/* nothing to follow: say so, the last outcome is history */
+		if (o->json) {
+			tb_print_status(st, true);
+		} else {
+			printf("no command is running; the last one ended before watch started:\n");
+			tb_print_outcome(st);
+		}
+		json_object_put(st);
+		tb_conn_close(&c);
+		return TB_EXIT_OK;
 	}
+	/* the daemon's watchdog ends it; ours is a backstop */
+	budget = (uint64_t)tb_jint(cmd, "deadline_ms") + 60000;
+	give_up = tb_now_ms() + budget;
 	return tb_client_follow(o, &c, st, id, give_up, budget);
 }
 
@@ -663,6 +765,11 @@ static void tb_print_guest_stats(json_object *gs, bool json)
 						    JSON_C_TO_STRING_NOSLASHESCAPE));
 		return;
 	}
+	if (!tb_jint(gs, "guest_ram_bytes")) {
+		printf("guest RAM:  unknown (no VM connected, or its driver not started yet)\n");
+		printf("guest:      no statistics: no guest yet\n");
+		return;
+	}
 	tb_format_bytes(a, sizeof(a), tb_jint(gs, "guest_ram_bytes"));
 	tb_format_bytes(b, sizeof(b), tb_jint(gs, "resident_bytes"));
 	tb_format_bytes(c, sizeof(c), tb_jint(gs, "released_bytes"));
@@ -679,8 +786,23 @@ static void tb_print_guest_stats(json_object *gs, bool json)
 	}
 	printf("guest:      statistics %.1f s old (%lld updates)\n", (double)age / 1000.0,
 	       (long long)tb_jint(gs, "updates"));
-	json_object_object_foreach(g, key, val)
-		printf("  %-18s %lld\n", key, (long long)json_object_get_int64(val));
+	json_object_object_foreach(g, key, val) {
+		/* the virtio spec's byte-valued tags; the rest are counts */
+		static const char *const bytes[] = {
+			"swap-in", "swap-out", "free-memory", "total-memory",
+			"available-memory", "disk-caches",
+		};
+		bool is_bytes = false;
+
+		for (size_t i = 0; i < TB_ARRAY_SIZE(bytes); i++)
+			is_bytes |= !strcmp(key, bytes[i]);
+		if (is_bytes) {
+			tb_format_bytes(a, sizeof(a), json_object_get_int64(val));
+			printf("  %-18s %s\n", key, a);
+		} else {
+			printf("  %-18s %lld\n", key, (long long)json_object_get_int64(val));
+		}
+	}
 }
 
 int tb_client_stats(const struct tb_client_opts *o)

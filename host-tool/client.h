@@ -22,7 +22,12 @@ enum tb_exit {
 	TB_EXIT_NOT_READY = 8,	/* not ready yet, worth retrying: no front-end,
 				 * driver not ready, guest RAM or statistics
 				 * not known yet (wait --ready waits for it) */
+	TB_EXIT_INTERRUPTED = 130,	/* --wait or watch interrupted (SIGINT,
+					 * SIGTERM): the command goes on */
 };
+
+/* a --wait that heard nothing from the guest this long says it is waiting */
+#define TB_QUIET_MS 2000
 
 /* control socket when neither -c nor TBALLOON_CONTROL is given */
 #define TB_DEFAULT_CONTROL "/run/tballoon.sock"

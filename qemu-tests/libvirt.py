@@ -222,7 +222,7 @@ def serve_libvirt(e, work, name):
                            (("deflate", "--to", "64M", "--deadline", "30s", "--wait"), "done")):
             r = tool(e, ctl, *args)
             last = (r.stdout.strip().splitlines() or [""])[-1]
-            tap(r.returncode == 0 and (" %s " % want) in last,
+            tap(r.returncode == 0 and (": %s," % want) in last,
                 "tballoon %s through libvirt: exit %d, %s" % (" ".join(args[:3]), r.returncode,
                                                               (last or r.stderr)[-140:]))
         # abort: a long inflate stopped where it is
@@ -383,7 +383,7 @@ def main():
                                     "30s", "--wait"], capture_output=True, text=True,
                                    timeout=120)
                 last = (r.stdout.strip().splitlines() or [""])[-1]
-                tap(r.returncode == 0 and " done " in last,
+                tap(r.returncode == 0 and ": done," in last,
                     "tballoon %s --to %s on the libvirt domain: %s" % (op, to, last[-140:]))
             virsh("destroy", name)
             domains.remove(name)

@@ -11,6 +11,7 @@ import json
 import mmap
 import os
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -431,7 +432,21 @@ def run(vu, cp):
     lines = out.strip().split("\n")
     tap(cl.returncode == 4, "cli: pressure exits 4")
     tap(len(lines) == 3 and "476/1024" in lines[1] and "pressure (floor)" in lines[-1] and
-        "576 pages moved" in lines[-1], "cli: plain progress lines, then the outcome line")
+        "576 pages (2.2 MiB) moved" in lines[-1], "cli: plain progress lines, then the outcome line")
+
+    # --- a silent guest, then Ctrl-C: the client says so and detaches ----
+    cl = subprocess.Popen([TB, "-c", cp, "inflate", "--to", "1800p", "--deadline", "30s",
+                           "--wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    g.wait_config_change()
+    time.sleep(2.5)
+    cl.send_signal(signal.SIGINT)
+    out, err = cl.communicate(timeout=10)
+    st = status(cp)
+    tap(cl.returncode == 130 and "waiting for the guest to report" in err and
+        "goes on in the daemon" in err and "tballoon watch" in err and
+        st["command"]["state"] == "running",
+        "cli: --wait says it waits for a silent guest; Ctrl-C detaches, saying how to "
+        "follow (exit %s, %r)" % (cl.returncode, err.strip()[-160:]))
 
     # --- rejected --------------------------------------------------------
     cl = subprocess.Popen([TB, "-c", cp, "deflate", "--to", "0", "--deadline", "1s", "--wait"],

@@ -234,7 +234,7 @@ def main():
         tap(wait_for(lambda: "qom-get" in fq.seen, 5) and "qom-set" in fq.seen,
             "the statistics polling period is set and guest-stats read")
         r = ctl(cp, "inflate", "--to", "256M", "--deadline", "10s", "--wait")
-        tap(r.returncode == 0 and " done " in r.stdout and fq.target == RAM - (256 << 20),
+        tap(r.returncode == 0 and ": done," in r.stdout and fq.target == RAM - (256 << 20),
             "inflate 256M: QMP balloon %d, %s" % (fq.target,
                                                   (r.stdout.strip().splitlines() or [""])[-1]))
         stats = json.loads(ctl(cp, "stats", "-j").stdout or "{}").get("guest", {})

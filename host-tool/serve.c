@@ -1118,9 +1118,20 @@ int tb_serve_run(const struct tb_serve_opts *o)
 			continue;
 
 		if (pfd[0].revents) {
-			struct signalfd_siginfo si;
+			struct signalfd_siginfo si = { 0 };
 
-			if (read(s.sig_fd, &si, sizeof(si)) == sizeof(si)) {
+			if (read(s.sig_fd, &si, sizeof(si)) != sizeof(si)) {
+				/* nothing (EAGAIN): another round */
+			} else if (si.ssi_signo == SIGHUP) {
+				/*
+				 * A daemon's "reload": there is no configuration
+				 * file and the log is stderr (the journal's, or
+				 * a file the caller reopens), so nothing to do;
+				 * it says so and serves on.
+				 */
+				tb_info("SIGHUP: nothing to reload (options are the command "
+					"line, the log is stderr); serving on");
+			} else {
 				tb_info("signal %u, exiting", si.ssi_signo);
 				break;
 			}

@@ -159,6 +159,9 @@ assert s[\"stats_vq\"] is False and s[\"age_ms\"] == -1 and s[\"guest\"] == {}, 
 "'
 out=$($TB -c "$tmp/ctl.sock" stats); rc=$?
 check "serve: stats (text) says there are no statistics" '[ $rc -eq 0 ] && echo "$out" | grep -q "no statistics"'
+kill -HUP $spid; sleep 0.3
+out=$($TB -c "$tmp/ctl.sock" status); rc=$?
+check "serve: SIGHUP does not end the daemon (nothing to reload)" '[ $rc -eq 0 ] && kill -0 $spid'
 kill -TERM $spid; wait $spid; rc=$?
 check "serve: SIGTERM exits 0" '[ $rc -eq 0 ]'
 check "serve: sockets removed on exit" '[ ! -e "$tmp/ctl.sock" ] && [ ! -e "$tmp/vu.sock" ]'

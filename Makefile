@@ -43,8 +43,10 @@ MANDIR ?= $(PREFIX)/share/man
 # systemd reads /usr/local/lib/systemd/system as well as /lib/systemd/system
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 UNITS := tballoon-serve@.service tballoon-serve@.socket
+# Debian's python3 reads /usr/local/lib/python3/dist-packages
+PYDIR ?= $(PREFIX)/lib/python3/dist-packages
 INSTALLED := $(DESTDIR)$(BINDIR)/tballoon $(DESTDIR)$(MANDIR)/man8/tballoon.8 \
-	$(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))
+	$(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS)) $(DESTDIR)$(PYDIR)/tballoon.py
 
 all: module host-tool
 
@@ -94,6 +96,7 @@ install: host-tool
 		>$(DESTDIR)$(UNITDIR)/tballoon-serve@.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/tballoon-serve@.service
 	install -m 0644 host-tool/systemd/tballoon-serve@.socket $(DESTDIR)$(UNITDIR)/
+	install -D -m 0644 host-tool/python/tballoon.py $(DESTDIR)$(PYDIR)/tballoon.py
 
 uninstall:
 	rm -f $(INSTALLED)

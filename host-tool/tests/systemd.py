@@ -63,7 +63,8 @@ def test_install(tmp):
                        capture_output=True, text=True)
     files = sorted(os.path.relpath(os.path.join(d, f), dest)
                    for d, _, fs in os.walk(dest) for f in fs)
-    want = ["usr/local/bin/tballoon", "usr/local/lib/systemd/system/tballoon-serve@.service",
+    want = ["usr/local/bin/tballoon", "usr/local/lib/python3/dist-packages/tballoon.py",
+            "usr/local/lib/systemd/system/tballoon-serve@.service",
             "usr/local/lib/systemd/system/tballoon-serve@.socket",
             "usr/local/share/man/man8/tballoon.8"]
     tap(p.returncode == 0 and files == want,

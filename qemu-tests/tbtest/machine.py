@@ -28,6 +28,10 @@ from pathlib import Path
 from . import env as tbenv
 from . import initramfs as tbinitramfs
 
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "host-tool" / "python"))
+import tballoon  # noqa: E402  (the supported client of the control socket)
+
 # Inside the QEMU root, the run directory is seen here, and the harness's
 # cache (kernel, initramfs archives) read-only here.
 CHROOT_RUN = "/tb-run"
@@ -721,10 +725,13 @@ class Guest:
         return res.returncode, obj, res.stderr
 
     def status(self):
-        rc, obj, err = self.tool_json("status")
-        if rc != 0 or obj is None:
-            raise GuestError("tballoon status --json failed (exit %d): %s" % (rc, err.strip()))
-        return obj
+        """The daemon's status object, through the supported Python client
+        (host-tool/python/tballoon.py)."""
+        try:
+            with tballoon.Client(str(self.control), timeout=60) as c:
+                return c.status()
+        except (OSError, ValueError, tballoon.Error) as e:
+            raise GuestError("status from %s: %s" % (self.control, e))
 
 
 class Qmp:

@@ -548,7 +548,7 @@ int tb_client_wait_ready(const struct tb_client_opts *o, uint64_t timeout_ms)
 		}
 		if (tb_now_ms() >= end)
 			break;
-		usleep(100 * 1000);
+		nanosleep(&(struct timespec){ .tv_nsec = 100 * 1000 * 1000 }, NULL);
 	}
 	fprintf(stderr, "tballoon: wait: not ready after %llu ms: %s\n",
 		(unsigned long long)timeout_ms, why);

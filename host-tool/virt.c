@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mem.h"
@@ -110,7 +111,7 @@ static void *tb_virt_loop(void *arg)
 	(void)arg;
 	for (;;)
 		if (virEventRunDefaultImpl() < 0)
-			usleep(100 * 1000);
+			nanosleep(&(struct timespec){ .tv_nsec = 100 * 1000 * 1000 }, NULL);
 	return NULL;
 }
 

@@ -105,6 +105,25 @@ static int tb_usage_error(const char *fmt, ...)
 	return TB_EXIT_USAGE;
 }
 
+/*
+ * getopt said '?' (opterr is off: one message, ours): name the option. A
+ * short one is optopt; a long one, or a missing argument, is the word just
+ * read.
+ */
+static int tb_bad_option(const char *cmd, char **argv)
+{
+	const char *word = optind > 0 ? argv[optind - 1] : "?";
+	const char *sep = cmd ? ": " : "";
+
+	if (!cmd)
+		cmd = "";
+	if (optopt && !(word[0] == '-' && word[1] == '-'))
+		return tb_usage_error("%s%s-%c: unknown option, or its argument is missing",
+				      cmd, sep, optopt);
+	return tb_usage_error("%s%s%s: unknown option, or its argument is missing", cmd, sep,
+			      word);
+}
+
 static int tb_cmd_help(int argc, char **argv, struct tb_client_opts *o)
 {
 	(void)argc;
@@ -303,7 +322,7 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 			       tb_prog);
 			return TB_EXIT_OK;
 		default:
-			return tb_usage_error("serve: invalid option%s", "");
+			return tb_bad_option("serve", argv);
 		}
 	}
 	if (optind < argc)
@@ -499,7 +518,7 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 			return TB_EXIT_OK;
 		default:
 			if (tb_parse_common(c, o))
-				return tb_usage_error("%s: invalid option", op);
+				return tb_bad_option(op, argv);
 			break;
 		}
 	}
@@ -579,7 +598,7 @@ static int tb_cmd_wait(int argc, char **argv, struct tb_client_opts *o)
 			return TB_EXIT_OK;
 		default:
 			if (tb_parse_common(c, o))
-				return tb_usage_error("wait: invalid option%s", "");
+				return tb_bad_option("wait", argv);
 			break;
 		}
 	}
@@ -612,7 +631,7 @@ static int tb_cmd_plain(int argc, char **argv, struct tb_client_opts *o,
 			return TB_EXIT_OK;
 		}
 		if (tb_parse_common(c, o))
-			return tb_usage_error("%s: invalid option", name);
+			return tb_bad_option(name, argv);
 	}
 	if (optind < argc)
 		return tb_usage_error("unexpected argument '%s'", argv[optind]);
@@ -670,6 +689,8 @@ int main(int argc, char **argv)
 	const struct tb_subcmd *cmd = NULL;
 	int c, rc;
 
+	/* our messages, one per error, not getopt's as well */
+	opterr = 0;
 	/* "+": stop at the subcommand, its options are its own */
 	while ((c = getopt_long(argc, argv, "+c:hV", opts, NULL)) != -1) {
 		switch (c) {
@@ -683,8 +704,7 @@ int main(int argc, char **argv)
 			printf("tballoon %s (protocol v1)\n", TB_VERSION);
 			return tb_flush_stdout(TB_EXIT_OK);
 		default:
-			fprintf(stderr, "Try '%s --help' for more information.\n", tb_prog);
-			return TB_EXIT_USAGE;
+			return tb_bad_option(NULL, argv);
 		}
 	}
 	if (optind >= argc)

@@ -51,6 +51,10 @@ err=$($TB serve --qmp x --stats-interval 0 --control z 2>&1); rc=$?
 check "cli: serve --qmp refuses statistics off" '[ $rc -eq 2 ] && echo "$err" | grep -q "at least 1s"'
 err=$($TB serve --socket-path x --connect qemu:///system --control z 2>&1); rc=$?
 check "cli: --connect is for --libvirt" '[ $rc -eq 2 ] && echo "$err" | grep -q "connect is for --libvirt"'
+err=$($TB inflate --frob 2>&1); rc=$?
+check "cli: an unknown option is one message naming it" '[ $rc -eq 2 ] && [ $(echo "$err" | grep -c "^tballoon: ") -eq 1 ] && echo "$err" | grep -q "inflate: --frob: unknown option"'
+err=$($TB inflate --to 2>&1); rc=$?
+check "cli: a missing argument names its option" '[ $rc -eq 2 ] && echo "$err" | grep -q "inflate: --to: unknown option, or its argument is missing"'
 $TB inflate --to 1G --deadline 2h >/dev/null 2>&1; rc=$?
 check "cli: deadline above 1h exits 2" '[ $rc -eq 2 ]'
 $TB inflate --to 1G --deadline 0 >/dev/null 2>&1; rc=$?

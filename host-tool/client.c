@@ -669,8 +669,11 @@ static int tb_client_follow(const struct tb_client_opts *o, struct tb_conn *c,
 		}
 		data = tb_jobj(ev, "data");
 		cmd = data ? tb_jobj(data, "command") : NULL;
+		/* a command's own events; the device's (connect, change) are not */
 		if (!json_object_object_get_ex(ev, "event", NULL) || !cmd ||
-		    tb_jint(cmd, "cmd_id") != id) {
+		    tb_jint(cmd, "cmd_id") != id ||
+		    (strcmp(tb_jstr(ev, "event"), "BALLOON_PROGRESS") &&
+		     strcmp(tb_jstr(ev, "event"), "BALLOON_DONE"))) {
 			json_object_put(ev);
 			continue;
 		}
@@ -693,6 +696,65 @@ static int tb_client_follow(const struct tb_client_opts *o, struct tb_conn *c,
 	rc = tb_exit_for_state(tb_jstr(tb_jobj(st, "command"), "state"));
 	json_object_put(st);
 	return rc;
+}
+
+int tb_client_watch_follow(const struct tb_client_opts *o)
+{
+	struct sigaction sa = { .sa_handler = tb_client_on_signal };
+	json_object *ev = NULL;
+	struct tb_conn c;
+
+	if (tb_conn_open(&c, o->control) < 0)
+		return TB_EXIT_ERROR;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	for (;;) {
+		int rc = tb_conn_read(&c, &ev, 0);
+		json_object *data, *cmd, *ts;
+
+		if (rc == -2) {		/* Ctrl-C: the normal end of a stream */
+			tb_conn_close(&c);
+			return TB_EXIT_OK;
+		}
+		if (rc <= 0) {
+			fprintf(stderr, "tballoon: watch: the daemon went away\n");
+			tb_conn_close(&c);
+			return TB_EXIT_ERROR;
+		}
+		if (!json_object_object_get_ex(ev, "event", NULL)) {
+			json_object_put(ev);
+			continue;
+		}
+		if (o->json) {
+			/* NDJSON: each event as the daemon sent it, one per line */
+			puts(json_object_to_json_string_ext(ev, JSON_C_TO_STRING_PLAIN |
+							    JSON_C_TO_STRING_NOSLASHESCAPE));
+		} else {
+			char a[32], sb[64];
+			time_t t;
+			struct tm tm;
+
+			data = tb_jobj(ev, "data");
+			cmd = data ? tb_jobj(data, "command") : NULL;
+			ts = tb_jobj(ev, "timestamp");
+			t = (time_t)tb_jint(ts, "seconds");
+			localtime_r(&t, &tm);
+			tb_format_bytes(a, sizeof(a), tb_jint(data, "actual_pages") * 4096);
+			printf("%02d:%02d:%02d.%03lld %-21s balloon %s", tm.tm_hour, tm.tm_min,
+			       tm.tm_sec, (long long)(tb_jint(ts, "microseconds") / 1000),
+			       tb_jstr(ev, "event"), a);
+			if (cmd && tb_jint(cmd, "cmd_id"))
+				printf(", command %lld %s: %s", (long long)tb_jint(cmd, "cmd_id"),
+				       tb_jstr(cmd, "op"), tb_state_str(sb, sizeof(sb), cmd));
+			if (data && tb_jbool(data, "broken"))
+				printf(", broken: %s", tb_jstr(data, "broken_reason"));
+			printf("\n");
+		}
+		json_object_put(ev);
+		ev = NULL;
+	}
 }
 
 int tb_client_watch(const struct tb_client_opts *o)

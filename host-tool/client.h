@@ -59,6 +59,8 @@ int tb_client_status(const struct tb_client_opts *o);
 int tb_client_abort(const struct tb_client_opts *o);
 int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m);
 int tb_client_watch(const struct tb_client_opts *o);
+/* every event as it comes (NDJSON with -j) until SIGINT/SIGTERM */
+int tb_client_watch_follow(const struct tb_client_opts *o);
 int tb_client_stats(const struct tb_client_opts *o);
 /* wait until the device is connected and its driver ready, or @timeout_ms */
 int tb_client_wait_ready(const struct tb_client_opts *o, uint64_t timeout_ms);

@@ -15,6 +15,12 @@
 static const char *const tb_ctl_event_names[TB_EVENT_COUNT] = {
 	[TB_EVENT_PROGRESS] = "BALLOON_PROGRESS",
 	[TB_EVENT_DONE] = "BALLOON_DONE",
+	[TB_EVENT_CONNECTED] = "FRONTEND_CONNECTED",
+	[TB_EVENT_DISCONNECTED] = "FRONTEND_DISCONNECTED",
+	[TB_EVENT_RESET] = "DEVICE_RESET",
+	[TB_EVENT_BROKEN] = "DEVICE_BROKEN",
+	/* QEMU's name for it */
+	[TB_EVENT_CHANGE] = "BALLOON_CHANGE",
 };
 
 const char *tb_ctl_event_name(enum tb_event ev)
@@ -99,6 +105,10 @@ static json_object *tb_ctl_command(const struct tb_dev *dev, uint64_t now_ms)
 	tb_json_add_u64(o, "host_elapsed_ms", c->cmd_id && end > c->issued_ms ? end - c->issued_ms : 0);
 	tb_json_add_u64(o, "report_seq", c->report_seq);
 	tb_json_add_u64(o, "reports", c->reports);
+	/* the sizes in bytes too (pages stay for the clients written against them) */
+	tb_json_add_u64(o, "target_bytes", (uint64_t)c->target_pages << TB_PAGE_SHIFT);
+	tb_json_add_u64(o, "start_bytes", (uint64_t)c->start_pages << TB_PAGE_SHIFT);
+	tb_json_add_u64(o, "floor_bytes", (uint64_t)c->floor_pages << TB_PAGE_SHIFT);
 	/* extensions beyond the brief's object */
 	json_object_object_add(o, "timed", json_object_new_boolean(c->timed));
 	json_object_object_add(o, "recovered", json_object_new_boolean(c->recovered));
@@ -127,8 +137,18 @@ json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms)
 	tb_json_add_u64(o, "released_bytes", dev->stats.released_bytes);
 	tb_json_add_u64(o, "actual_pages", TB_CFG(dev, actual));
 	tb_json_add_u64(o, "num_pages", TB_CFG(dev, num_pages));
+	tb_json_add_u64(o, "actual_bytes", (uint64_t)TB_CFG(dev, actual) << TB_PAGE_SHIFT);
+	tb_json_add_u64(o, "num_bytes", (uint64_t)TB_CFG(dev, num_pages) << TB_PAGE_SHIFT);
+	/* guest memory as virsh and QMP's "actual" count it: RAM - balloon */
+	{
+		uint64_t ram = tb_dev_ram_bytes(dev);
+		uint64_t bal = (uint64_t)TB_CFG(dev, actual) << TB_PAGE_SHIFT;
+
+		tb_json_add_u64(o, "guest_memory_bytes", ram > bal ? ram - bal : 0);
+	}
 	/* extensions beyond the brief's object */
 	tb_json_add_u64(o, "device_pages", dev->device_pages);
+	tb_json_add_u64(o, "device_bytes", dev->device_pages << TB_PAGE_SHIFT);
 	json_object_object_add(o, "broken", json_object_new_boolean(dev->broken));
 	json_object_object_add(o, "broken_reason", json_object_new_string(dev->broken_why));
 	json_object_object_add(o, "restored", json_object_new_boolean(dev->restored));
@@ -137,6 +157,10 @@ json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms)
 	tb_json_add_u64(s, "inflated_pages", dev->stats.inflated_pages);
 	tb_json_add_u64(s, "deflated_pages", dev->stats.deflated_pages);
 	tb_json_add_u64(s, "guest_deflated_pages", dev->stats.guest_deflated_pages);
+	tb_json_add_u64(s, "inflated_bytes", dev->stats.inflated_pages << TB_PAGE_SHIFT);
+	tb_json_add_u64(s, "deflated_bytes", dev->stats.deflated_pages << TB_PAGE_SHIFT);
+	tb_json_add_u64(s, "guest_deflated_bytes",
+			dev->stats.guest_deflated_pages << TB_PAGE_SHIFT);
 	tb_json_add_u64(s, "refused_pfns", dev->stats.refused_pfns);
 	tb_json_add_u64(s, "bad_buffers", dev->stats.bad_buffers);
 	tb_json_add_u64(s, "punch_errors", dev->stats.punch_errors);

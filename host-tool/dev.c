@@ -223,16 +223,23 @@ static void tb_dev_clear(struct tb_dev *dev, uint64_t now_ms)
 
 void tb_dev_session(struct tb_dev *dev, bool up, uint64_t now_ms)
 {
+	bool was = dev->connected;
+
 	dev->connected = up;
 	dev->last_driver_ms = now_ms;
 	dev->driver_ok = false;
 	dev->features = 0;
 	dev->features_set = false;
-	if (up)
+	if (up) {
+		if (!was)
+			tb_dev_event(dev, TB_EVENT_CONNECTED);
 		return;
+	}
 	/* The session is gone: a device reset (Documentation/protocol.rst). */
 	tb_dev_clear(dev, now_ms);
 	memset(&dev->gstats, 0, sizeof(dev->gstats));
+	if (was)
+		tb_dev_event(dev, TB_EVENT_DISCONNECTED);
 }
 
 void tb_dev_reset(struct tb_dev *dev, uint64_t now_ms)
@@ -242,6 +249,7 @@ void tb_dev_reset(struct tb_dev *dev, uint64_t now_ms)
 		"driver block, actual and balloon count cleared");
 	tb_dev_clear(dev, now_ms);
 	dev->gstats.held = false;
+	tb_dev_event(dev, TB_EVENT_RESET);
 }
 
 void tb_dev_set_broken(struct tb_dev *dev, const char *why, uint64_t now_ms)
@@ -256,6 +264,7 @@ void tb_dev_set_broken(struct tb_dev *dev, const char *why, uint64_t now_ms)
 		tb_dev_finish(dev, TBALLOON_STATE_ABORTED, TBALLOON_REASON_DEVICE_ERROR,
 			      now_ms);
 	dev->gen++;
+	tb_dev_event(dev, TB_EVENT_BROKEN);
 }
 
 void tb_dev_get_config(const struct tb_dev *dev, uint8_t *buf, uint32_t off,
@@ -446,7 +455,12 @@ static void tb_dev_std_progress(struct tb_dev *dev, uint64_t now_ms)
 {
 	struct tb_cmd *c = &dev->cmd;
 
-	if (!tb_cmd_running(c) || c->timed)
+	if (!tb_cmd_running(c)) {
+		/* the guest (deflate-on-oom, a reset) or QEMU moved it */
+		tb_dev_event(dev, TB_EVENT_CHANGE);
+		return;
+	}
+	if (c->timed)
 		return;
 	c->reports++;
 	c->elapsed_ms = (uint32_t)(now_ms - c->issued_ms);
@@ -538,6 +552,9 @@ int tb_dev_set_config(struct tb_dev *dev, const uint8_t *buf, uint32_t off,
 			dev->last_report_seq = seq;
 			tb_dev_report(dev, now_ms);
 		}
+		/* the driver moved it outside a command (deflate-on-oom) */
+		if (TB_CFG(dev, actual) != old_actual && !tb_cmd_running(&dev->cmd))
+			tb_dev_event(dev, TB_EVENT_CHANGE);
 	} else if (TB_CFG(dev, actual) != old_actual) {
 		tb_dev_std_progress(dev, now_ms);
 	}

@@ -138,6 +138,11 @@ enum tb_kind {
 enum tb_event {
 	TB_EVENT_PROGRESS,	/* a driver report for the current command */
 	TB_EVENT_DONE,		/* the command reached a terminal state */
+	TB_EVENT_CONNECTED,	/* a front-end (or a peer's VM) came */
+	TB_EVENT_DISCONNECTED,	/* ... and went */
+	TB_EVENT_RESET,		/* the guest reset the device */
+	TB_EVENT_BROKEN,	/* the device was marked broken */
+	TB_EVENT_CHANGE,	/* the balloon moved with no command running */
 	TB_EVENT_COUNT
 };
 

@@ -53,8 +53,9 @@ static const struct tb_subcmd tb_subcmds[] = {
 	  "shrink the balloon to SIZE within DUR" },
 	{ "status", tb_cmd_status, "[-j]", "show the device and the last command" },
 	{ "abort", tb_cmd_abort, "[-j]", "stop the running command" },
-	{ "watch", tb_cmd_watch, "[-j]",
-	  "follow the running command until it ends (exit code of its outcome)" },
+	{ "watch", tb_cmd_watch, "[--follow] [-j]",
+	  "follow the running command until it ends (exit code of its outcome); "
+	  "--follow: every event" },
 	{ "stats", tb_cmd_stats, "[-j]",
 	  "host accounting and guest statistics (statistics queue) with their age" },
 	{ "wait", tb_cmd_wait, "--ready [--timeout DUR] [-j]",
@@ -654,7 +655,42 @@ static int tb_cmd_abort(int argc, char **argv, struct tb_client_opts *o)
 
 static int tb_cmd_watch(int argc, char **argv, struct tb_client_opts *o)
 {
-	return tb_cmd_plain(argc, argv, o, "watch", tb_client_watch);
+	static const struct option opts[] = {
+		{ "follow", no_argument, NULL, 'f' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "control", required_argument, NULL, 'c' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	bool follow = false;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "fjc:h", opts, NULL)) != -1) {
+		if (c == 'h') {
+			printf("Usage: %s [-c CTRL] watch [-f|--follow] [-j|--json]\n\n"
+			       "Follow the running command until it ends (exit code of its\n"
+			       "outcome), or with --follow print every event as it comes until\n"
+			       "interrupted: one JSON object per line with -j (NDJSON).\n\n"
+			       "  -f, --follow         every event, not one command\n"
+			       "  -j, --json           JSON (with --follow: the events as sent)\n"
+			       "  -c, --control CTRL   control socket\n"
+			       "  -h, --help           show this help and exit\n", tb_prog);
+			return TB_EXIT_OK;
+		}
+		if (c == 'f') {
+			follow = true;
+			continue;
+		}
+		if (tb_parse_common(c, o))
+			return tb_bad_option("watch", argv);
+	}
+	if (optind < argc)
+		return tb_usage_error("unexpected argument '%s'", argv[optind]);
+	if (tb_finish_client(o))
+		return tb_usage_error("-c/--control: an empty path; give the control socket "
+				      "or leave the option out (then $TBALLOON_CONTROL, else %s)",
+				      TB_DEFAULT_CONTROL);
+	return follow ? tb_client_watch_follow(o) : tb_client_watch(o);
 }
 
 static int tb_cmd_stats(int argc, char **argv, struct tb_client_opts *o)

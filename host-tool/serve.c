@@ -239,8 +239,10 @@ static bool tb_event_is_progress(json_object *o)
 {
 	json_object *e;
 
+	/* rate-bound like progress: a guest moving its balloon on its own */
 	return json_object_object_get_ex(o, "event", &e) &&
-	       !strcmp(json_object_get_string(e), "BALLOON_PROGRESS");
+	       (!strcmp(json_object_get_string(e), "BALLOON_PROGRESS") ||
+		!strcmp(json_object_get_string(e), "BALLOON_CHANGE"));
 }
 
 static void tb_client_send_pending(struct tb_client *c, uint64_t now)

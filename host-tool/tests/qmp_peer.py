@@ -12,6 +12,7 @@ Usage: qmp_peer.py PATH/TO/tballoon
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -243,6 +244,18 @@ def main():
         r = ctl(cp, "deflate", "--to", "0", "--deadline", "10s", "--paced", "--wait")
         tap(r.returncode == 0 and fq.target == RAM,
             "a paced deflate (host pacing) ends done: exit %d" % r.returncode)
+        # watch --follow -j: an NDJSON stream of every event
+        fol = subprocess.Popen([TB, "-c", cp, "watch", "--follow", "-j"],
+                               stdout=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+        ctl(cp, "inflate", "--to", "64M", "--deadline", "10s", "--wait")
+        time.sleep(0.3)
+        fol.send_signal(signal.SIGINT)
+        out, _ = fol.communicate(timeout=10)
+        evs = [json.loads(line)["event"] for line in out.splitlines() if line.strip()]
+        tap(fol.returncode == 0 and "BALLOON_PROGRESS" in evs and evs[-1] == "BALLOON_DONE",
+            "watch --follow -j: one JSON event per line until Ctrl-C (%d events, exit %s)"
+            % (len(evs), fol.returncode))
         # the floor (600 MiB available) stops an inflate on the host
         r = ctl(cp, "inflate", "--to", "900M", "--deadline", "10s", "--floor", "500M",
                 "--wait")
@@ -261,6 +274,9 @@ def main():
     srv, cp, log = serve(tmp, "mute", path)
     try:
         wait_for(lambda: os.path.exists(cp), 10)
+        fol = subprocess.Popen([TB, "-c", cp, "watch", "--follow", "-j"],
+                               stdout=subprocess.PIPE, text=True)
+        time.sleep(0.3)
         t0 = time.monotonic()
         r = ctl(cp, "inflate", "--to", "256M", "--deadline", "60s", "--wait", timeout=60)
         secs = time.monotonic() - t0
@@ -274,6 +290,14 @@ def main():
             % (secs, last[-80:]))
         tap(wait_for(lambda: fq.conns >= 2, 10),
             "the daemon connects again (%d connections)" % fq.conns)
+        wait_for(lambda: status(cp).get("connected"), 10)
+        fol.send_signal(signal.SIGINT)
+        out, _ = fol.communicate(timeout=10)
+        evs = [json.loads(line)["event"] for line in out.splitlines() if line.strip()]
+        tap("FRONTEND_DISCONNECTED" in evs and "FRONTEND_CONNECTED" in evs and
+            evs.index("FRONTEND_DISCONNECTED") < len(evs) - 1 - evs[::-1].index("FRONTEND_CONNECTED"),
+            "events: FRONTEND_DISCONNECTED when QEMU stopped answering, FRONTEND_CONNECTED "
+            "when it was back (%s)" % ", ".join(e for e in evs if e.startswith("FRONTEND")))
     finally:
         srv.terminate()
         srv.wait(10)

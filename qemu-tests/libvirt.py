@@ -217,6 +217,18 @@ def serve_libvirt(e, work, name):
         # statistics arrive once the guest has sent a sample (period 1 s)
         wait_for(lambda: json.loads(tool(e, ctl, "stats", "-j").stdout or "{}")
                  .get("updates", 0) > 0, 30)
+        # the documented examples, as written, through libvirt
+        import shlex
+        sys.path.insert(0, str(TOP / "qemu-tests"))
+        from scenarios.docs import doc_commands
+        cmds = doc_commands(DOC.read_text())
+        bad = []
+        for line in cmds:
+            r = tool(e, ctl, *shlex.split(line)[1:], timeout=180)
+            if r.returncode:
+                bad.append("%s -> %d: %s" % (line, r.returncode, r.stderr.strip()[-100:]))
+        tap(cmds and not bad, "the %d `$ tballoon` examples of host-tool.rst exit 0 through "
+            "serve --libvirt%s" % (len(cmds), ("; " + "; ".join(bad)) if bad else ""))
         for args, want in ((("inflate", "--to", "256M", "--deadline", "30s",
                              "--floor", "128M", "--wait"), "done"),
                            (("deflate", "--to", "64M", "--deadline", "30s", "--wait"), "done")):

@@ -35,21 +35,26 @@ def device_args(argv):
     return out
 
 
+def run_examples(ctx, text=None):
+    """Run every `$ tballoon` line of host-tool.rst on ctx's guest, in order;
+    each must exit 0."""
+    cmds = doc_commands(text or DOC.read_text())
+    ctx.require(len(cmds) >= 5, "host-tool.rst has %d `$ tballoon` examples" % len(cmds))
+    for line in cmds:
+        res = ctx.guest.tool(*shlex.split(line)[1:], timeout=180)
+        last = (res.stdout.strip().splitlines() or [""])[-1].replace("\r", " ")
+        ctx.diag("$ %s -> exit %d: %s", line, res.returncode, last[-160:])
+        ctx.expect(res.returncode == 0, "`%s` exits 0 (got %d: %s)"
+                   % (line, res.returncode, res.stderr.strip()[-200:]))
+
+
 @scenario("docs-examples", "docs")
 def docs_examples(ctx):
     """Documentation/host-tool.rst: every `$ tballoon` example exits 0 on a real guest"""
     g = ctx.guest
     ctx.require_timed_device()
     text = DOC.read_text()
-    cmds = doc_commands(text)
-    ctx.require(len(cmds) >= 5, "host-tool.rst has %d `$ tballoon` examples" % len(cmds))
-    for line in cmds:
-        argv = shlex.split(line)[1:]
-        res = g.tool(*argv, timeout=180)
-        last = (res.stdout.strip().splitlines() or [""])[-1].replace("\r", " ")
-        ctx.diag("$ %s -> exit %d: %s", line, res.returncode, last[-160:])
-        ctx.expect(res.returncode == 0, "`%s` exits 0 (got %d: %s)"
-                   % (line, res.returncode, res.stderr.strip()[-200:]))
+    run_examples(ctx, text)
     st = ctx.status()
     ctx.expect(st.get("actual_pages") == 0, "balloon empty after the examples (actual %s)"
                % st.get("actual_pages"))

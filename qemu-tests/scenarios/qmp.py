@@ -9,14 +9,12 @@ unresponsiveness are the daemon's to enforce, from QMP's view of the guest.
 
 import os
 import re
-import shlex
 import signal
-import subprocess
 import time
 
 from . import MIB, PAGE, available_kb, group, mib, scenario
 from tbtest import machine
-from .docs import DOC, doc_commands
+from .docs import run_examples
 
 group("qmp-upstream", driver="upstream", device="stock", mem="1G", serve_qmp=True)
 group("qmp-ours", driver="tballoon", device="stock", mem="1G", serve_qmp=True)
@@ -70,15 +68,9 @@ def _settle(ctx, timeout=20.0):
 @scenario("qmp-docs-examples", "qmp-upstream", needs=("tool",))
 def qmp_docs_examples(ctx):
     """serve --qmp, Linux's virtio_balloon: every `$ tballoon` example of host-tool.rst exits 0"""
-    g = ctx.guest
     _require_qmp(ctx, "virtio_balloon")
     ctx.require(_wait_stats(ctx), "guest statistics through QMP within 30 s")
-    for line in doc_commands(DOC.read_text()):
-        res = g.tool(*shlex.split(line)[1:], timeout=180)
-        last = (res.stdout.strip().splitlines() or [""])[-1].replace("\r", " ")
-        ctx.diag("$ %s -> exit %d: %s", line, res.returncode, last[-160:])
-        ctx.expect(res.returncode == 0, "`%s` exits 0 (got %d: %s)"
-                   % (line, res.returncode, res.stderr.strip()[-200:]))
+    run_examples(ctx)
     st = ctx.status()
     ctx.expect(st.get("actual_pages") == 0, "balloon empty after the examples (actual %s)"
                % st.get("actual_pages"))
@@ -87,7 +79,6 @@ def qmp_docs_examples(ctx):
 
 def _deadline(ctx):
     """inflate 900 MiB in 300 ms: ends deadline, stopped near where it was"""
-    g = ctx.guest
     target = 900 * MIB // PAGE
     rc, st, wall = ctx.balloon("inflate", target, "300ms")
     cmd = st.get("command", {})
@@ -212,10 +203,8 @@ def qmp_ours_floor(ctx):
 @scenario("qmp-unresponsive", "qmp-none", needs=("tool",))
 def qmp_unresponsive(ctx):
     """serve --qmp, no balloon driver in the guest: ends guest-unresponsive after the grace"""
-    g = ctx.guest
     st = ctx.status()
     ctx.require(st.get("connected"), "serve --qmp connected to QEMU")
-    t0 = time.monotonic()
     rc, st, wall = ctx.balloon("inflate", 256 * MIB // PAGE, "30s")
     cmd = st.get("command", {})
     ctx.diag("no driver: %s after %.1f s", cmd.get("state"), wall)

@@ -139,22 +139,13 @@ class Agent:
     def reattach(self, timeout):
         """Accept a new QEMU's connection to the same guest (after a live
         migration): the guest's agent runs on and says nothing new."""
-        deadline = time.monotonic() + timeout
         old, self.conn, self.buf = self.conn, None, b""
         if old is not None:
             old.close()
-        while self.conn is None:
-            self.listener.settimeout(0.5)
-            try:
-                self.conn, _ = self.listener.accept()
-            except socket.timeout:
-                self.alive()
-                if time.monotonic() > deadline:
-                    raise AgentTimeout("the new QEMU did not connect the agent serial port")
+        self._accept(time.monotonic() + timeout)
 
-    def connect(self, timeout):
-        """Accept QEMU's connection and wait for TBREADY."""
-        deadline = time.monotonic() + timeout
+    def _accept(self, deadline):
+        """QEMU's connection to our listener, by DEADLINE."""
         while self.conn is None:
             self.listener.settimeout(0.5)
             try:
@@ -163,6 +154,11 @@ class Agent:
                 self.alive()
                 if time.monotonic() > deadline:
                     raise AgentTimeout("QEMU did not connect the agent serial port")
+
+    def connect(self, timeout):
+        """Accept QEMU's connection and wait for TBREADY."""
+        deadline = time.monotonic() + timeout
+        self._accept(deadline)
         while self._recv_line(deadline) != "TBREADY":
             pass
 

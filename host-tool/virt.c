@@ -436,17 +436,36 @@ static int tb_virt_set_balloon(struct tb_peer *p, uint32_t pages)
 	return tb_virt_set_kib(v, pages);
 }
 
+/* the balloon as libvirt reports it now, in pages; -1 if it cannot be read */
+static int64_t tb_virt_actual_pages(struct tb_virt *v)
+{
+	virDomainMemoryStatStruct st[VIR_DOMAIN_MEMORY_STAT_NR];
+	int n = virDomainMemoryStats(v->dom, st, VIR_DOMAIN_MEMORY_STAT_NR, 0);
+
+	for (int i = 0; i < n; i++)
+		if (st[i].tag == VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON)
+			return (int64_t)tb_virt_pages_of_kib(v, st[i].val);
+	return -1;
+}
+
+/*
+ * Stop where it is: the size read afresh and set as the target. The device
+ * model hears of the size from the next read or event, not from here (it
+ * is stopping a command from inside its own checks).
+ */
 static int tb_virt_stop(struct tb_peer *p)
 {
 	struct tb_virt *v = (struct tb_virt *)p;
-	uint64_t now = tb_now_ms();
+	int64_t pages;
 
 	if (!v->up)
 		return -ENOTCONN;
-	if (!tb_virt_read(v, false, now))
+	pages = tb_virt_actual_pages(v);
+	if (pages < 0)
 		return -EIO;
-	tb_dev_peer_target(p->dev, TB_CFG(p->dev, actual));
-	return tb_virt_set_kib(v, TB_CFG(p->dev, actual));
+	tb_dev_peer_target(p->dev, (uint64_t)pages);
+	v->poll_due = tb_now_ms();
+	return tb_virt_set_kib(v, (uint64_t)pages);
 }
 
 static void tb_virt_footprint(struct tb_peer *p, uint64_t *ram, uint64_t *res)

@@ -129,6 +129,7 @@ static const char *const tb_qmp_stat_names[TB_GSTAT_COUNT] = {
  *	sample in the answer to this one was taken after that
  * @setup_err: why the setup failed (reported by tb_qmp_peer_new)
  * @said_down: the lost connection was logged (not again every retry)
+ * @fail: why the connection must be dropped at the next tick ("" if not)
  */
 struct tb_qmp {
 	struct tb_peer peer;
@@ -156,6 +157,7 @@ struct tb_qmp {
 	uint32_t stats_prev_pages;
 	char setup_err[200];
 	bool said_down;
+	char fail[160];
 };
 
 static struct tb_qmp *tb_qmp_of(struct tb_peer *p)
@@ -179,6 +181,7 @@ static void tb_qmp_drop(struct tb_qmp *q, uint64_t now, const char *fmt, ...)
 	if (q->state != TB_QMP_UP && !q->setup_err[0])
 		snprintf(q->setup_err, sizeof(q->setup_err), "%s", why);
 	q->said_down = true;
+	q->fail[0] = 0;
 	tb_close_fd(&q->fd);
 	free(q->in);
 	q->in = NULL;
@@ -209,7 +212,13 @@ static bool tb_qmp_send(struct tb_qmp *q, enum tb_qmp_req req, json_object *args
 	len = strlen(s);
 	if (q->npend == TB_QMP_PENDING || q->outlen + len + 1 > sizeof(q->out)) {
 		json_object_put(o);
-		tb_qmp_drop(q, now, "QEMU does not take its requests (%u in flight)", q->npend);
+		/*
+		 * Dropped by the next tick, not here: a request may be sent
+		 * from inside the device model (a command being issued or
+		 * stopped), which must not see the device go away under it.
+		 */
+		snprintf(q->fail, sizeof(q->fail), "QEMU does not take its requests "
+			 "(%u in flight)", q->npend);
 		return false;
 	}
 	memcpy(q->out + q->outlen, s, len);
@@ -245,7 +254,7 @@ static bool tb_qmp_pending(const struct tb_qmp *q, enum tb_qmp_req req)
 	return false;
 }
 
-static void tb_qmp_set_target(struct tb_qmp *q, uint64_t pages, uint64_t now)
+static bool tb_qmp_set_target(struct tb_qmp *q, uint64_t pages, uint64_t now)
 {
 	uint64_t bytes = pages << TB_PAGE_SHIFT;
 	json_object *a = json_object_new_object();
@@ -253,7 +262,7 @@ static void tb_qmp_set_target(struct tb_qmp *q, uint64_t pages, uint64_t now)
 	/* QEMU refuses 0; a balloon of all RAM is refused before it gets here */
 	json_object_object_add(a, "value", json_object_new_int64(
 		(int64_t)(q->ram > bytes ? q->ram - bytes : TB_PAGE_SIZE)));
-	tb_qmp_send(q, TB_QREQ_BALLOON, a, now);
+	return tb_qmp_send(q, TB_QREQ_BALLOON, a, now);
 }
 
 static uint64_t tb_qmp_pages_of_actual(const struct tb_qmp *q, json_object *ret)
@@ -637,6 +646,14 @@ static int64_t tb_qmp_tick(struct tb_peer *p, uint64_t now)
 		if (q->state == TB_QMP_DOWN)
 			return TB_QMP_RETRY_MS;
 	}
+	if (q->fail[0] && q->state != TB_QMP_DOWN) {
+		char why[sizeof(q->fail)];
+
+		memcpy(why, q->fail, sizeof(why));
+		q->fail[0] = 0;
+		tb_qmp_drop(q, now, "%s", why);
+		return TB_QMP_RETRY_MS;
+	}
 	if (q->state == TB_QMP_GREETING && now >= q->state_ms + TB_QMP_REPLY_MS) {
 		tb_qmp_drop(q, now, "no QMP greeting in %u ms (not a QEMU, or another "
 			    "client holds this monitor: QEMU serves one at a time)",
@@ -692,12 +709,13 @@ static int tb_qmp_set_balloon(struct tb_peer *p, uint32_t pages)
 		return -ENOTCONN;
 	if (((uint64_t)pages << TB_PAGE_SHIFT) >= q->ram)
 		return -EINVAL;
-	tb_qmp_set_target(q, pages, now);
+	if (!tb_qmp_set_target(q, pages, now))
+		return -EAGAIN;
 	/* follow it at once: the first BALLOON_CHANGE may be a second away */
 	q->poll_due = now;
 	q->stats_due = now;
-	tb_qmp_flush(q, now);
-	return q->state == TB_QMP_UP ? 0 : -ENOTCONN;
+	/* sent by the loop (POLLOUT), never from inside the device model */
+	return 0;
 }
 
 static int tb_qmp_stop(struct tb_peer *p)
@@ -707,9 +725,7 @@ static int tb_qmp_stop(struct tb_peer *p)
 
 	if (q->state != TB_QMP_UP)
 		return -ENOTCONN;
-	tb_qmp_send(q, TB_QREQ_STOP, NULL, now);
-	tb_qmp_flush(q, now);
-	return 0;
+	return tb_qmp_send(q, TB_QREQ_STOP, NULL, now) ? 0 : -EAGAIN;
 }
 
 /* QEMU's resident memory (VmRSS), which holds the guest's RAM */

@@ -13,10 +13,15 @@
  *
  *   memwatch: samples N min_avail_kb A grow_min_avail_kb G grow_samples S
  *
- * and exits 0: A is the lowest MemAvailable seen, G the lowest seen in a
- * sample in which the balloon had grown since the sample before (either
- * signal: the balloon took memory while the guest was that low), S how many samples
- * saw it grow. G is -1 if the balloon never grew.
+ * and exits 0: A is the lowest MemAvailable seen; G is, over the samples in
+ * which the balloon had grown since the sample before (either signal), the
+ * lowest of the higher MemAvailable of that sample and the one before: the
+ * growth happened between the two reads, so with a guest program only
+ * taking memory the balloon decided to grow with at most that much
+ * available (a sample's own reading alone also charges the balloon with
+ * what the program took after the decision: up to several MiB at 4 GiB/s
+ * when TCG stretches an interval); S how many samples saw it grow. G is -1
+ * if the balloon never grew.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -55,6 +60,7 @@ static long read_key(const char *path, const char *key)
 int main(int argc, char **argv)
 {
 	long interval, avail, total, infl, defl, held, prev_held = -1, prev_total = -1;
+	long prev_avail = -1;
 	long samples = 0, grow_samples = 0, min_avail = -1, grow_min = -1;
 	struct sigaction sa;
 	struct timespec ts;
@@ -89,10 +95,13 @@ int main(int argc, char **argv)
 		if (min_avail < 0 || avail < min_avail)
 			min_avail = avail;
 		if (prev_held >= 0 && (held > prev_held || total < prev_total)) {
+			long seen = avail > prev_avail ? avail : prev_avail;
+
 			grow_samples++;
-			if (grow_min < 0 || avail < grow_min)
-				grow_min = avail;
+			if (grow_min < 0 || seen < grow_min)
+				grow_min = seen;
 		}
+		prev_avail = avail;
 		prev_held = held;
 		prev_total = total;
 		nanosleep(&ts, NULL);

@@ -558,7 +558,8 @@ def floor_lag(ctx):
         stats = _memwatch_stop(ctx, g)
         glines = gout.strip().splitlines()
         ctx.diag("program %d MiB at %d MiB/s: inflate exit %d %s/%s at %s after %s ms; "
-                 "MemAvailable min %s, min while the balloon grew %s (%d of %d samples); "
+                 "MemAvailable min %s, min around a growth of the balloon %s (%d of %d "
+                 "samples); "
                  "memgrow: %s", grow_mib, rate, rc, c.get("state"), c.get("reason"),
                  mib(st.get("actual_pages", 0) * PAGE), c.get("elapsed_ms"),
                  mib(stats["min_avail_kb"] * KB), mib(stats["grow_min_avail_kb"] * KB),

@@ -38,19 +38,26 @@ static void tb_json_add_i64(json_object *o, const char *key, int64_t v)
 	json_object_object_add(o, key, json_object_new_int64(v));
 }
 
+/* {"tballoon": {"major", "minor", "micro"}, "package"}: greeting, query-version */
+static json_object *tb_ctl_version(void)
+{
+	json_object *o = json_object_new_object();
+	json_object *t = json_object_new_object();
+
+	tb_json_add_u64(t, "major", TB_VERSION_MAJOR);
+	tb_json_add_u64(t, "minor", TB_VERSION_MINOR);
+	tb_json_add_u64(t, "micro", TB_VERSION_MICRO);
+	json_object_object_add(o, "tballoon", t);
+	json_object_object_add(o, "package", json_object_new_string("tballoon " TB_VERSION));
+	return o;
+}
+
 json_object *tb_ctl_greeting(void)
 {
-	json_object *ver = json_object_new_object();
-	json_object *tb = json_object_new_object();
 	json_object *qmp = json_object_new_object();
 	json_object *g = json_object_new_object();
 
-	tb_json_add_u64(tb, "major", TB_VERSION_MAJOR);
-	tb_json_add_u64(tb, "minor", TB_VERSION_MINOR);
-	tb_json_add_u64(tb, "micro", TB_VERSION_MICRO);
-	json_object_object_add(ver, "tballoon", tb);
-	json_object_object_add(ver, "package", json_object_new_string("tballoon " TB_VERSION));
-	json_object_object_add(qmp, "version", ver);
+	json_object_object_add(qmp, "version", tb_ctl_version());
 	json_object_object_add(qmp, "capabilities", json_object_new_array());
 	json_object_object_add(g, "QMP", qmp);
 	return g;
@@ -284,19 +291,6 @@ static const char *const tb_ctl_commands[] = {
 	"query-stats", "inflate", "deflate", "abort",
 	"x-test-withhold-buffers", "x-test-config-notify", "x-test-set-last-cmd-id",
 };
-
-static json_object *tb_ctl_version(void)
-{
-	json_object *o = json_object_new_object();
-	json_object *t = json_object_new_object();
-
-	tb_json_add_u64(t, "major", TB_VERSION_MAJOR);
-	tb_json_add_u64(t, "minor", TB_VERSION_MINOR);
-	tb_json_add_u64(t, "micro", TB_VERSION_MICRO);
-	json_object_object_add(o, "tballoon", t);
-	json_object_object_add(o, "package", json_object_new_string("tballoon " TB_VERSION));
-	return o;
-}
 
 static json_object *tb_ctl_move(struct tb_dev *dev, uint32_t op, json_object *args,
 				json_object *id, uint64_t now_ms)

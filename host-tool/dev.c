@@ -136,11 +136,12 @@ const char *tb_kind_name(enum tb_kind kind)
 
 uint64_t tb_dev_ram_bytes(const struct tb_dev *dev)
 {
-	uint64_t ram = 0, res = 0;
+	uint64_t ram = 0;
 
 	if (!dev->ops || !dev->ops->footprint)
 		return tb_mem_ram_bytes(dev->mem);
-	dev->ops->footprint(dev->opaque, &ram, &res);
+	/* no resident figure: that costs a read of /proc (QMP) */
+	dev->ops->footprint(dev->opaque, &ram, NULL);
 	return ram;
 }
 

@@ -227,7 +227,8 @@ struct tb_dev;
  * @stop: stop the balloon where it is now (host-enforced deadline, floor,
  *	pressure, abort); NULL: num_pages = actual, then @notify_config. A
  *	peer whose view of `actual` lags (QMP) reads it afresh first.
- * @footprint: guest RAM and the host memory backing it, for a VM whose
+ * @footprint: guest RAM and the host memory backing it (@resident_bytes may
+ *	be NULL: only the RAM wanted), for a VM whose
  *	memory the daemon does not map (QMP, libvirt); NULL: from @mem
  */
 struct tb_dev_ops {

@@ -45,6 +45,7 @@ struct tb_peer;
  *	0, or -errno (the command is then not issued)
  * @stop: stop the balloon where it is now
  * @footprint: guest RAM and the host memory backing it, in bytes
+ *	(@resident_bytes may be NULL: the RAM alone is asked for often)
  * @destroy: close everything and free the peer
  */
 struct tb_peer_ops {

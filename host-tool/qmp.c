@@ -753,7 +753,8 @@ static void tb_qmp_footprint(struct tb_peer *p, uint64_t *ram, uint64_t *res)
 	struct tb_qmp *q = tb_qmp_of(p);
 
 	*ram = q->state == TB_QMP_UP ? q->ram : 0;
-	*res = q->state == TB_QMP_UP ? tb_qmp_rss(q->pid) : 0;
+	if (res)
+		*res = q->state == TB_QMP_UP ? tb_qmp_rss(q->pid) : 0;
 }
 
 static void tb_qmp_destroy(struct tb_peer *p)

@@ -473,7 +473,8 @@ static void tb_virt_footprint(struct tb_peer *p, uint64_t *ram, uint64_t *res)
 	struct tb_virt *v = (struct tb_virt *)p;
 
 	*ram = v->up ? v->ram_kib << 10 : 0;
-	*res = v->up ? v->rss : 0;
+	if (res)
+		*res = v->up ? v->rss : 0;
 }
 
 static int tb_virt_start(struct tb_peer *p, uint32_t timeout_ms, char *err, size_t errlen)

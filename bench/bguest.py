@@ -8,8 +8,8 @@ root, cleanup) with:
   $TB_CACHE/qemu-tests/bench-initramfs-<hash>.cpio.gz;
 - kind "virtio-mem": base RAM plus a virtio-mem-pci device on its own shared
   memfd (the rest of the guest's RAM).
-It also measures the guest's memory on the host: st_blocks of the memfds the
-QEMU process holds (/proc/PID/fd), and RssShmem of QEMU (/proc/PID/status).
+The guest's memory on the host (st_blocks of the memfds the QEMU process
+holds, RssShmem of QEMU) comes from machine.Guest.host_memory().
 """
 
 import gzip
@@ -161,37 +161,3 @@ class BenchGuest(machine.Guest):
                                      % (res.rc, res.out, res.err))
         return time.monotonic() - t
 
-    # ---- host view of guest memory ----------------------------------------
-
-    @property
-    def qemu_pid(self):
-        return self.qemu.pid if self.qemu is not None else None
-
-    def memfds(self):
-        """{name: {size, allocated}} of the memfds QEMU holds (distinct inodes)."""
-        pid = self.qemu_pid
-        seen = {}
-        fddir = "/proc/%d/fd" % pid
-        for fd in os.listdir(fddir):
-            try:
-                target = os.readlink("%s/%s" % (fddir, fd))
-                if not target.startswith("/memfd:"):
-                    continue
-                st = os.stat("%s/%s" % (fddir, fd))
-            except OSError:
-                continue
-            seen[st.st_ino] = {"name": target, "size": st.st_size,
-                               "allocated": st.st_blocks * 512}
-        return sorted(seen.values(), key=lambda m: -m["size"])
-
-    def host_memory(self):
-        """Allocated bytes of all guest memfds and QEMU's RssShmem."""
-        fds = self.memfds()
-        rss_shmem = None
-        with open("/proc/%d/status" % self.qemu_pid) as f:
-            for line in f:
-                if line.startswith("RssShmem:"):
-                    rss_shmem = int(line.split()[1]) * 1024
-        return {"memfd_allocated": sum(m["allocated"] for m in fds),
-                "memfd_size": sum(m["size"] for m in fds),
-                "memfds": fds, "rss_shmem": rss_shmem}

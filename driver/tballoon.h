@@ -16,6 +16,12 @@
  *  - @tb->stop_lock (spinlock, irq-safe): @removing, @suspending, @changed;
  *    taken from the config callback with interrupts off, never held across
  *    anything that sleeps.
+ *  - @tb->hint_lock (spinlock): @hint_pages and @hint_blocks; taken by the
+ *    hint work, the shrinker and the worker, never with another lock held
+ *    and never across anything that sleeps.
+ * Free page reporting (tballoon_report.c) takes none of these: the kernel's
+ * page_reporting work calls it one report at a time, and it alone uses
+ * @report_vq. The hint work (tballoon_hint.c) alone uses @hint_vq.
  * Worker-owned, no lock: @run, @next, @have_next, @last_cmd_id, @report_seq
  * (remove() and freeze() use them once the worker cannot run).
  */
@@ -29,6 +35,8 @@
 #include <linux/mm.h>
 #include <linux/mutex.h>
 #include <linux/notifier.h>
+#include <linux/page_reporting.h>
+#include <linux/shrinker.h>
 #include <linux/sizes.h>
 #include <linux/spinlock.h>
 #include <linux/virtio.h>
@@ -66,6 +74,18 @@
 #define TBALLOON_ACK_POLL_MS		100
 /* DEFLATE_ON_OOM: 4 KiB pages given back per OOM notification (4 MiB) */
 #define TBALLOON_OOM_PAGES		1024U
+/*
+ * FREE_PAGE_HINT: order of a hinted block, pageblock-sized (2 MiB on x86)
+ * as the balloon's own blocks; allocated from free memory only, never with
+ * reclaim or the emergency reserves.
+ */
+#define TBALLOON_HINT_ORDER		min_t(unsigned int, pageblock_order, \
+					      TBALLOON_BLOCK_MAX_ORDER)
+#define TBALLOON_HINT_GFP		((GFP_KERNEL | __GFP_NOWARN | \
+					  __GFP_NOMEMALLOC) & ~__GFP_RECLAIM)
+/* free_page_hint_cmd_id values with a fixed meaning (virtio spec 5.5.6.7) */
+#define TBALLOON_HINT_CMD_STOP		0
+#define TBALLOON_HINT_CMD_DONE		1
 /* helpers: other CPUs that allocate blocks for the worker during a fill */
 #define TBALLOON_HELPERS_MAX		3
 /* largest block: one allocation of up to 2 MiB (a pageblock on x86) */
@@ -180,6 +200,12 @@ struct tballoon_helper {
  * @deflate_vq: deflateq; used under @lock
  * @stats_vq: statsq (VIRTIO_BALLOON_F_STATS_VQ) or NULL; used only by
  *	@stats_work once the first buffer is queued at start
+ * @hint_vq: free_page_vq (VIRTIO_BALLOON_F_FREE_PAGE_HINT) or NULL; used
+ *	only by @hint_work
+ * @report_vq: reporting_vq (VIRTIO_BALLOON_F_REPORTING) or NULL; used only
+ *	by tballoon_report_pages(), which the kernel calls one at a time
+ * @pr_dev: free page reporting registration (@pr_registered)
+ * @pr_registered: @pr_dev is registered with the kernel
  * @timed: VIRTIO_BALLOON_F_TIMED negotiated; fixed at probe
  * @adjust_managed: the balloon's pages leave the guest's managed memory
  *	(MemTotal drops); false with VIRTIO_BALLOON_F_DEFLATE_ON_OOM, like the
@@ -208,6 +234,19 @@ struct tballoon_helper {
  * @stats_work: refills @stats and returns the buffer on @stats_vq; queued
  *	from the statsq callback unless @removing
  * @stats: the statistics buffer (standard tags, virtio endian)
+ * @hint_work: one free page hinting pass per command id of the device
+ * @hint_lock: protects @hint_pages and @hint_blocks
+ * @hint_pages: hinted blocks the guest holds until the device says DONE
+ *	(first pages, linked through page->lru), so that a pass hints others
+ * @hint_blocks: blocks on @hint_pages
+ * @hint_shrinker: gives @hint_pages back under memory pressure
+ * @hint_cmd_id: the device's command id the last pass started for; owned
+ *	by @hint_work
+ * @hint_yield: an inflate runs: hinting stops taking free memory from it
+ * @hint_id_start: buffer of the id that opens a pass (device byte order)
+ * @hint_id_stop: buffer of the STOP id that closes it
+ * @poison: VIRTIO_BALLOON_F_PAGE_POISON negotiated: the guest poisons or
+ *	zeroes freed pages and told the device the value (poison_val)
  * @acked: woken by the virtqueue callbacks when the device used a buffer
  * @lock: protects @inflate_vq, @deflate_vq (add, kick, get_buf), @bufs,
  *	@mig_buf, @mig_pfns, @oom_buf, @blocks, @num_pages, @inflight_pages,
@@ -238,6 +277,11 @@ struct tballoon {
 	struct virtqueue *inflate_vq;
 	struct virtqueue *deflate_vq;
 	struct virtqueue *stats_vq;
+	struct virtqueue *hint_vq;
+	struct virtqueue *report_vq;
+	struct page_reporting_dev_info pr_dev;
+	bool pr_registered;
+	bool poison;
 	bool timed;
 	bool adjust_managed;
 	u64 ram_pages;
@@ -260,6 +304,16 @@ struct tballoon {
 
 	struct work_struct stats_work;
 	struct virtio_balloon_stat stats[VIRTIO_BALLOON_S_NR];
+
+	struct work_struct hint_work;
+	spinlock_t hint_lock;		/* protects hint_pages, hint_blocks */
+	struct list_head hint_pages;
+	unsigned long hint_blocks;
+	struct tballoon_shrinker hint_shrinker;
+	u32 hint_cmd_id;
+	bool hint_yield;
+	__virtio32 hint_id_start;
+	__virtio32 hint_id_stop;
 
 	wait_queue_head_t acked;
 
@@ -357,6 +411,16 @@ static inline bool tballoon_should_fail(enum tballoon_fail which)
 static inline void tballoon_fault_init(void) { }
 static inline void tballoon_fault_exit(void) { }
 #endif
+
+/* tballoon_report.c: free page reporting (VIRTIO_BALLOON_F_REPORTING) */
+int tballoon_report_start(struct tballoon *tb);
+void tballoon_report_stop(struct tballoon *tb);
+
+/* tballoon_hint.c: free page hinting (VIRTIO_BALLOON_F_FREE_PAGE_HINT) */
+int tballoon_hint_init(struct tballoon *tb);
+void tballoon_hint_exit(struct tballoon *tb);
+void tballoon_hint_changed(struct tballoon *tb);
+void tballoon_hint_release(struct tballoon *tb);
 
 /* tballoon_stats.c: the statistics queue */
 void tballoon_stats_request(struct virtqueue *vq);

@@ -104,7 +104,10 @@ void tballoon_kick(struct tballoon *tb)
 /* The device announced a change: note it, leave the work to the worker. */
 void tballoon_config_changed(struct virtio_device *vdev)
 {
-	tballoon_kick(vdev->priv);
+	struct tballoon *tb = vdev->priv;
+
+	tballoon_hint_changed(tb);
+	tballoon_kick(tb);
 }
 
 static u32 tballoon_config_gen(struct virtio_device *vdev)

@@ -11,24 +11,29 @@
  * Differences handled:
  *  - TBALLOON_HAVE_VIRTQUEUE_INFO: virtio_find_vqs() takes one struct
  *    virtqueue_info array (since 6.11) instead of separate callback and
- *    name arrays.
+ *    name arrays. Both skip an entry whose name is NULL without using a
+ *    queue index for it (the queue does not exist).
+ *  - TBALLOON_HAVE_SHRINKER_ALLOC: shrinkers are allocated by the kernel
+ *    (shrinker_alloc(), shrinker_register(), shrinker_free(), since 6.7)
+ *    instead of embedded and registered with register_shrinker().
  *
  * Not differences (checked, same API on 6.1 and 6.12): the balloon page
  * API (balloon_page_alloc/list_enqueue/list_dequeue/insert/finalize,
  * balloon_dev_info.migratepage), register_oom_notifier(),
- * adjust_managed_page_count(). The driver registers no shrinker, so the
- * register_shrinker() -> shrinker_alloc() change (6.7) does not apply.
+ * adjust_managed_page_count(), page_reporting_register() (with @order),
+ * want_init_on_free(), page_poisoning_enabled_static().
  */
 #ifndef _TBALLOON_COMPAT_H
 #define _TBALLOON_COMPAT_H
 
 #include <linux/bug.h>
 #include <linux/kernel.h>
+#include <linux/shrinker.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 
 /* most virtqueues tballoon_find_vqs() sets up */
-#define TBALLOON_COMPAT_MAX_VQS		4
+#define TBALLOON_COMPAT_MAX_VQS		5
 
 /**
  * struct tballoon_vq_info - one virtqueue to set up
@@ -78,6 +83,76 @@ static inline int tballoon_find_vqs(struct virtio_device *vdev,
 		callbacks[i] = info[i].callback;
 	}
 	return virtio_find_vqs(vdev, nvqs, vqs, callbacks, names, NULL);
+#endif
+}
+
+/**
+ * struct tballoon_shrinker - a shrinker and the object it shrinks
+ * @s: the shrinker (allocated by the kernel since 6.7, embedded before)
+ * @owner: what tballoon_shrinker_owner() returns in the callbacks
+ */
+struct tballoon_shrinker {
+#ifdef TBALLOON_HAVE_SHRINKER_ALLOC
+	struct shrinker *s;
+#else
+	struct shrinker s;
+#endif
+	void *owner;
+};
+
+/**
+ * tballoon_shrinker_register() - register a shrinker
+ * @ts: the shrinker to fill in
+ * @owner: passed back by tballoon_shrinker_owner()
+ * @count: count_objects callback
+ * @scan: scan_objects callback
+ * @name: the shrinker's name (debugfs with CONFIG_SHRINKER_DEBUG)
+ *
+ * Return: 0 or -ENOMEM.
+ */
+static inline int tballoon_shrinker_register(struct tballoon_shrinker *ts,
+					     void *owner,
+					     unsigned long (*count)(struct shrinker *,
+								    struct shrink_control *),
+					     unsigned long (*scan)(struct shrinker *,
+								   struct shrink_control *),
+					     const char *name)
+{
+	ts->owner = owner;
+#ifdef TBALLOON_HAVE_SHRINKER_ALLOC
+	ts->s = shrinker_alloc(0, "%s", name);
+	if (!ts->s)
+		return -ENOMEM;
+	ts->s->count_objects = count;
+	ts->s->scan_objects = scan;
+	ts->s->private_data = ts;
+	shrinker_register(ts->s);
+	return 0;
+#else
+	ts->s.count_objects = count;
+	ts->s.scan_objects = scan;
+	ts->s.seeks = DEFAULT_SEEKS;
+	return register_shrinker(&ts->s, "%s", name);
+#endif
+}
+
+static inline void tballoon_shrinker_unregister(struct tballoon_shrinker *ts)
+{
+#ifdef TBALLOON_HAVE_SHRINKER_ALLOC
+	shrinker_free(ts->s);
+	ts->s = NULL;
+#else
+	unregister_shrinker(&ts->s);
+#endif
+}
+
+/* the @owner given to tballoon_shrinker_register(), in a callback */
+static inline void *tballoon_shrinker_owner(struct shrinker *s)
+{
+#ifdef TBALLOON_HAVE_SHRINKER_ALLOC
+	return ((struct tballoon_shrinker *)s->private_data)->owner;
+#else
+	return container_of(s, struct tballoon_shrinker, s)->owner;
 #endif
 }
 

@@ -391,6 +391,14 @@ void tballoon_run(struct tballoon *tb)
 	u32 n;
 	int err;
 
+	/*
+	 * Free page hinting holds free blocks an inflate needs: hand them
+	 * back, and keep a hint pass from taking more while this runs.
+	 */
+	if (inflate) {
+		WRITE_ONCE(tb->hint_yield, true);
+		tballoon_hint_release(tb);
+	}
 	run->no_blocks = !tb->block_pfns || !READ_ONCE(tballoon_param_blocks);
 	run->threads = clamp_t(unsigned int, READ_ONCE(tballoon_param_threads), 1,
 			       min(num_online_cpus(), 1U + TBALLOON_HELPERS_MAX));
@@ -487,4 +495,5 @@ void tballoon_run(struct tballoon *tb)
 	}
 	tballoon_drain(tb);
 	mutex_unlock(&tb->lock);
+	WRITE_ONCE(tb->hint_yield, false);
 }

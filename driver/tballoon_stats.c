@@ -24,6 +24,38 @@ static void tballoon_stat(struct tballoon *tb, unsigned int i, u16 tag,
 	tb->stats[i].val = cpu_to_virtio64(tb->vdev, val);
 }
 
+/*
+ * The reclaim tags (10-15), where the kernel's virtio_balloon.h defines
+ * them (6.12; the 6.1 header stops at 9 and they are absent there, as with
+ * the standard driver on that kernel). Scans and reclaims in bytes:
+ * "async" is the background reclaimers (kswapd, khugepaged), "direct" the
+ * allocating tasks; stalls count direct reclaim entries in all zones.
+ */
+static unsigned int tballoon_stats_reclaim(struct tballoon *tb, unsigned int i,
+					   const unsigned long *ev)
+{
+#if defined(VIRTIO_BALLOON_S_DIRECT_RECLAIM) && defined(CONFIG_VM_EVENT_COUNTERS)
+	unsigned int first = i, zid;
+	u64 stalls = 0;
+
+	for (zid = 0; zid < MAX_NR_ZONES; zid++)
+		stalls += ev[ALLOCSTALL_NORMAL - ZONE_NORMAL + zid];
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_OOM_KILL, ev[OOM_KILL]);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_ALLOC_STALL, stalls);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_ASYNC_SCAN,
+		      (u64)(ev[PGSCAN_KSWAPD] + ev[PGSCAN_KHUGEPAGED]) << PAGE_SHIFT);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_DIRECT_SCAN,
+		      (u64)ev[PGSCAN_DIRECT] << PAGE_SHIFT);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_ASYNC_RECLAIM,
+		      (u64)(ev[PGSTEAL_KSWAPD] + ev[PGSTEAL_KHUGEPAGED]) << PAGE_SHIFT);
+	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_DIRECT_RECLAIM,
+		      (u64)ev[PGSTEAL_DIRECT] << PAGE_SHIFT);
+	return i - first;
+#else
+	return 0;
+#endif
+}
+
 /* Fill @tb->stats with the standard tags, values in bytes or events. */
 static unsigned int tballoon_stats_fill(struct tballoon *tb)
 {
@@ -55,6 +87,7 @@ static unsigned int tballoon_stats_fill(struct tballoon *tb)
 	tballoon_stat(tb, i++, VIRTIO_BALLOON_S_HTLB_PGFAIL,
 		      ev[HTLB_BUDDY_PGALLOC_FAIL]);
 #endif
+	i += tballoon_stats_reclaim(tb, i, ev);
 	return i;
 }
 

@@ -12,7 +12,10 @@
  * Standard features, in both modes: STATS_VQ (the standard tags, refilled
  * each time the device returns the buffer), DEFLATE_ON_OOM (an OOM notifier
  * gives TBALLOON_OOM_PAGES back instead of an OOM kill; the balloon then
- * stays in MemTotal, as upstream), balloon page migration for compaction.
+ * stays in MemTotal, as upstream), REPORTING (free memory handed back to
+ * the host as the kernel finds it), FREE_PAGE_HINT (free memory a live
+ * migration need not send), PAGE_POISON (the value freed pages hold),
+ * balloon page migration for compaction.
  *
  * This file owns the device's life: module parameters, the feature table,
  * probe, remove, freeze and restore, the virtqueues' set-up, and the PM,
@@ -25,7 +28,9 @@
  *  - tballoon_cmd.c: on top, the worker that turns config space into runs;
  *    below everything, the config accessors, reports and stop flags that
  *    every layer uses;
- *  - tballoon_stats.c: the statistics queue, on its own.
+ *  - tballoon_stats.c: the statistics queue, on its own;
+ *  - tballoon_report.c, tballoon_hint.c: free page reporting and hinting,
+ *    each with its own queue, beside the balloon (never balloon pages).
  * Decisions (validity, batch size, stop, pacing) are in tballoon_policy.c.
  *
  * Locks: probe and restore run before the worker can; remove and freeze
@@ -35,9 +40,11 @@
 
 #include <linux/balloon_compaction.h>
 #include <linux/delay.h>
+#include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/oom.h>
 #include <linux/pci.h>
+#include <linux/poison.h>
 #include <linux/reboot.h>
 #include <linux/slab.h>
 #include <linux/suspend.h>
@@ -161,27 +168,38 @@ static void tballoon_ack(struct virtqueue *vq)
  */
 static int tballoon_init_vqs(struct tballoon *tb)
 {
-	struct virtqueue *vqs[VIRTIO_TBALLOON_VQ_MAX];
-	static const struct tballoon_vq_info info[] = {
+	struct virtio_device *vdev = tb->vdev;
+	struct virtqueue *vqs[VIRTIO_TBALLOON_VQ_MAX] = {};
+	struct tballoon_vq_info info[VIRTIO_TBALLOON_VQ_MAX] = {
 		[VIRTIO_TBALLOON_VQ_INFLATE] = { "inflate", tballoon_ack },
 		[VIRTIO_TBALLOON_VQ_DEFLATE] = { "deflate", tballoon_ack },
-		[VIRTIO_TBALLOON_VQ_STATS] = { "stats", tballoon_stats_request },
 	};
-	bool stats = virtio_has_feature(tb->vdev, VIRTIO_BALLOON_F_STATS_VQ);
 	int err;
 
-	BUILD_BUG_ON(ARRAY_SIZE(info) != VIRTIO_TBALLOON_VQ_MAX);
 	BUILD_BUG_ON(ARRAY_SIZE(info) > TBALLOON_COMPAT_MAX_VQS);
 	if (tballoon_should_fail(TBALLOON_FAIL_INIT_VQS))
 		return -ENOMEM;
-	err = tballoon_find_vqs(tb->vdev, stats ? VIRTIO_TBALLOON_VQ_MAX :
-					 VIRTIO_TBALLOON_VQ_STATS,
-				vqs, info);
+	/*
+	 * A queue whose feature was not negotiated has no name: the
+	 * transport skips it and gives it no index (proto/virtio_tballoon.h).
+	 */
+	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_STATS_VQ))
+		info[VIRTIO_TBALLOON_VQ_STATS] =
+			(struct tballoon_vq_info){ "stats", tballoon_stats_request };
+	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
+		info[VIRTIO_TBALLOON_VQ_FREE_PAGE] =
+			(struct tballoon_vq_info){ "free_page_vq", tballoon_ack };
+	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_REPORTING))
+		info[VIRTIO_TBALLOON_VQ_REPORTING] =
+			(struct tballoon_vq_info){ "reporting_vq", tballoon_ack };
+	err = tballoon_find_vqs(vdev, VIRTIO_TBALLOON_VQ_MAX, vqs, info);
 	if (err)
 		return err;
 	tb->inflate_vq = vqs[VIRTIO_TBALLOON_VQ_INFLATE];
 	tb->deflate_vq = vqs[VIRTIO_TBALLOON_VQ_DEFLATE];
-	tb->stats_vq = stats ? vqs[VIRTIO_TBALLOON_VQ_STATS] : NULL;
+	tb->stats_vq = vqs[VIRTIO_TBALLOON_VQ_STATS];
+	tb->hint_vq = vqs[VIRTIO_TBALLOON_VQ_FREE_PAGE];
+	tb->report_vq = vqs[VIRTIO_TBALLOON_VQ_REPORTING];
 	tb->broken = false;
 	return 0;
 }
@@ -199,11 +217,32 @@ static void tballoon_del_vqs(struct tballoon *tb)
 	tb->inflate_vq = NULL;
 	tb->deflate_vq = NULL;
 	tb->stats_vq = NULL;
+	tb->hint_vq = NULL;
+	tb->report_vq = NULL;
+}
+
+/*
+ * Does the guest poison or zero the pages it frees? Then a free page the
+ * device discarded reads back wrong (zero, or not zero) unless the device
+ * knows the value: PAGE_POISON and poison_val.
+ */
+static bool tballoon_guest_poisons(void)
+{
+	return want_init_on_free() || page_poisoning_enabled_static();
 }
 
 /* Start (probe, restore): read what survives in the device, then go. */
 static void tballoon_start(struct tballoon *tb)
 {
+	if (tb->poison) {
+		/* 0 when freed pages are zeroed, else PAGE_POISON in each byte */
+		u32 val = 0;
+
+		if (!want_init_on_free())
+			memset(&val, PAGE_POISON, sizeof(val));
+		virtio_cwrite_le(tb->vdev, struct virtio_tballoon_config,
+				 poison_val, &val);
+	}
 	if (tb->timed) {
 		/* A command not acknowledged yet is new (protocol, "Issuing"). */
 		virtio_cread_le(tb->vdev, struct virtio_tballoon_config,
@@ -215,6 +254,9 @@ static void tballoon_start(struct tballoon *tb)
 	/* The device holds one statistics buffer and returns it to ask. */
 	if (tb->stats_vq)
 		tballoon_stats_send(tb);
+	tballoon_report_start(tb);
+	/* a migration may have started before the driver: look at the id */
+	tballoon_hint_changed(tb);
 	tballoon_kick(tb);
 }
 
@@ -357,6 +399,22 @@ static int tballoon_validate(struct virtio_device *vdev)
 				 "TIMED offered, but the timed block of config space reads all ones: standard balloon\n");
 		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_TIMED);
 	}
+	/*
+	 * Poisoned (or zeroed) free pages: reporting and hinting only when the
+	 * device takes poison_val into account. The standard driver drops
+	 * reporting only; a hinted page that the destination of a migration
+	 * never received reads as zero there, so hinting goes too.
+	 */
+	if (!tballoon_guest_poisons()) {
+		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_PAGE_POISON);
+	} else if (!virtio_has_feature(vdev, VIRTIO_BALLOON_F_PAGE_POISON)) {
+		if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_REPORTING) ||
+		    virtio_has_feature(vdev, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
+			dev_info(&vdev->dev,
+				 "the guest poisons free pages and the device does not offer PAGE_POISON: no free page reporting or hinting\n");
+		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_REPORTING);
+		__virtio_clear_bit(vdev, VIRTIO_BALLOON_F_FREE_PAGE_HINT);
+	}
 	return 0;
 }
 
@@ -379,6 +437,7 @@ static int tballoon_probe(struct virtio_device *vdev)
 	tb->timed = virtio_has_feature(vdev, VIRTIO_BALLOON_F_TIMED);
 	tb->adjust_managed = !virtio_has_feature(vdev,
 						 VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
+	tb->poison = virtio_has_feature(vdev, VIRTIO_BALLOON_F_PAGE_POISON);
 	INIT_WORK(&tb->work, tballoon_work);
 	INIT_WORK(&tb->stats_work, tballoon_stats_work);
 	for (i = 0; i < TBALLOON_HELPERS_MAX; i++) {
@@ -425,9 +484,12 @@ static int tballoon_probe(struct virtio_device *vdev)
 		goto err_free_bufs;
 	}
 
-	err = tballoon_init_vqs(tb);
+	err = tballoon_hint_init(tb);
 	if (err)
 		goto err_free_bufs;
+	err = tballoon_init_vqs(tb);
+	if (err)
+		goto err_hint;
 
 	tb->pm_nb.notifier_call = tballoon_pm_notify;
 	err = register_pm_notifier(&tb->pm_nb);
@@ -458,6 +520,8 @@ err_pm:
 	unregister_pm_notifier(&tb->pm_nb);
 err_del_vqs:
 	vdev->config->del_vqs(vdev);
+err_hint:
+	tballoon_hint_exit(tb);
 err_free_bufs:
 	tballoon_free_bufs(tb);
 	kfree(tb);
@@ -475,6 +539,8 @@ static void tballoon_remove(struct virtio_device *vdev)
 	unregister_pm_notifier(&tb->pm_nb);
 	/* The worker reports a running command ABORTED/REMOVED as it stops. */
 	tballoon_stop_worker(tb);
+	tballoon_report_stop(tb);
+	tballoon_hint_exit(tb);
 	tballoon_empty(tb);
 	virtio_reset_device(vdev);
 	tballoon_release(tb);
@@ -490,6 +556,9 @@ static int tballoon_freeze(struct virtio_device *vdev)
 
 	/* The freezable workqueue is frozen: the worker does not run. */
 	cancel_work_sync(&tb->stats_work);
+	cancel_work_sync(&tb->hint_work);
+	tballoon_report_stop(tb);
+	tballoon_hint_release(tb);
 	tballoon_empty(tb);
 	virtio_reset_device(vdev);
 	tballoon_release(tb);
@@ -519,6 +588,11 @@ static unsigned int tballoon_features[] = {
 	VIRTIO_BALLOON_F_MUST_TELL_HOST,
 	VIRTIO_BALLOON_F_STATS_VQ,
 	VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
+	VIRTIO_BALLOON_F_FREE_PAGE_HINT,
+	VIRTIO_BALLOON_F_PAGE_POISON,
+#ifdef CONFIG_PAGE_REPORTING
+	VIRTIO_BALLOON_F_REPORTING,
+#endif
 	VIRTIO_BALLOON_F_TIMED,
 };
 

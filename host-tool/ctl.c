@@ -138,6 +138,11 @@ json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms)
 	json_object_object_add(o, "timed", json_object_new_boolean(tb_dev_timed(dev)));
 	json_object_object_add(o, "deflate_on_oom", json_object_new_boolean(
 		dev->features_set && (dev->features & TB_BIT(TB_BALLOON_F_DEFLATE_ON_OOM))));
+	json_object_object_add(o, "free_page_reporting", json_object_new_boolean(
+		dev->features_set && (dev->features & TB_BIT(TB_BALLOON_F_REPORTING))));
+	json_object_object_add(o, "page_poison", json_object_new_boolean(
+		dev->features_set && (dev->features & TB_BIT(TB_BALLOON_F_PAGE_POISON))));
+	tb_json_add_u64(o, "poison_val", TB_CFG(dev, poison_val));
 	json_object_object_add(o, "driver_ok", json_object_new_boolean(dev->driver_ok));
 	tb_json_add_u64(o, "guest_ram_bytes", tb_dev_ram_bytes(dev));
 	tb_json_add_u64(o, "resident_bytes", tb_dev_resident_bytes(dev));
@@ -175,6 +180,9 @@ json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms)
 	tb_json_add_u64(s, "broken_rings", dev->stats.broken_rings);
 	tb_json_add_u64(s, "resets", dev->stats.resets);
 	tb_json_add_u64(s, "unresponsive", dev->stats.unresponsive);
+	tb_json_add_u64(s, "reports", dev->stats.reports);
+	tb_json_add_u64(s, "reported_bytes", dev->stats.reported_bytes);
+	tb_json_add_u64(s, "reported_kept_bytes", dev->stats.reported_kept_bytes);
 	json_object_object_add(o, "stats", s);
 	return o;
 }

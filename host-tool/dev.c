@@ -19,6 +19,8 @@ _Static_assert(offsetof(struct virtio_tballoon_config, ack_cmd_id) == 40,
 /* the bytes a driver may write: actual, and the driver block */
 #define TB_DRV_ACTUAL_START TB_OFF(actual)
 #define TB_DRV_ACTUAL_END (TB_OFF(actual) + 4)
+#define TB_DRV_POISON_START TB_OFF(poison_val)
+#define TB_DRV_POISON_END (TB_OFF(poison_val) + 4)
 #define TB_DRV_BLOCK_START TB_OFF(ack_cmd_id)
 #define TB_DRV_BLOCK_END VIRTIO_TBALLOON_CONFIG_SIZE
 
@@ -537,6 +539,12 @@ int tb_dev_set_config(struct tb_dev *dev, const uint8_t *buf, uint32_t off,
 	memcpy(before, dev->config, sizeof(before));
 	/* only the driver-written fields; the rest is the device's */
 	tb_dev_take(dev, buf, off, size, TB_DRV_ACTUAL_START, TB_DRV_ACTUAL_END);
+	/*
+	 * The value the guest's free pages hold (PAGE_POISON). Taken whatever
+	 * the features say: a vhost-user front-end passes config writes on at
+	 * once but the features only at DRIVER_OK, after the driver wrote it.
+	 */
+	tb_dev_take(dev, buf, off, size, TB_DRV_POISON_START, TB_DRV_POISON_END);
 	tb_dev_take(dev, buf, off, size, TB_DRV_BLOCK_START, TB_DRV_BLOCK_END);
 	/*
 	 * Every field the driver changed is state: the front-end hears back
@@ -935,9 +943,73 @@ static bool tb_dev_pfn_chain(struct tb_dev *dev, unsigned int idx,
 	return true;
 }
 
+unsigned int tb_dev_queue_role(const struct tb_dev *dev, unsigned int idx)
+{
+	static const unsigned int feature[VIRTIO_TBALLOON_VQ_MAX] = {
+		[VIRTIO_TBALLOON_VQ_STATS] = TB_BALLOON_F_STATS_VQ,
+		[VIRTIO_TBALLOON_VQ_FREE_PAGE] = TB_BALLOON_F_FREE_PAGE_HINT,
+		[VIRTIO_TBALLOON_VQ_REPORTING] = TB_BALLOON_F_REPORTING,
+	};
+	unsigned int n = 0;
+
+	for (unsigned int role = 0; role < VIRTIO_TBALLOON_VQ_MAX; role++) {
+		if (role > VIRTIO_TBALLOON_VQ_DEFLATE &&
+		    !(dev->features & TB_BIT(feature[role])))
+			continue;
+		if (n++ == idx)
+			return role;
+	}
+	return VIRTIO_TBALLOON_VQ_MAX;
+}
+
+/*
+ * A free page report (REPORTING): device-writable ranges of free guest
+ * memory, 4 KiB aligned, that the device may discard. Discarded unless the
+ * guest's free pages hold a poison value (poison_val != 0), which a hole
+ * would not read back (QEMU keeps those too). Nothing is written to the
+ * buffer. *@pages gets the 4 KiB pages it covers, for the pass's budget.
+ */
+static bool tb_dev_report_chain(struct tb_dev *dev, const struct tb_vring_chain *ch,
+				uint64_t *pages)
+{
+	bool keep = TB_CFG(dev, poison_val) != 0;
+	uint64_t bytes = 0;
+
+	if (!ch->nsegs)
+		return false;
+	for (unsigned int i = 0; i < ch->nsegs; i++) {
+		const struct tb_vring_seg *sg = &ch->segs[i];
+		uint64_t off;
+
+		if (!sg->write || !sg->len || (sg->gpa | sg->len) & (TB_PAGE_SIZE - 1) ||
+		    tb_mem_gpa_to_fd(dev->mem, sg->gpa, sg->len, &off) < 0)
+			return false;
+		bytes += sg->len;
+	}
+	*pages = bytes >> TB_PAGE_SHIFT;
+	dev->stats.reports++;
+	if (keep) {
+		dev->stats.reported_kept_bytes += bytes;
+		return true;
+	}
+	for (unsigned int i = 0; i < ch->nsegs; i++) {
+		const struct tb_vring_seg *sg = &ch->segs[i];
+		uint64_t off;
+		int r = tb_mem_gpa_to_fd(dev->mem, sg->gpa, sg->len, &off);
+
+		if (dev->punch && dev->punch(dev->punch_opaque, dev->mem->r[r].fd, off,
+					     sg->len) == 0)
+			dev->stats.reported_bytes += sg->len;
+		else
+			dev->stats.punch_errors++;
+	}
+	return true;
+}
+
 int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 			 struct tb_vring *vr, bool *notify)
 {
+	unsigned int role = tb_dev_queue_role(dev, idx);
 	uint16_t heads[TB_DEV_PASS_BUFFERS + 1];
 	unsigned int nheads = 0, nbuf = 0;
 	struct tb_vring_chain ch;
@@ -948,8 +1020,8 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 	*notify = false;
 	if (dev->broken)
 		return 0;
-	if (dev->test_withhold && (idx == VIRTIO_TBALLOON_VQ_INFLATE ||
-				   idx == VIRTIO_TBALLOON_VQ_DEFLATE))
+	if (dev->test_withhold && (role == VIRTIO_TBALLOON_VQ_INFLATE ||
+				   role == VIRTIO_TBALLOON_VQ_DEFLATE))
 		return 0;
 	for (;;) {
 		uint16_t pos = vr->last_avail;
@@ -967,12 +1039,17 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 		if (ch.err != TB_CHAIN_OK) {
 			tb_warn("balloon: queue %u chain %u refused: %s", idx, ch.head,
 				tb_chain_err_name(ch.err));
-		} else if (idx == VIRTIO_TBALLOON_VQ_INFLATE ||
-			   idx == VIRTIO_TBALLOON_VQ_DEFLATE) {
+		} else if (role == VIRTIO_TBALLOON_VQ_INFLATE ||
+			   role == VIRTIO_TBALLOON_VQ_DEFLATE) {
 			ok = tb_dev_pfn_chain(dev, idx, &ch, pos, vr->num, &commit, &n);
 			pfns += n;
-		} else if (idx == VIRTIO_TBALLOON_VQ_STATS &&
-			   (dev->features & TB_BIT(TB_BALLOON_F_STATS_VQ))) {
+		} else if (role == VIRTIO_TBALLOON_VQ_REPORTING) {
+			ok = tb_dev_report_chain(dev, &ch, &n);
+			pfns += n;
+			if (!ok)
+				tb_warn("balloon: queue %u chain %u is not a free page report",
+					idx, ch.head);
+		} else if (role == VIRTIO_TBALLOON_VQ_STATS) {
 			ok = tb_dev_chain_stats(dev, &ch, tb_now_ms());
 			if (ok) {
 				/* keep it: returning it asks for fresh stats */
@@ -1043,7 +1120,7 @@ int64_t tb_dev_stats_due(const struct tb_dev *dev, uint64_t now_ms)
 
 void tb_dev_queue_stopped(struct tb_dev *dev, unsigned int idx, struct tb_vring *vr)
 {
-	if (idx != VIRTIO_TBALLOON_VQ_STATS || !dev->gstats.held)
+	if (tb_dev_queue_role(dev, idx) != VIRTIO_TBALLOON_VQ_STATS || !dev->gstats.held)
 		return;
 	dev->gstats.held = false;
 	/*

@@ -23,10 +23,13 @@
 #define TB_BALLOON_F_MUST_TELL_HOST 0
 #define TB_BALLOON_F_STATS_VQ 1
 #define TB_BALLOON_F_DEFLATE_ON_OOM 2
+#define TB_BALLOON_F_FREE_PAGE_HINT 3
+#define TB_BALLOON_F_PAGE_POISON 4
+#define TB_BALLOON_F_REPORTING 5
 /* device features offered (VERSION_1 and PROTOCOL_FEATURES come from vu) */
 #define TB_DEV_FEATURES \
 	(TB_BIT(TB_BALLOON_F_MUST_TELL_HOST) | TB_BIT(TB_BALLOON_F_STATS_VQ) | \
-	 TB_BIT(VIRTIO_BALLOON_F_TIMED))
+	 TB_BIT(TB_BALLOON_F_PAGE_POISON) | TB_BIT(VIRTIO_BALLOON_F_TIMED))
 
 /*
  * Host-side command state beyond the wire's TBALLOON_STATE_*: the guest did
@@ -211,6 +214,10 @@ struct tb_dev_stats {
 	uint64_t broken_rings;		/* rings stopped for protocol violations */
 	uint64_t resets;		/* device resets (guest reboot, driver reload) */
 	uint64_t unresponsive;		/* commands ended by the host watchdog */
+	uint64_t reports;		/* free page reports (REPORTING buffers) */
+	uint64_t reported_bytes;	/* of those, bytes discarded (punched) */
+	uint64_t reported_kept_bytes;	/* bytes kept: the guest poisons free
+					 * pages (poison_val != 0) */
 };
 
 struct tb_dev;
@@ -395,6 +402,14 @@ int64_t tb_dev_tick(struct tb_dev *dev, uint64_t now_ms);
  */
 int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 			 struct tb_vring *vr, bool *notify);
+
+/*
+ * What virtqueue @idx is, VIRTIO_TBALLOON_VQ_* (a position in the
+ * specification's list), given the negotiated features: a queue whose
+ * feature was not negotiated takes no index (proto/virtio_tballoon.h).
+ * VIRTIO_TBALLOON_VQ_MAX if no queue has that index.
+ */
+unsigned int tb_dev_queue_role(const struct tb_dev *dev, unsigned int idx);
 
 /*
  * The guest broke the protocol: stop processing its rings until the next

@@ -155,6 +155,7 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		{ "socket-mode", required_argument, NULL, 'M' },
 		{ "socket-group", required_argument, NULL, 'G' },
 		{ "deflate-on-oom", no_argument, NULL, 'D' },
+		{ "free-page-reporting", no_argument, NULL, 'R' },
 		{ "qmp", required_argument, NULL, 'Q' },
 		{ "libvirt", required_argument, NULL, 'V' },
 		{ "connect", required_argument, NULL, 'U' },
@@ -194,7 +195,8 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 			 * README.
 			 */
 			printf("{\"type\": \"balloon\", \"features\": [\"timed\", "
-			       "\"stats-vq\", \"state-file\", \"deflate-on-oom\"]}\n");
+			       "\"stats-vq\", \"state-file\", \"deflate-on-oom\", "
+			       "\"free-page-reporting\", \"page-poison\"]}\n");
 			return TB_EXIT_OK;
 		case 'c':
 			ctrl = optarg;
@@ -263,6 +265,9 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		case 'D':
 			so.deflate_on_oom = true;
 			break;
+		case 'R':
+			so.free_page_reporting = true;
+			break;
 		case 'Q':
 			so.qmp_path = optarg;
 			break;
@@ -315,6 +320,10 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 			       "      --deflate-on-oom    offer DEFLATE_ON_OOM: the guest gives\n"
 			       "                          balloon pages back instead of OOM-killing\n"
 			       "                          (as QEMU's virtio-balloon deflate-on-oom=on)\n"
+			       "      --free-page-reporting  offer REPORTING: the guest reports free\n"
+			       "                          memory, which is released on the host\n"
+			       "                          (as free-page-reporting=on; the front-end\n"
+			       "                          needs a fourth queue: num_vqs=4)\n"
 			       "  -h, --help              show this help and exit\n\n"
 			       "Under systemd (tballoon-serve@.service): READY=1 once the sockets\n"
 			       "accept, sockets passed in LISTEN_FDS are used (matched by path),\n"
@@ -336,7 +345,8 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		return tb_usage_error("serve: --connect is for --libvirt%s", "");
 	if (so.qmp_path || so.libvirt_domain) {
 		const char *opt = so.state_path ? "--state-file" :
-				  so.deflate_on_oom ? "--deflate-on-oom" : NULL;
+				  so.deflate_on_oom ? "--deflate-on-oom" :
+				  so.free_page_reporting ? "--free-page-reporting" : NULL;
 
 		if (opt)
 			return tb_usage_error("serve: %s is for the vhost-user device; with "

@@ -956,6 +956,8 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	tb_vu_init(&s.vu, &tb_serve_vu_ops, &s);
 	if (o->deflate_on_oom)
 		s.vu.extra_features |= TB_BIT(TB_BALLOON_F_DEFLATE_ON_OOM);
+	if (o->free_page_reporting)
+		s.vu.extra_features |= TB_BIT(TB_BALLOON_F_REPORTING);
 	tb_dev_init(&s.dev, &s.vu.mem, o->qmp_path || o->libvirt_domain ?
 		    &tb_serve_peer_dev_ops : &tb_serve_dev_ops, &s);
 	s.dev.grace_ms = o->grace_ms;

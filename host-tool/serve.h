@@ -49,6 +49,8 @@ struct tb_listener {
  * @deflate_on_oom: offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM (the guest may
  *	take pages back from the balloon to avoid an OOM kill, as with
  *	QEMU's virtio-balloon deflate-on-oom=on)
+ * @free_page_reporting: offer VIRTIO_BALLOON_F_REPORTING (free memory the
+ *	guest reports is released, as with free-page-reporting=on)
  * @qmp_path: drive the stock balloon of the QEMU behind this QMP socket
  *	instead of serving vhost-user (host-enforced commands)
  * @libvirt_domain, @libvirt_uri: the same through libvirt (NULL uri:
@@ -63,6 +65,7 @@ struct tb_serve_opts {
 	uint32_t stats_interval_ms;
 	struct tb_listen_opts listen;
 	bool deflate_on_oom;
+	bool free_page_reporting;
 	const char *qmp_path;
 	const char *libvirt_domain;
 	const char *libvirt_uri;

@@ -262,7 +262,7 @@ int tb_session_resume(struct tb_vu *vu, json_object *snap, struct tb_sd *sd)
 	    !json_object_is_type(regions, json_type_array) ||
 	    !json_object_object_get_ex(snap, "queues", &queues) ||
 	    !json_object_is_type(queues, json_type_array) ||
-	    json_object_array_length(queues) != vu->ops->nqueues)
+	    json_object_array_length(queues) > vu->ops->nqueues)
 		goto fail;
 	/* only what this build offers can have been negotiated */
 	if ((features & ~tb_vu_offered_features(vu)) || (pf & ~vu->ops->protocol_features))
@@ -293,7 +293,8 @@ int tb_session_resume(struct tb_vu *vu, json_object *snap, struct tb_sd *sd)
 			goto fail;
 		}
 	}
-	for (unsigned int i = 0; i < vu->ops->nqueues; i++) {
+	/* a daemon of an older build kept fewer queues: the others were never set */
+	for (unsigned int i = 0; i < json_object_array_length(queues); i++) {
 		rc = tb_session_queue(vu, i, json_object_array_get_idx(queues, i), sd);
 		if (rc < 0)
 			goto fail;

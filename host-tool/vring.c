@@ -120,6 +120,7 @@ int tb_vring_pop(struct tb_vring *vr, const struct tb_mem *mem,
 			break;
 		}
 		vr->segs[n].host = host;
+		vr->segs[n].gpa = d.addr;
 		vr->segs[n].len = d.len;
 		vr->segs[n].write = d.flags & TB_VRING_DESC_F_WRITE;
 		n++;

@@ -55,6 +55,7 @@ enum tb_chain_err {
 /* a readable or writable piece of a chain, already translated */
 struct tb_vring_seg {
 	const uint8_t *host;
+	uint64_t gpa;
 	uint32_t len;
 	bool write;
 };

@@ -30,8 +30,21 @@
 #define VIRTIO_TBALLOON_VQ_DEFLATE		1
 /* statistics queue, only with VIRTIO_BALLOON_F_STATS_VQ */
 #define VIRTIO_TBALLOON_VQ_STATS		2
-/* number of queues the device exposes (inflate, deflate, stats) */
-#define VIRTIO_TBALLOON_VQ_MAX			3
+/* free page hinting queue, only with VIRTIO_BALLOON_F_FREE_PAGE_HINT */
+#define VIRTIO_TBALLOON_VQ_FREE_PAGE		3
+/* free page reporting queue, only with VIRTIO_BALLOON_F_REPORTING */
+#define VIRTIO_TBALLOON_VQ_REPORTING		4
+/* number of queues in the list above */
+#define VIRTIO_TBALLOON_VQ_MAX			5
+/*
+ * The numbers above are positions in the specification's list of queues,
+ * not always virtqueue indexes: a queue whose feature was not negotiated
+ * does not exist and takes no index, so a queue's virtqueue index is the
+ * number of queues before it in the list that exist. Linux's virtio_balloon
+ * and QEMU's virtio-balloon device agree on this (QEMU always has statsq);
+ * the specification's text numbers them 0..4 whatever was negotiated.
+ * Documentation/protocol.rst, "Virtqueues".
+ */
 
 /* a PFN on the inflate/deflate queues addresses a 4 KiB frame */
 #define VIRTIO_TBALLOON_PFN_SHIFT		12

@@ -123,9 +123,11 @@ static void test_set_config_filter(void **state)
 	assert_int_equal(tb_dev_set_config(&f->dev, buf, 0, 64, 2000), 0);
 	/* device-written fields untouched */
 	assert_memory_equal(f->dev.config + OFF(num_pages), cfg + OFF(num_pages), 4);
-	assert_memory_equal(f->dev.config + 8, cfg + 8, 40 - 8);
+	assert_memory_equal(f->dev.config + 8, cfg + 8, 4);	/* free_page_hint_cmd_id */
+	assert_memory_equal(f->dev.config + 16, cfg + 16, 40 - 16);
 	/* driver-written fields taken */
 	assert_int_equal(TB_CFG(&f->dev, actual), 0xeeeeeeee);
+	assert_int_equal(TB_CFG(&f->dev, poison_val), 0xeeeeeeee);
 	assert_int_equal(TB_CFG(&f->dev, report_seq), 0xeeeeeeee);
 	assert_int_equal(TB_CFG(&f->dev, ack_cmd_id), 0xeeeeeeee);
 
@@ -685,6 +687,98 @@ static void test_process_deflate_and_stats(void **state)
 	tb_vring_reset(&r.vr);
 }
 
+static void test_queue_roles(void **state)
+{
+	struct fx *f = *state;
+
+	/* stats offered and negotiated (fx_setup): reporting would be 3 */
+	assert_int_equal(tb_dev_queue_role(&f->dev, 0), VIRTIO_TBALLOON_VQ_INFLATE);
+	assert_int_equal(tb_dev_queue_role(&f->dev, 1), VIRTIO_TBALLOON_VQ_DEFLATE);
+	assert_int_equal(tb_dev_queue_role(&f->dev, 2), VIRTIO_TBALLOON_VQ_STATS);
+	assert_int_equal(tb_dev_queue_role(&f->dev, 3), VIRTIO_TBALLOON_VQ_MAX);
+	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_DEV_FEATURES |
+			    TB_BIT(TB_BALLOON_F_REPORTING));
+	assert_int_equal(tb_dev_queue_role(&f->dev, 3), VIRTIO_TBALLOON_VQ_REPORTING);
+	/* a queue of a feature not negotiated takes no index (Linux, QEMU) */
+	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_BIT(TB_BALLOON_F_REPORTING));
+	assert_int_equal(tb_dev_queue_role(&f->dev, 2), VIRTIO_TBALLOON_VQ_REPORTING);
+	assert_int_equal(tb_dev_queue_role(&f->dev, 3), VIRTIO_TBALLOON_VQ_MAX);
+	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_BIT(TB_BALLOON_F_FREE_PAGE_HINT) |
+			    TB_BIT(TB_BALLOON_F_REPORTING) | TB_BIT(TB_BALLOON_F_STATS_VQ));
+	assert_int_equal(tb_dev_queue_role(&f->dev, 3), VIRTIO_TBALLOON_VQ_FREE_PAGE);
+	assert_int_equal(tb_dev_queue_role(&f->dev, 4), VIRTIO_TBALLOON_VQ_REPORTING);
+}
+
+static void test_report_queue(void **state)
+{
+	struct fx *f = *state;
+	struct ring r;
+	bool notify;
+
+	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_DEV_FEATURES |
+			    TB_BIT(TB_BALLOON_F_REPORTING));
+	ring_init(f, &r);
+	/* one report of two device-writable ranges: both discarded */
+	ring_add(&r, 0, 0x200000, 0x200000, TB_VRING_DESC_F_WRITE | TB_VRING_DESC_F_NEXT, 1);
+	ring_add(&r, 1, 0x600000, 0x400000, TB_VRING_DESC_F_WRITE, 0);
+	ring_publish(&r, 0);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 3, &r.vr, &notify), 0);
+	assert_int_equal(f->punches, 2);
+	assert_int_equal(f->punched, 0x600000);
+	assert_int_equal(f->dev.stats.reports, 1);
+	assert_int_equal(f->dev.stats.reported_bytes, 0x600000);
+	/* never balloon pages */
+	assert_int_equal(TB_CFG(&f->dev, actual), 0);
+	assert_int_equal(f->dev.device_pages, 0);
+	assert_int_equal(f->dev.stats.inflated_pages, 0);
+
+	/* refused whole: read-only, unaligned, past RAM, empty */
+	ring_add(&r, 2, 0x200000, 0x200000, 0, 0);
+	ring_add(&r, 3, 0x200800, 0x1000, TB_VRING_DESC_F_WRITE, 0);
+	ring_add(&r, 4, 0x200000, 0x1000, TB_VRING_DESC_F_WRITE | TB_VRING_DESC_F_NEXT, 5);
+	ring_add(&r, 5, RAM - 0x1000, 0x2000, TB_VRING_DESC_F_WRITE, 0);
+	ring_add(&r, 6, 0x200000, 0, TB_VRING_DESC_F_WRITE, 0);
+	for (uint16_t i = 2; i <= 6; i++)
+		if (i != 5)
+			ring_publish(&r, i);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 3, &r.vr, &notify), 0);
+	assert_int_equal(f->punches, 2);
+	assert_int_equal(f->dev.stats.bad_buffers, 4);
+	assert_int_equal(f->dev.stats.reports, 1);
+	assert_int_equal(r.vr.used_idx, 5);
+	tb_vring_reset(&r.vr);
+}
+
+static void test_report_poison(void **state)
+{
+	struct fx *f = *state;
+	struct ring r;
+	bool notify;
+
+	/*
+	 * The driver writes poison_val before DRIVER_OK, and a vhost-user
+	 * front-end sends the features only at DRIVER_OK: the value counts
+	 * all the same (a guest with page_poison=1 saw zeroed free pages).
+	 */
+	tb_dev_session(&f->dev, true, 1000);
+	guest_write(f, OFF(poison_val), 0xaaaaaaaa, 1001);
+	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_DEV_FEATURES |
+			    TB_BIT(TB_BALLOON_F_REPORTING));
+	assert_int_equal(TB_CFG(&f->dev, poison_val), 0xaaaaaaaa);
+	ring_init(f, &r);
+	ring_add(&r, 0, 0x200000, 0x200000, TB_VRING_DESC_F_WRITE, 0);
+	ring_publish(&r, 0);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 3, &r.vr, &notify), 0);
+	/* a hole would read as zero, not as the poison: kept */
+	assert_int_equal(f->punches, 0);
+	assert_int_equal(f->dev.stats.reported_kept_bytes, 0x200000);
+	assert_int_equal(f->dev.stats.reported_bytes, 0);
+	/* a reset clears it: the next driver says again */
+	tb_dev_reset(&f->dev, 1002);
+	assert_int_equal(TB_CFG(&f->dev, poison_val), 0);
+	tb_vring_reset(&r.vr);
+}
+
 static void test_watchdog(void **state)
 {
 	struct fx *f = *state;
@@ -918,6 +1012,9 @@ int main(void)
 		T(test_process_split_pfn),
 		T(test_process_bad_buffers),
 		T(test_process_deflate_and_stats),
+		T(test_queue_roles),
+		T(test_report_queue),
+		T(test_report_poison),
 		T(test_watchdog),
 		T(test_broken_and_reset),
 		T(test_reset_ends_command),

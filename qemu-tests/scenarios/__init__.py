@@ -18,7 +18,7 @@ MIB = 1 << 20
 BAD_DMESG = re.compile(r"WARNING:|BUG:|Oops|Out of memory|Call Trace|"
                        r"general protection fault|Kernel panic|UBSAN|KASAN|"
                        r"list_(add|del) corruption|refcount_t:|soft lockup|"
-                       r"hung_task|blocked for more than")
+                       r"hung_task|blocked for more than|pagealloc: ")
 
 
 class Fail(Exception):
@@ -150,4 +150,4 @@ def mib(nbytes):
 
 
 # Import the scenario modules (they register themselves).
-from . import timed, compat, driver, backend, docs, qmp  # noqa: E402,F401
+from . import timed, compat, driver, backend, docs, qmp, superset  # noqa: E402,F401

@@ -496,7 +496,10 @@ class Guest:
                          "-device", "pcie-root-port,id=rp1,chassis=1,slot=1"]
             argv += ["-chardev", "socket,id=tb,path=%s/tb.sock%s" % (run, reconnect),
                      "-device", "vhost-user-test-device-pci,chardev=tb,virtio-id=5,"
-                     "num_vqs=3,config_size=64"
+                     # inflateq, deflateq, statsq and, when the backend
+                     # offers free page reporting, reporting_vq
+                     "num_vqs=%d,config_size=64"
+                     % (4 if "--free-page-reporting" in self.backend_args else 3)
                      # an id and a bus for device_del (docs.py checks the rest
                      # against Documentation/host-tool.rst)
                      + (",id=tb0,bus=rp1" if self.root_port else "")
@@ -655,6 +658,41 @@ class Guest:
             shutil.rmtree(str(self.rundir), ignore_errors=True)
 
     # ---- guest side ------------------------------------------------------
+
+    # ---- host view of guest memory ---------------------------------------
+
+    @property
+    def qemu_pid(self):
+        return self.qemu.pid if self.qemu is not None else None
+
+    def memfds(self):
+        """{name: {size, allocated}} of the memfds QEMU holds (distinct inodes)."""
+        pid = self.qemu_pid
+        seen = {}
+        fddir = "/proc/%d/fd" % pid
+        for fd in os.listdir(fddir):
+            try:
+                target = os.readlink("%s/%s" % (fddir, fd))
+                if not target.startswith("/memfd:"):
+                    continue
+                st = os.stat("%s/%s" % (fddir, fd))
+            except OSError:
+                continue
+            seen[st.st_ino] = {"name": target, "size": st.st_size,
+                               "allocated": st.st_blocks * 512}
+        return sorted(seen.values(), key=lambda m: -m["size"])
+
+    def host_memory(self):
+        """Allocated bytes of all guest memfds and QEMU's RssShmem."""
+        fds = self.memfds()
+        rss_shmem = None
+        with open("/proc/%d/status" % self.qemu_pid) as f:
+            for line in f:
+                if line.startswith("RssShmem:"):
+                    rss_shmem = int(line.split()[1]) * 1024
+        return {"memfd_allocated": sum(m["allocated"] for m in fds),
+                "memfd_size": sum(m["size"] for m in fds),
+                "memfds": fds, "rss_shmem": rss_shmem}
 
     def sh(self, command, timeout=60.0):
         """Run a shell command in the guest; returns Result(rc, out, err)."""

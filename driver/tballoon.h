@@ -86,6 +86,8 @@
 /* free_page_hint_cmd_id values with a fixed meaning (virtio spec 5.5.6.7) */
 #define TBALLOON_HINT_CMD_STOP		0
 #define TBALLOON_HINT_CMD_DONE		1
+/* @hint_flags bit: free_page_hint_cmd_id must be read again */
+#define TBALLOON_HINT_REREAD		0
 /* helpers: other CPUs that allocate blocks for the worker during a fill */
 #define TBALLOON_HELPERS_MAX		3
 /* largest block: one allocation of up to 2 MiB (a pageblock on x86) */
@@ -242,6 +244,8 @@ struct tballoon_helper {
  * @hint_shrinker: gives @hint_pages back under memory pressure
  * @hint_cmd_id: the device's command id the last pass started for; owned
  *	by @hint_work
+ * @hint_cmd_cached: free_page_hint_cmd_id as last read; owned by @hint_work
+ * @hint_flags: TBALLOON_HINT_REREAD: the config changed since that read
  * @hint_yield: an inflate runs: hinting stops taking free memory from it
  * @hint_id_start: buffer of the id that opens a pass (device byte order)
  * @hint_id_stop: buffer of the STOP id that closes it
@@ -311,6 +315,8 @@ struct tballoon {
 	unsigned long hint_blocks;
 	struct tballoon_shrinker hint_shrinker;
 	u32 hint_cmd_id;
+	u32 hint_cmd_cached;
+	unsigned long hint_flags;
 	bool hint_yield;
 	__virtio32 hint_id_start;
 	__virtio32 hint_id_stop;

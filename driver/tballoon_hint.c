@@ -18,8 +18,9 @@
  * Hinted blocks are neither balloon pages nor counted in `actual`.
  *
  * Locks: @tb->hint_lock for @hint_pages and @hint_blocks (hint work,
- * shrinker, worker); nothing else is shared. @hint_work alone uses
- * @hint_vq and @hint_cmd_id and waits on @tb->acked, bounded.
+ * shrinker, worker); @hint_flags is atomic (set from the config callback).
+ * @hint_work alone uses @hint_vq, @hint_cmd_id and @hint_cmd_cached, and
+ * waits on @tb->acked, bounded.
  */
 
 #include <linux/gfp.h>
@@ -30,16 +31,21 @@
 
 #include "tballoon.h"
 
-#define TBALLOON_HINT_PAGES	(1UL << TBALLOON_HINT_ORDER)
+#define TBALLOON_HINT_PAGES	BIT(TBALLOON_HINT_ORDER)
 #define TBALLOON_HINT_BYTES	(TBALLOON_HINT_PAGES << PAGE_SHIFT)
 
+/*
+ * The device's command id, read again only after a config change: QEMU
+ * shows the id only until the pass's first buffer arrives and 0 (STOP)
+ * afterwards, without a config change, until it really stops the pass.
+ * Only @hint_work calls this.
+ */
 static u32 tballoon_hint_cmd_id(struct tballoon *tb)
 {
-	u32 id;
-
-	virtio_cread_le(tb->vdev, struct virtio_tballoon_config,
-			free_page_hint_cmd_id, &id);
-	return id;
+	if (test_and_clear_bit(TBALLOON_HINT_REREAD, &tb->hint_flags))
+		virtio_cread_le(tb->vdev, struct virtio_tballoon_config,
+				free_page_hint_cmd_id, &tb->hint_cmd_cached);
+	return tb->hint_cmd_cached;
 }
 
 /* Free up to @max hinted blocks (all: ULONG_MAX); returns the pages freed. */
@@ -216,6 +222,7 @@ void tballoon_hint_changed(struct tballoon *tb)
 
 	if (!tb->hint_vq)
 		return;
+	set_bit(TBALLOON_HINT_REREAD, &tb->hint_flags);
 	spin_lock_irqsave(&tb->stop_lock, flags);
 	if (!tb->removing && !tb->suspending)
 		queue_work(system_freezable_wq, &tb->hint_work);

@@ -1458,32 +1458,40 @@ def _memwatch_stop(ctx, g):
 
 @scenario("driver-oom-timed", "oom")
 def oom_timed(ctx):
-    """deflate-on-oom offered: a program needing more than the balloon left, during a full-speed and a paced inflate, is never OOM-killed; the balloon grows only above the reserve less 8 MiB and gives pages back; host and guest agree on its size"""
+    """deflate-on-oom offered: a program growing to 60% of RAM during a full-speed and a paced inflate to 80%, and after one, is never OOM-killed; the balloon grows only above the reserve less 8 MiB and gives pages back; the daemon counts what the guest took back"""
     g = ctx.guest
     st0 = ctx.require_timed_device()
     ctx.require(st0.get("deflate_on_oom") is True,
                 "the driver negotiated DEFLATE_ON_OOM (status %s)" % st0.get("deflate_on_oom"))
     total0 = g.meminfo()["MemTotal"]
-    # 800 MiB in the balloon would leave ~160 MiB; the program needs 480 MiB.
+    ram_mib = st0["guest_ram_bytes"] // MIB
+    target = ram_mib * 8 // 10 * MIB // PAGE       # 80% of RAM in the balloon
+    grow = ram_mib * 6 // 10                        # the program needs 60% of RAM
     # Full speed: the program starts with the run and grows at 160 MiB/s.
-    # Paced (800 MiB over 10 s): it starts once the balloon holds 560 MiB
+    # Paced (over 10 s): it starts once the balloon holds 70% of the target
     # and grows as fast as it can, so the OOM comes while the run is on.
-    for paced in (False, True):
+    # After: the inflate has ended (done or at the reserve) when it starts.
+    for mode in ("full-speed", "paced", "after"):
+        paced = mode == "paced"
         d0 = _vmstat(g, "balloon_deflate") or 0
         h0 = ctx.status()["stats"]["guest_deflated_pages"]
         _memwatch_start(ctx, g)
-        args = ["inflate", "--to", "%dp" % (800 * MIB // PAGE), "--deadline",
+        args = ["inflate", "--to", "%dp" % target, "--deadline",
                 "10s" if paced else "60s", "--wait", "--json"] + (["--paced"] if paced else [])
         prev = _cmd(ctx.status()).get("cmd_id")
         run = _bg_tool(g, *args)
         _wait_running(ctx, cmd_id=prev)
         if paced:
             t0 = time.monotonic()
-            while (ctx.status().get("actual_pages", 0) < 560 * MIB // PAGE and
+            while (ctx.status().get("actual_pages", 0) < target * 7 // 10 and
                    time.monotonic() - t0 < 30):
                 time.sleep(0.05)
-        _guest_bg(g, "memgrow 480 %d 2" % (4096 if paced else 160), "grow")
-        rc, st = _bg_result(g, run, timeout=120)
+        if mode == "after":
+            rc, st = _bg_result(g, run, timeout=120)
+            _guest_bg(g, "memgrow %d 160 2" % grow, "grow")
+        else:
+            _guest_bg(g, "memgrow %d %d 2" % (grow, 4096 if paced else 160), "grow")
+            rc, st = _bg_result(g, run, timeout=120)
         c = _cmd(st)
         grc, gout = _guest_bg_wait(g, "grow", 120)
         w = _memwatch_stop(ctx, g)
@@ -1491,11 +1499,11 @@ def oom_timed(ctx):
         st1 = ctx.status()
         d1 = _vmstat(g, "balloon_deflate") or 0
         glines = gout.strip().splitlines()
-        ctx.diag("%s inflate: exit %d %s/%s at %s after %s ms; memgrow exit %s (%s); "
-                 "the guest took back %s on OOM; balloon now %s (host), MemTotal %d kB "
+        ctx.diag("%s inflate to %s: exit %d %s/%s at %s after %s ms; memgrow %d MiB exit %s "
+                 "(%s); the guest took back %s on OOM; balloon now %s (host), MemTotal %d kB "
                  "(boot %d); MemAvailable min %s, min while the balloon grew %s",
-                 "paced" if paced else "full-speed", rc, c.get("state"),
-                 c.get("reason"), mib(ran_pages * PAGE), c.get("elapsed_ms"), grc,
+                 mode, mib(target * PAGE), rc, c.get("state"), c.get("reason"),
+                 mib(ran_pages * PAGE), c.get("elapsed_ms"), grow, grc,
                  glines[-1] if glines else "?", mib((d1 - d0) * PAGE),
                  mib(st1.get("actual_pages", 0) * PAGE), g.meminfo()["MemTotal"], total0,
                  mib(w["min_avail_kb"] * KB), mib(w["grow_min_avail_kb"] * KB))

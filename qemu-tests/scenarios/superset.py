@@ -191,12 +191,21 @@ def _migrate_after_use(ctx, g):
     """Use and free 600 MiB (not zero pages), migrate; RAM bytes sent."""
     res = g.sh("memhog 600 0", timeout=120)
     ctx.require(res.rc == 0, "memhog 600 MiB (%s)" % res.out.strip())
+    free0 = g.meminfo()["MemFree"]
     info = g.migrate()
     ram = info.get("ram", {})
     ctx.diag("%s: migration sent %s of RAM in %s ms (status %s)", g.name,
              mib(ram.get("transferred", 0)), info.get("total-time"), info.get("status"))
     ctx.require(info.get("status") == "completed", "migration completed (%s)"
                 % info.get("status"))
+    # hinted blocks go back to the guest when the device says DONE
+    t0 = time.monotonic()
+    while g.meminfo()["MemFree"] < free0 - 32 * 1024 and time.monotonic() - t0 < 10:
+        time.sleep(0.2)
+    free1 = g.meminfo()["MemFree"]
+    ctx.diag("%s: MemFree %d kB before the migration, %d kB after", g.name, free0, free1)
+    ctx.expect(free1 >= free0 - 32 * 1024, "%s: the guest has its free memory back after "
+               "the migration (MemFree %d -> %d kB)" % (g.name, free0, free1))
     return ram.get("transferred", 0)
 
 

@@ -718,7 +718,12 @@ static const struct tb_vu_ops tb_serve_vu_ops = {
 	.features = TB_DEV_FEATURES,
 	.protocol_features = TB_BIT(TB_VU_PF_MQ) | TB_BIT(TB_VU_PF_REPLY_ACK) |
 			     TB_BIT(TB_VU_PF_BACKEND_REQ) | TB_BIT(TB_VU_PF_CONFIG),
-	.nqueues = VIRTIO_TBALLOON_VQ_MAX,
+	/*
+	 * inflateq, deflateq, statsq and reporting_vq: the most a driver can
+	 * have with what this device offers (no FREE_PAGE_HINT, whose queue
+	 * would come before reporting_vq)
+	 */
+	.nqueues = VIRTIO_TBALLOON_VQ_REPORTING,
 	.config_size = VIRTIO_TBALLOON_CONFIG_SIZE,
 	.get_config = tb_ops_get_config,
 	.set_config = tb_ops_set_config,
@@ -1083,7 +1088,7 @@ int tb_serve_run(const struct tb_serve_opts *o)
 			TB_ADD(s.vu.sock_fd, POLLIN, TB_PFD_VU, 0);
 			if (s.vu.backend_fd >= 0)
 				TB_ADD(s.vu.backend_fd, POLLIN, TB_PFD_BACKEND, 0);
-			for (unsigned int i = 0; i < VIRTIO_TBALLOON_VQ_MAX; i++)
+			for (unsigned int i = 0; i < s.vu.ops->nqueues; i++)
 				if (s.vu.q[i].kick_fd >= 0)
 					TB_ADD(s.vu.q[i].kick_fd, POLLIN, TB_PFD_KICK, i);
 		}
@@ -1115,7 +1120,7 @@ int tb_serve_run(const struct tb_serve_opts *o)
 			break;
 		}
 		/* queues left over from the last round, after a look at the rest */
-		for (unsigned int i = 0; s.queue_more && i < VIRTIO_TBALLOON_VQ_MAX; i++)
+		for (unsigned int i = 0; s.queue_more && i < s.vu.ops->nqueues; i++)
 			if (s.queue_more & (1U << i))
 				tb_serve_queue(&s, i);
 		if (rc <= 0)

@@ -362,7 +362,7 @@ def run(vu, cp):
     tap(offered & F_VERSION_1 and offered & F_PROTOCOL and offered & F_TIMED and
         offered & F_MUST_TELL, "vu: features offer VERSION_1, PROTOCOL_FEATURES, TIMED, MUST_TELL_HOST")
     tap(pf & PF == PF, "vu: protocol features offer MQ, REPLY_ACK, BACKEND_REQ, CONFIG")
-    tap(nq == 3, "vu: GET_QUEUE_NUM is 3")
+    tap(nq == 4, "vu: GET_QUEUE_NUM is 4 (inflateq, deflateq, statsq, reporting_vq)")
     tap(ack == 0 and ack2 == 0, "vu: REPLY_ACK acks backend channel and memory table")
     s = status(cp)
     tap(s["connected"] and s["driver_ok"] and s["timed"], "status: connected, driver_ok, timed")

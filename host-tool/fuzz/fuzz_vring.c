@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * fuzz_vring.c - libFuzzer target: the split ring walker and the device's
- * buffer processing (PFN queues, statistics queue) over hostile guest memory.
+ * buffer processing (PFN queues, statistics queue, free page reports) over
+ * hostile guest memory.
  *
- * Input: byte 0 = queue size - 1 (1..256), byte 1 = queue index (mod 3),
+ * Input: byte 0 = queue size - 1 (1..256), byte 1 = queue index (mod 5; its
+ * top bit: the guest poisons free pages),
  * byte 2 = used->idx start, then the guest memory image from gpa 0 (the
  * descriptor table at 0, the available ring at 0x1000, the used ring at
  * 0x2000, buffers anywhere in the 64 KiB of RAM).
@@ -67,8 +69,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	tb_dev_init(&dev, &mem, NULL, NULL);
 	dev.punch = f_punch;
-	dev.features = TB_DEV_FEATURES;
+	/* queue 3 is reporting_vq; byte 1's top bit: the guest poisons */
+	dev.features = TB_DEV_FEATURES | TB_BIT(TB_BALLOON_F_REPORTING);
 	dev.features_set = true;
+	if (data[1] & 0x80)
+		tb_put_le32(dev.config + 12, 0xaaaaaaaa);
 	if (tb_vring_setup(&vr, num, ram, ram + 0x1000, ram + 0x2000, 0) < 0)
 		return 0;
 	tb_dev_process_queue(&dev, idx, &vr, &notify);
@@ -76,6 +81,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	tb_dev_process_queue(&dev, idx, &vr, &notify);
 	tb_dev_stats_request(&dev, &vr, 5000, &notify);
 	if (dev.device_pages > FUZZ_RAM / 4096)
+		__builtin_trap();
+	/* a report never touches the balloon, and never punches a poisoned guest */
+	if (tb_dev_queue_role(&dev, idx) == VIRTIO_TBALLOON_VQ_REPORTING &&
+	    (dev.device_pages || ((data[1] & 0x80) && dev.stats.reported_bytes)))
 		__builtin_trap();
 	tb_vring_reset(&vr);
 	return 0;

@@ -14,6 +14,7 @@
 #                     (bench/run.py: table, out/bench/results.json, balloon.png)
 #   make bench-enforce  guest- against host-enforced timed commands (bench/enforce.py)
 #   make bench-migrate  live migration with and without a timed shrink (bench/migrate.py)
+#   make bench-reporting  free page reporting, ours against virtio_balloon (bench/reporting.py)
 #   make dkms-install install the module with DKMS for KVER (default: the
 #                     linux-headers-amd64 kernel; several: KVER="V1 V2"):
 #                     sources to /usr/src/tballoon-<version>/, dkms add,
@@ -34,7 +35,7 @@ MODULE_SRCS := Kbuild Kconfig $(wildcard driver/*.[ch]) $(wildcard proto/*.h)
 DKMS_VERSION := $(shell sed -nE 's/^PACKAGE_VERSION="?([^"]*)"?/\1/p' dkms.conf)
 DKMS_SRC := /usr/src/tballoon-$(DKMS_VERSION)
 
-.PHONY: all module host-tool check demo bench bench-enforce bench-migrate sparse clean dkms-install dkms-remove \
+.PHONY: all module host-tool check demo bench bench-enforce bench-migrate bench-reporting sparse clean dkms-install dkms-remove \
 	install uninstall
 
 PREFIX ?= /usr/local
@@ -109,6 +110,9 @@ bench-enforce: module host-tool
 
 bench-migrate: module host-tool
 	/usr/bin/python3 bench/migrate.py
+
+bench-reporting: module host-tool
+	/usr/bin/python3 bench/reporting.py
 
 clean:
 	-$(MAKE) -C $(KDIR) M=$(CURDIR) clean

@@ -323,11 +323,13 @@ void tb_print_status(json_object *st, bool json)
 	tb_format_bytes(rel, sizeof(rel), tb_jint(st, "released_bytes"));
 	printf("VM:         %s, deadline and floor enforced by the %s\n",
 	       tb_jstr(st, "kind"), tb_jstr(st, "enforced_by"));
-	printf("front-end:  %s, driver %s, timed %s%s\n",
+	printf("front-end:  %s, driver %s, timed %s%s%s%s\n",
 	       tb_jbool(st, "connected") ? "connected" : "not connected",
 	       tb_jbool(st, "driver_ok") ? "ready" : "not ready",
 	       tb_jbool(st, "timed") ? "yes" : "no",
-	       tb_jbool(st, "deflate_on_oom") ? ", deflate-on-oom" : "");
+	       tb_jbool(st, "deflate_on_oom") ? ", deflate-on-oom" : "",
+	       tb_jbool(st, "free_page_reporting") ? ", free-page-reporting" : "",
+	       tb_jbool(st, "page_poison") && tb_jint(st, "poison_val") ? ", page-poison" : "");
 	if (tb_jbool(st, "broken"))
 		printf("device:     BROKEN, commands refused until the guest resets it: %s\n",
 		       tb_jstr(st, "broken_reason"));
@@ -354,6 +356,17 @@ void tb_print_status(json_object *st, bool json)
 			printf(", taken back by the guest %s",
 			       tb_pages_str(b, sizeof(b), back));
 		printf("\n");
+		if (stats && tb_jint(stats, "reports")) {
+			char rep[32], kept[32];
+
+			tb_format_bytes(rep, sizeof(rep), tb_jint(stats, "reported_bytes"));
+			tb_format_bytes(kept, sizeof(kept), tb_jint(stats, "reported_kept_bytes"));
+			printf("reporting:  %lld free page reports, %s released",
+			       (long long)tb_jint(stats, "reports"), rep);
+			if (tb_jint(stats, "reported_kept_bytes"))
+				printf(", %s kept (the guest poisons free pages)", kept);
+			printf("\n");
+		}
 	}
 	if (!c || !tb_jint(c, "cmd_id")) {
 		printf("command:    none yet\n");

@@ -13,7 +13,7 @@ import time
 
 from . import GROUPS, MIB, PAGE, group, mib, scenario
 from tbtest import machine
-from .driver import _guest_bg, _guest_bg_wait, _vmstat
+from .driver import _guest_bg, _guest_bg_wait, _oom_lines, _qmp_balloon, _vmstat
 
 KB = 1024
 # the stock device with everything the upstream driver can use
@@ -121,7 +121,7 @@ def _kernel_has_reclaim_tags(g):
 
 @scenario("super-stock-reporting", "super-stock", needs=("module",))
 def stock_reporting(ctx):
-    """our driver on virtio-balloon-pci with free-page-reporting, free-page-hint and deflate-on-oom: freed guest memory leaves the host within 10 s; QMP balloon still works; guest-stats has the reclaim tags where the kernel defines them"""
+    """our driver on virtio-balloon-pci with free-page-reporting, free-page-hint and deflate-on-oom: freed guest memory leaves the host within 10 s; a program larger than what the balloon left survives (the balloon gives pages back); guest-stats has the reclaim tags where the kernel defines them"""
     g = ctx.guest
     ctx.require(g.driver_status == "loaded", "virtio_tballoon loaded (%s)" % g.driver_status)
     lines = [l for l in g.dmesg().splitlines() if "page reporting" in l.lower()]
@@ -129,16 +129,23 @@ def stock_reporting(ctx):
     _expect_reported(ctx)
     qmp = machine.Qmp(g.path("qmp.sock"))
     try:
+        # deflate-on-oom beside reporting: a program larger than what the
+        # balloon left survives, the balloon gives pages back
         ram = qmp.command("query-balloon")["actual"]
-        qmp.command("balloon", value=ram - 256 * MIB)
-        t0 = time.monotonic()
-        while (qmp.command("query-balloon")["actual"] > ram - 256 * MIB and
-               time.monotonic() - t0 < 60):
-            time.sleep(0.2)
-        got = qmp.command("query-balloon")["actual"]
-        ctx.expect(got == ram - 256 * MIB, "QMP balloon -256 MiB with reporting on (%s)"
-                   % mib(ram - got))
-        qmp.command("balloon", value=ram)
+        got = _qmp_balloon(qmp, ram - 640 * MIB)
+        ctx.require(ram - got >= 500 * MIB, "QMP balloon took >= 500 MiB with reporting and "
+                    "hinting on (%s)" % mib(ram - got))
+        hog = g.meminfo()["MemAvailable"] // KB + 200
+        res = g.sh("memhog %d; echo rc=$?" % hog, timeout=300)
+        after = qmp.command("query-balloon")["actual"]
+        ctx.diag("balloon %s, memhog %d MiB (200 over MemAvailable): %s; the guest took "
+                 "back %s", mib(ram - got), hog, res.out.strip().replace("\n", "; "),
+                 mib(after - got))
+        ctx.expect("rc=0" in res.out and not _oom_lines(g),
+                   "memhog survived, no OOM kill (deflate-on-oom)")
+        ctx.expect(after - got >= 150 * MIB, "the balloon gave back >= 150 MiB (%s)"
+                   % mib(after - got))
+        ctx.expect(_qmp_balloon(qmp, ram) == ram, "balloon back to empty")
         path = "/machine/peripheral/balloon0"
         qmp.command("qom-set", path=path, property="guest-stats-polling-interval", value=1)
         time.sleep(3.0)

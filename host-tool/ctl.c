@@ -552,7 +552,8 @@ json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len
 			resp = tb_ctl_error(id, "'withhold' must be a boolean");
 		} else {
 			dev->test_withhold = json_object_get_boolean(w);
-			tb_warn("test: PFN buffers are %s", dev->test_withhold ?
+			tb_warn("test: PFN buffers and free page reports are %s",
+				dev->test_withhold ?
 				"withheld (x-test-withhold-buffers)" : "returned again");
 			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));
 		}

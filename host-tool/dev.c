@@ -1021,7 +1021,8 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 	if (dev->broken)
 		return 0;
 	if (dev->test_withhold && (role == VIRTIO_TBALLOON_VQ_INFLATE ||
-				   role == VIRTIO_TBALLOON_VQ_DEFLATE))
+				   role == VIRTIO_TBALLOON_VQ_DEFLATE ||
+				   role == VIRTIO_TBALLOON_VQ_REPORTING))
 		return 0;
 	for (;;) {
 		uint16_t pos = vr->last_avail;

@@ -311,7 +311,7 @@ struct tb_dev {
 	enum tb_kind kind;
 	struct tb_host_watch watch;
 	bool refused_retry;
-	/* test only (x-test-withhold-buffers): PFN buffers are left in the ring */
+	/* test only (x-test-withhold-buffers): PFN buffers and reports stay in the ring */
 	bool test_withhold;
 };
 

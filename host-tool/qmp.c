@@ -130,6 +130,11 @@ static const char *const tb_qmp_stat_names[TB_GSTAT_COUNT] = {
  * @setup_err: why the setup failed (reported by tb_qmp_peer_new)
  * @said_down: the lost connection was logged (not again every retry)
  * @fail: why the connection must be dropped at the next tick ("" if not)
+ * @want_pages, @want_set: a target set while a balloon command was in
+ *	flight, sent once that one is answered: targets are coalesced (the
+ *	latest wins), so a QEMU whose loop stalls while host pacing steps
+ *	every 100 ms sees one command per answer, not a queue that runs into
+ *	TB_QMP_PENDING
  */
 struct tb_qmp {
 	struct tb_peer peer;
@@ -158,6 +163,8 @@ struct tb_qmp {
 	char setup_err[200];
 	bool said_down;
 	char fail[160];
+	uint64_t want_pages;
+	bool want_set;
 };
 
 static struct tb_qmp *tb_qmp_of(struct tb_peer *p)
@@ -188,6 +195,7 @@ static void tb_qmp_drop(struct tb_qmp *q, uint64_t now, const char *fmt, ...)
 	q->inlen = 0;
 	q->outlen = 0;
 	q->npend = 0;
+	q->want_set = false;
 	q->pid = 0;
 	if (q->state == TB_QMP_UP)
 		tb_dev_peer_link(q->peer.dev, false, now);
@@ -257,7 +265,14 @@ static bool tb_qmp_pending(const struct tb_qmp *q, enum tb_qmp_req req)
 static bool tb_qmp_set_target(struct tb_qmp *q, uint64_t pages, uint64_t now)
 {
 	uint64_t bytes = pages << TB_PAGE_SHIFT;
-	json_object *a = json_object_new_object();
+	json_object *a;
+
+	if (tb_qmp_pending(q, TB_QREQ_BALLOON)) {
+		q->want_pages = pages;
+		q->want_set = true;
+		return true;
+	}
+	a = json_object_new_object();
 
 	/* QEMU refuses 0; a balloon of all RAM is refused before it gets here */
 	json_object_object_add(a, "value", json_object_new_int64(
@@ -371,6 +386,11 @@ static void tb_qmp_reply(struct tb_qmp *q, json_object *msg, uint64_t now)
 	}
 	p = q->pend[0];
 	memmove(q->pend, q->pend + 1, --q->npend * sizeof(q->pend[0]));
+	/* a target set meanwhile goes out now that the last one is answered */
+	if (p.req == TB_QREQ_BALLOON && q->want_set) {
+		q->want_set = false;
+		tb_qmp_set_target(q, q->want_pages, now);
+	}
 	if (json_object_object_get_ex(msg, "id", &v) && json_object_get_uint64(v) != p.id) {
 		tb_qmp_drop(q, now, "reply id %s, expected %llu", json_object_get_string(v),
 			    (unsigned long long)p.id);

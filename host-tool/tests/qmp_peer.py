@@ -38,7 +38,9 @@ def tap(ok, name):
 
 class FakeQemu(threading.Thread):
     """A QMP server on PATH. mode: "good", "notqemu", "silent", "noballoon",
-    "mute-after-up" (stops answering once a balloon command came), "longline"."""
+    "mute-after-up" (stops answering once a balloon command came), "longline",
+    "stall" (each balloon command holds QEMU's loop for 2 s, as a busy TCG
+    main loop does)."""
 
     def __init__(self, path, mode="good"):
         super().__init__(daemon=True)
@@ -135,6 +137,8 @@ class FakeQemu(threading.Thread):
                 elif name == "balloon":
                     self.target = args["value"]
                     ret = {}
+                    if self.mode == "stall":
+                        time.sleep(2.0)
                     if self.mode == "mute-after-up":
                         mute = True
                         continue
@@ -298,6 +302,28 @@ def main():
             evs.index("FRONTEND_DISCONNECTED") < len(evs) - 1 - evs[::-1].index("FRONTEND_CONNECTED"),
             "events: FRONTEND_DISCONNECTED when QEMU stopped answering, FRONTEND_CONNECTED "
             "when it was back (%s)" % ", ".join(e for e in evs if e.startswith("FRONTEND")))
+    finally:
+        srv.terminate()
+        srv.wait(10)
+        fq.close()
+
+    # a QEMU whose loop stalls 2 s on each balloon command, during a paced
+    # inflate (a step every 100 ms): the targets are coalesced, not queued
+    # until the daemon gives up on QEMU
+    path = os.path.join(tmp, "stall.qmp")
+    fq = FakeQemu(path, "stall")
+    srv, cp, log = serve(tmp, "stall", path)
+    try:
+        wait_for(lambda: os.path.exists(cp), 10)
+        wait_for(lambda: status(cp).get("connected"), 10)
+        r = ctl(cp, "inflate", "--to", "256M", "--deadline", "8s", "--paced", "--wait",
+                timeout=60)
+        last = (r.stdout.strip().splitlines() or [""])[-1]
+        tap(r.returncode in (0, 3) and "does not take its requests" not in logtext(log) and
+            status(cp).get("connected"),
+            "a QEMU stalling 2 s per balloon command during a paced inflate: still "
+            "connected, %d balloon commands sent, exit %d, %s"
+            % (fq.seen.count("balloon"), r.returncode, last[-80:]))
     finally:
         srv.terminate()
         srv.wait(10)

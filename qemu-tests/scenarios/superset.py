@@ -13,7 +13,8 @@ import time
 
 from . import GROUPS, MIB, PAGE, group, mib, scenario
 from tbtest import machine
-from .driver import _guest_bg, _guest_bg_wait, _oom_lines, _qmp_balloon, _vmstat
+from .driver import (_guest_bg, _guest_bg_wait, _insmod_again, _oom_lines, _qmp_balloon,
+                     _vmstat, _withhold)
 
 KB = 1024
 # the stock device with everything the upstream driver can use
@@ -22,6 +23,8 @@ ALL_STOCK = "free-page-reporting=on,free-page-hint=on,deflate-on-oom=on,iothread
 group("super-stock", driver="tballoon", device="stock", mem="1G", stock_props=ALL_STOCK)
 group("super-ours", driver="tballoon", device="tballoon", mem="1G",
       backend_args=("--free-page-reporting", "--deflate-on-oom"))
+group("super-dead", driver="tballoon", device="tballoon", mem="1G",
+      backend_args=("--free-page-reporting",))
 group("super-upstream", driver="upstream", device="tballoon", mem="1G",
       backend_args=("--free-page-reporting",))
 # a guest that poisons freed pages (page_poison=1), on both devices
@@ -113,6 +116,27 @@ def _expect_timed_round(ctx, mib_=256):
     ctx.expect(rc == 0 and st.get("actual_pages") == st.get("device_pages") == 0,
                "timed deflate to 0: exit %d, actual %s, device %s"
                % (rc, st.get("actual_pages"), st.get("device_pages")))
+
+
+def _expect_timed_during_reports(ctx, mib_=256):
+    """A paced timed inflate (5 s) while the kernel reports what a program
+    just freed (it reports 2 s after the free): exact accounting."""
+    g = ctx.guest
+    res = g.sh("memhog 400 0", timeout=120)
+    ctx.require(res.rc == 0, "memhog 400 MiB (%s)" % res.out.strip())
+    r0 = ctx.status()["stats"]["reports"]
+    rc, st, _ = ctx.balloon("inflate", mib_ * MIB // PAGE, "5s", extra=("--paced",))
+    r1 = st["stats"]["reports"] if st else r0
+    held = (_vmstat(g, "balloon_inflate") or 0) - (_vmstat(g, "balloon_deflate") or 0)
+    ctx.diag("paced inflate of %d MiB over 5 s: %d free page reports during it", mib_, r1 - r0)
+    ctx.expect(r1 > r0, "the kernel reported while the command ran (%d reports)" % (r1 - r0))
+    ctx.expect(rc == 0 and st.get("actual_pages") == st.get("device_pages") == held
+               == mib_ * MIB // PAGE,
+               "the timed inflate beside the reports: exit %d, actual %s, device %s, vmstat %s"
+               % (rc, st.get("actual_pages"), st.get("device_pages"), held))
+    rc, st, _ = ctx.balloon("deflate", 0, "30s")
+    ctx.expect(rc == 0 and st.get("actual_pages") == st.get("device_pages") == 0,
+               "deflate to 0: exit %d" % rc)
 
 
 def _kernel_has_reclaim_tags(g):
@@ -218,7 +242,7 @@ def _migrate_after_use(ctx, g):
 
 @scenario("super-ours-reporting", "super-ours")
 def ours_reporting(ctx):
-    """free page reporting on tballoon serve with our driver: freed memory leaves the host within 10 s, the daemon counts it, a timed inflate and deflate beside it keep exact accounting; 6.12's reclaim tags in tballoon stats"""
+    """free page reporting on tballoon serve with our driver: freed memory leaves the host within 10 s, the daemon counts it, timed commands after and during reports keep exact accounting; 6.12's reclaim tags in tballoon stats"""
     st = ctx.require_timed_device()
     ctx.require(st.get("free_page_reporting") is True,
                 "REPORTING negotiated (status %s)" % st.get("free_page_reporting"))
@@ -234,6 +258,7 @@ def ours_reporting(ctx):
                "reported pages never enter the balloon (actual %s, device %s)"
                % (st.get("actual_pages"), st.get("device_pages")))
     _expect_timed_round(ctx)
+    _expect_timed_during_reports(ctx)
     _stats_tags(ctx)
     ctx.check_healthy()
 
@@ -323,4 +348,43 @@ def poison_refused(ctx):
     ctx.expect(len(feats) > 5 and feats[5] == "0", "REPORTING (bit 5) not negotiated")
     drop, secs, _, _, _ = _free_and_measure(ctx, 256, within_s=5.0)
     ctx.expect(drop < 64 * MIB, "the host released nothing the guest freed (%s)" % mib(drop))
+    ctx.check_healthy()
+
+
+@scenario("super-dead-reporting", "super-dead")
+def dead_reporting(ctx):
+    """the device keeps a free page report: the driver waits 15 s, then treats the device as broken; the guest answers throughout, rmmod completes, a new driver reports again"""
+    g = ctx.guest
+    ctx.require_timed_device()
+    _settle(g)
+    _withhold(g, True)
+    try:
+        res = g.sh("memhog 256 0", timeout=120)
+        ctx.require(res.rc == 0, "memhog 256 MiB (%s)" % res.out.strip())
+        t0 = time.monotonic()
+        said, slow = [], 0.0
+        while not said and time.monotonic() - t0 < 60:
+            s0 = time.monotonic()
+            said = [l for l in g.dmesg().splitlines() if "kept a free page report" in l]
+            slow = max(slow, time.monotonic() - s0)
+            time.sleep(0.5)
+        ctx.diag("the driver gave up on the report after %.1f s (slowest agent answer "
+                 "meanwhile %.2f s): %s", time.monotonic() - t0,
+                 slow, said[0].strip() if said else "nothing")
+        ctx.expect(said, "the driver says the device kept the report, within 60 s")
+        ctx.expect(slow < 5.0, "the guest answered throughout (slowest %.2f s)" % slow)
+        res = g.sh("memhog 300 0", timeout=120)
+        ctx.expect(res.rc == 0, "the guest allocates its memory afterwards (%s)"
+                   % res.out.strip())
+        t0 = time.monotonic()
+        res = g.sh("rmmod virtio_tballoon", timeout=60)
+        ctx.diag("rmmod with the device broken: exit %d in %.2f s", res.rc,
+                 time.monotonic() - t0)
+        ctx.expect(res.rc == 0, "rmmod completes (%s)" % res.err.strip())
+    finally:
+        _withhold(g, False)
+    _insmod_again(ctx, "the reset device works with a new driver")
+    ctx.expect(ctx.status().get("free_page_reporting") is True,
+               "the new driver negotiated reporting again")
+    _expect_reported(ctx, 256)
     ctx.check_healthy()

@@ -27,19 +27,13 @@ Writes DIR/enforce.json and prints a Markdown table (bench/README.md).
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-DEFAULT_OUT = REPO / "out" / "bench"
-os.environ.setdefault("TB_OUT", str(DEFAULT_OUT / "runs"))
-sys.path.insert(0, str(REPO / "qemu-tests"))
-
-from tbtest import machine  # noqa: E402
+from benchenv import DEFAULT_OUT
+from tbtest import machine
 
 MIB = 1 << 20
 GIB = 1 << 30

@@ -33,13 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-DEFAULT_OUT = REPO / "out" / "bench"
-os.environ.setdefault("TB_OUT", str(DEFAULT_OUT / "runs"))
-sys.path.insert(0, str(REPO / "qemu-tests"))
-
-from tbtest import machine  # noqa: E402
+from benchenv import DEFAULT_OUT
+from tbtest import machine
 
 MIB = 1 << 20
 CLK = os.sysconf("SC_CLK_TCK")

@@ -11,8 +11,9 @@
  * Differences handled:
  *  - TBALLOON_HAVE_VIRTQUEUE_INFO: virtio_find_vqs() takes one struct
  *    virtqueue_info array (since 6.11) instead of separate callback and
- *    name arrays. Both skip an entry whose name is NULL without using a
- *    queue index for it (the queue does not exist).
+ *    name arrays. The driver passes only the queues that exist (no NULL
+ *    names: 6.12's virtio-pci skips them but then finds the wrong queue
+ *    state by index when the queues are deleted).
  *  - TBALLOON_HAVE_SHRINKER_ALLOC: shrinkers are allocated by the kernel
  *    (shrinker_alloc(), shrinker_register(), shrinker_free(), since 6.7)
  *    instead of embedded and registered with register_shrinker().

@@ -168,33 +168,47 @@ static void tballoon_ack(struct virtqueue *vq)
  */
 static int tballoon_init_vqs(struct tballoon *tb)
 {
-	struct virtio_device *vdev = tb->vdev;
-	struct virtqueue *vqs[VIRTIO_TBALLOON_VQ_MAX] = {};
-	struct tballoon_vq_info info[VIRTIO_TBALLOON_VQ_MAX] = {
-		[VIRTIO_TBALLOON_VQ_INFLATE] = { "inflate", tballoon_ack },
-		[VIRTIO_TBALLOON_VQ_DEFLATE] = { "deflate", tballoon_ack },
+	static const struct {
+		struct tballoon_vq_info info;
+		unsigned int feature;		/* 0: always there */
+	} all[VIRTIO_TBALLOON_VQ_MAX] = {
+		[VIRTIO_TBALLOON_VQ_INFLATE] = { { "inflate", tballoon_ack }, 0 },
+		[VIRTIO_TBALLOON_VQ_DEFLATE] = { { "deflate", tballoon_ack }, 0 },
+		[VIRTIO_TBALLOON_VQ_STATS] = { { "stats", tballoon_stats_request },
+					       VIRTIO_BALLOON_F_STATS_VQ },
+		[VIRTIO_TBALLOON_VQ_FREE_PAGE] = { { "free_page_vq", tballoon_ack },
+						   VIRTIO_BALLOON_F_FREE_PAGE_HINT },
+		[VIRTIO_TBALLOON_VQ_REPORTING] = { { "reporting_vq", tballoon_ack },
+						   VIRTIO_BALLOON_F_REPORTING },
 	};
+	struct virtio_device *vdev = tb->vdev;
+	struct tballoon_vq_info info[VIRTIO_TBALLOON_VQ_MAX];
+	struct virtqueue *got[VIRTIO_TBALLOON_VQ_MAX];
+	struct virtqueue *vqs[VIRTIO_TBALLOON_VQ_MAX] = {};
+	unsigned int role[VIRTIO_TBALLOON_VQ_MAX];
+	unsigned int i, n = 0;
 	int err;
 
 	BUILD_BUG_ON(ARRAY_SIZE(info) > TBALLOON_COMPAT_MAX_VQS);
 	if (tballoon_should_fail(TBALLOON_FAIL_INIT_VQS))
 		return -ENOMEM;
 	/*
-	 * A queue whose feature was not negotiated has no name: the
-	 * transport skips it and gives it no index (proto/virtio_tballoon.h).
+	 * Only the queues of negotiated features, packed: each takes the next
+	 * index (proto/virtio_tballoon.h). Not NULL names for the absent ones:
+	 * 6.12's virtio-pci gives them no index either, but then looks a
+	 * queue's state up by its index on removal and finds the wrong one.
 	 */
-	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_STATS_VQ))
-		info[VIRTIO_TBALLOON_VQ_STATS] =
-			(struct tballoon_vq_info){ "stats", tballoon_stats_request };
-	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_FREE_PAGE_HINT))
-		info[VIRTIO_TBALLOON_VQ_FREE_PAGE] =
-			(struct tballoon_vq_info){ "free_page_vq", tballoon_ack };
-	if (virtio_has_feature(vdev, VIRTIO_BALLOON_F_REPORTING))
-		info[VIRTIO_TBALLOON_VQ_REPORTING] =
-			(struct tballoon_vq_info){ "reporting_vq", tballoon_ack };
-	err = tballoon_find_vqs(vdev, VIRTIO_TBALLOON_VQ_MAX, vqs, info);
+	for (i = 0; i < VIRTIO_TBALLOON_VQ_MAX; i++) {
+		if (all[i].feature && !virtio_has_feature(vdev, all[i].feature))
+			continue;
+		info[n] = all[i].info;
+		role[n++] = i;
+	}
+	err = tballoon_find_vqs(vdev, n, got, info);
 	if (err)
 		return err;
+	for (i = 0; i < n; i++)
+		vqs[role[i]] = got[i];
 	tb->inflate_vq = vqs[VIRTIO_TBALLOON_VQ_INFLATE];
 	tb->deflate_vq = vqs[VIRTIO_TBALLOON_VQ_DEFLATE];
 	tb->stats_vq = vqs[VIRTIO_TBALLOON_VQ_STATS];

@@ -298,10 +298,20 @@ def upstream_reporting(ctx):
     ctx.check_healthy()
 
 
+def _require_poisoning(ctx):
+    """page_poison=1 needs CONFIG_PAGE_POISONING: without it the kernel lists
+    the parameter as unknown and never poisons, so say that, not a wrong
+    negotiation"""
+    unknown = [l for l in ctx.guest.dmesg().splitlines()
+               if "Unknown kernel command line parameters" in l and "page_poison" in l]
+    ctx.require(not unknown, "the guest kernel has CONFIG_PAGE_POISONING (%s)" % unknown[:1])
+
+
 @scenario("super-poison-ours", "poison-ours")
 def poison_ours(ctx):
     """a guest with page_poison=1 on tballoon serve: PAGE_POISON negotiated with the poison value, reported pages kept (a hole would read as zero, not poison), no poison corruption in the guest"""
     g = ctx.guest
+    _require_poisoning(ctx)
     st = ctx.require_timed_device()
     ctx.diag("status: page_poison %s, poison_val %#x, free_page_reporting %s",
              st.get("page_poison"), st.get("poison_val", 0), st.get("free_page_reporting"))
@@ -341,6 +351,7 @@ def poison_refused(ctx):
     """a guest with page_poison=1 on virtio-balloon-pci,page-poison=off: the driver does not use free page reporting (the device would not keep the poison), nothing freed leaves the host"""
     g = ctx.guest
     ctx.require(g.driver_status == "loaded", "virtio_tballoon loaded (%s)" % g.driver_status)
+    _require_poisoning(ctx)
     said = [l for l in g.dmesg().splitlines() if "does not offer PAGE_POISON" in l]
     ctx.expect(said, "the driver says why it does not report")
     feats = g.sh("cat /sys/bus/virtio/drivers/virtio_tballoon/virtio*/features").out.strip()

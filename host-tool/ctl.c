@@ -143,6 +143,7 @@ json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms)
 	json_object_object_add(o, "page_poison", json_object_new_boolean(
 		dev->features_set && (dev->features & TB_BIT(TB_BALLOON_F_PAGE_POISON))));
 	tb_json_add_u64(o, "poison_val", TB_CFG(dev, poison_val));
+	tb_json_add_u64(o, "punch_threads", dev->punch_threads);
 	json_object_object_add(o, "driver_ok", json_object_new_boolean(dev->driver_ok));
 	tb_json_add_u64(o, "guest_ram_bytes", tb_dev_ram_bytes(dev));
 	tb_json_add_u64(o, "resident_bytes", tb_dev_resident_bytes(dev));
@@ -298,6 +299,7 @@ static const char *const tb_ctl_commands[] = {
 	"qmp_capabilities", "query-version", "query-commands", "query-balloon",
 	"query-stats", "inflate", "deflate", "abort",
 	"x-test-withhold-buffers", "x-test-config-notify", "x-test-set-last-cmd-id",
+	"x-test-punch-delay",
 };
 
 static json_object *tb_ctl_move(struct tb_dev *dev, uint32_t op, json_object *args,
@@ -555,6 +557,23 @@ json_object *tb_ctl_handle_line(struct tb_dev *dev, const char *line, size_t len
 			tb_warn("test: PFN buffers and free page reports are %s",
 				dev->test_withhold ?
 				"withheld (x-test-withhold-buffers)" : "returned again");
+			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));
+		}
+	} else if (!strcmp(name, "x-test-punch-delay")) {
+		/*
+		 * Test only: every punch first sleeps this long, the way a
+		 * slow or contended memory file would, to show that the loop
+		 * keeps answering while the punch threads work.
+		 */
+		static const char *const pargs[] = { "ms", NULL };
+		uint32_t ms;
+
+		if (tb_ctl_args_known(args, pargs, err, sizeof(err)) ||
+		    tb_ctl_arg_u32(args, "ms", true, 0, 10000, &ms, err, sizeof(err))) {
+			resp = tb_ctl_error(id, err);
+		} else {
+			__atomic_store_n(&dev->test_punch_delay_ms, ms, __ATOMIC_RELAXED);
+			tb_warn("test: each punch sleeps %u ms first (x-test-punch-delay)", ms);
 			resp = tb_ctl_return(id, tb_ctl_status(dev, now_ms));
 		}
 	} else if (!strcmp(name, "x-test-config-notify")) {

@@ -887,7 +887,7 @@ static bool tb_dev_chain_stats(struct tb_dev *dev, const struct tb_vring_chain *
  */
 static bool tb_dev_pfn_chain(struct tb_dev *dev, unsigned int idx,
 			     const struct tb_vring_chain *ch, uint16_t pos, uint32_t num,
-			     bool *commit, uint64_t *pfns)
+			     struct tb_punch_job *job, bool *commit, uint64_t *pfns)
 {
 	bool inflate = idx == VIRTIO_TBALLOON_VQ_INFLATE;
 	uint64_t ram = tb_mem_ram_bytes(dev->mem) >> TB_PAGE_SHIFT;
@@ -900,7 +900,13 @@ static bool tb_dev_pfn_chain(struct tb_dev *dev, unsigned int idx,
 	 */
 	bool counted = dev->counted_valid[idx] && ahead && ahead <= num;
 
-	tb_pfn_batch_init(&b, dev->mem, inflate ? dev->punch : NULL, dev->punch_opaque);
+	/* with the punch pool, the ranges go to @job and are punched later */
+	if (!inflate)
+		tb_pfn_batch_init(&b, dev->mem, NULL, NULL);
+	else if (job)
+		tb_pfn_batch_init(&b, dev->mem, tb_punch_job_add, job);
+	else
+		tb_pfn_batch_init(&b, dev->mem, dev->punch, dev->punch_opaque);
 	if (!tb_dev_chain_pfns(ch, &b)) {
 		tb_warn("balloon: queue %u chain %u is not a PFN buffer", idx, ch->head);
 		return false;
@@ -922,7 +928,8 @@ static bool tb_dev_pfn_chain(struct tb_dev *dev, unsigned int idx,
 		dev->device_pages -= b.pages < dev->device_pages ? b.pages : dev->device_pages;
 	}
 	dev->stats.refused_pfns += b.refused;
-	dev->stats.released_bytes += b.bytes;
+	if (!job)
+		dev->stats.released_bytes += b.bytes;	/* else when punched */
 	dev->stats.punch_errors += b.errors;
 	dev->counted_pos[idx] = (uint16_t)(pos + 1);
 	dev->counted_valid[idx] = true;
@@ -970,7 +977,7 @@ unsigned int tb_dev_queue_role(const struct tb_dev *dev, unsigned int idx)
  * buffer. *@pages gets the 4 KiB pages it covers, for the pass's budget.
  */
 static bool tb_dev_report_chain(struct tb_dev *dev, const struct tb_vring_chain *ch,
-				uint64_t *pages)
+				struct tb_punch_job *job, uint64_t *pages)
 {
 	bool keep = TB_CFG(dev, poison_val) != 0;
 	uint64_t bytes = 0;
@@ -997,13 +1004,27 @@ static bool tb_dev_report_chain(struct tb_dev *dev, const struct tb_vring_chain 
 		uint64_t off;
 		int r = tb_mem_gpa_to_fd(dev->mem, sg->gpa, sg->len, &off);
 
-		if (dev->punch && dev->punch(dev->punch_opaque, dev->mem->r[r].fd, off,
-					     sg->len) == 0)
+		if (job) {
+			/* counted in reported_bytes when punched */
+			if (tb_punch_job_add(job, dev->mem->r[r].fd, off, sg->len) < 0)
+				dev->stats.punch_errors++;
+		} else if (dev->punch && dev->punch(dev->punch_opaque, dev->mem->r[r].fd,
+						    off, sg->len) == 0) {
 			dev->stats.reported_bytes += sg->len;
-		else
+		} else {
 			dev->stats.punch_errors++;
+		}
 	}
 	return true;
+}
+
+void tb_dev_punched(struct tb_dev *dev, const struct tb_punch_job *job)
+{
+	if (job->kind == TB_PUNCH_REPORT)
+		dev->stats.reported_bytes += job->bytes;
+	else
+		dev->stats.released_bytes += job->bytes;
+	dev->stats.punch_errors += job->errors;
 }
 
 int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
@@ -1011,7 +1032,12 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 {
 	unsigned int role = tb_dev_queue_role(dev, idx);
 	uint16_t heads[TB_DEV_PASS_BUFFERS + 1];
-	unsigned int nheads = 0, nbuf = 0;
+	struct tb_punch_job *jobs[TB_DEV_PASS_BUFFERS];
+	unsigned int nheads = 0, nbuf = 0, njobs = 0;
+	/* buffers that release memory go through the punch pool, if any */
+	bool pooled = dev->pool && idx < TB_PUNCH_MAX_QUEUES &&
+		      (role == VIRTIO_TBALLOON_VQ_INFLATE ||
+		       role == VIRTIO_TBALLOON_VQ_REPORTING);
 	struct tb_vring_chain ch;
 	uint64_t pfns = 0;
 	bool commit = false, more = false;
@@ -1026,6 +1052,7 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 		return 0;
 	for (;;) {
 		uint16_t pos = vr->last_avail;
+		struct tb_punch_job *job = NULL;
 		uint64_t n = 0;
 		bool ok = false;
 
@@ -1033,19 +1060,30 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 			more = true;
 			break;
 		}
+		if (pooled) {
+			job = tb_punch_job_new(idx, 0, role == VIRTIO_TBALLOON_VQ_INFLATE ?
+					       TB_PUNCH_INFLATE : TB_PUNCH_REPORT);
+			if (!job) {
+				/* out of memory: the buffer waits for a later pass */
+				more = true;
+				break;
+			}
+		}
 		rc = tb_vring_pop(vr, dev->mem, &ch);
-		if (rc <= 0)
+		if (rc <= 0) {
+			tb_punch_job_free(job);
 			break;
+		}
 		nbuf++;
 		if (ch.err != TB_CHAIN_OK) {
 			tb_warn("balloon: queue %u chain %u refused: %s", idx, ch.head,
 				tb_chain_err_name(ch.err));
 		} else if (role == VIRTIO_TBALLOON_VQ_INFLATE ||
 			   role == VIRTIO_TBALLOON_VQ_DEFLATE) {
-			ok = tb_dev_pfn_chain(dev, idx, &ch, pos, vr->num, &commit, &n);
+			ok = tb_dev_pfn_chain(dev, idx, &ch, pos, vr->num, job, &commit, &n);
 			pfns += n;
 		} else if (role == VIRTIO_TBALLOON_VQ_REPORTING) {
-			ok = tb_dev_report_chain(dev, &ch, &n);
+			ok = tb_dev_report_chain(dev, &ch, job, &n);
 			pfns += n;
 			if (!ok)
 				tb_warn("balloon: queue %u chain %u is not a free page report",
@@ -1071,11 +1109,24 @@ int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 		if (!ok)
 			dev->stats.bad_buffers++;
 		/* nothing is written to the driver's buffers */
-		heads[nheads++] = ch.head;
+		if (job) {
+			/* a refused buffer is a job with nothing to punch: in order */
+			if (!ok)
+				job->nr = 0;
+			job->head = ch.head;
+			jobs[njobs++] = job;
+		} else {
+			heads[nheads++] = ch.head;
+		}
 	}
-	/* one durable state write for the whole pass, then the buffers go back */
+	/*
+	 * One durable state write for the whole pass, then the buffers go
+	 * back: now, or (pool) once their memory is released, tb_dev_reap().
+	 */
 	if (commit && dev->ops && dev->ops->commit)
 		dev->ops->commit(dev->opaque);
+	for (unsigned int i = 0; i < njobs; i++)
+		tb_punch_submit(dev->pool, jobs[i]);
 	for (unsigned int i = 0; i < nheads; i++)
 		tb_vring_push(vr, heads[i], 0);
 	if (nheads)

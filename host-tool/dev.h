@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "mem.h"
+#include "punch.h"
 #include "util.h"
 #include "virtio_tballoon.h"
 #include "vring.h"
@@ -258,6 +259,7 @@ struct tb_dev_ops {
  * @last_report_seq: report_seq last seen from the driver
  * @cmd: the current (or last) command
  * @punch, @punch_opaque: page release function (tests replace it)
+ * @pool: the punch pool, or NULL: release inline in tb_dev_process_queue()
  * @device_pages: the device's own view of the balloon: valid PFNs received
  *	on inflateq minus those on deflateq (clamped to 0..guest RAM). Needs no
  *	driver report, so it survives lost config writes (daemon restarts).
@@ -294,6 +296,7 @@ struct tb_dev {
 	struct tb_dev_stats stats;
 	tb_punch_fn punch;
 	void *punch_opaque;
+	struct tb_punch_pool *pool;
 	const struct tb_dev_ops *ops;
 	void *opaque;
 	uint64_t device_pages;
@@ -311,8 +314,15 @@ struct tb_dev {
 	enum tb_kind kind;
 	struct tb_host_watch watch;
 	bool refused_retry;
+	/* punch threads running (0: inline), for the status */
+	unsigned int punch_threads;
 	/* test only (x-test-withhold-buffers): PFN buffers and reports stay in the ring */
 	bool test_withhold;
+	/*
+	 * test only (x-test-punch-delay): each punch first sleeps this long;
+	 * read by the punch threads (atomic access)
+	 */
+	uint32_t test_punch_delay_ms;
 };
 
 void tb_dev_init(struct tb_dev *dev, const struct tb_mem *mem,
@@ -394,12 +404,17 @@ int64_t tb_dev_tick(struct tb_dev *dev, uint64_t now_ms);
 
 /*
  * Process queue @idx: pop available chains, release/account their PFNs,
- * commit the state once, then return them to the driver. *notify is set if
- * the driver should be signalled. At most one pass of work (the
+ * commit the state once, then return them to the driver -- with @pool set,
+ * the buffers of the inflate and reporting queues go to the pool instead
+ * and come back through tb_dev_punched(). *notify is set if the driver
+ * should be signalled. At most one pass of work (the
  * TB_DEV_PASS_* bounds): returns 1 if buffers may be left for the next
  * pass, 0 if the queue is drained, or -EIO if the ring broke (caller
  * reports it on the err fd).
  */
+/* the pool released @job's ranges: count them (the caller returns the buffer) */
+void tb_dev_punched(struct tb_dev *dev, const struct tb_punch_job *job);
+
 int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 			 struct tb_vring *vr, bool *notify);
 

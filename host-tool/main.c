@@ -156,6 +156,7 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		{ "socket-group", required_argument, NULL, 'G' },
 		{ "deflate-on-oom", no_argument, NULL, 'D' },
 		{ "free-page-reporting", no_argument, NULL, 'R' },
+		{ "punch-threads", required_argument, NULL, 'T' },
 		{ "qmp", required_argument, NULL, 'Q' },
 		{ "libvirt", required_argument, NULL, 'V' },
 		{ "connect", required_argument, NULL, 'U' },
@@ -167,6 +168,7 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		.vu_fd = -1, .grace_ms = TB_DEV_GRACE_MS,
 		.stats_interval_ms = TB_DEV_STATS_INTERVAL_MS,
 		.listen = { .mode = 0600 },
+		.punch_threads = tb_punch_default_threads(),
 	};
 	const char *sock = NULL, *ctrl = o->control, *why;
 	bool stats_set = false;
@@ -268,6 +270,17 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 		case 'R':
 			so.free_page_reporting = true;
 			break;
+		case 'T': {
+			unsigned long t;
+
+			errno = 0;
+			t = strtoul(optarg, &end, 10);
+			if (errno || *end || !*optarg || t > TB_PUNCH_MAX_THREADS)
+				return tb_usage_error("serve: --punch-threads %s: a number of "
+						      "threads from 0 to 16", optarg);
+			so.punch_threads = (unsigned int)t;
+			break;
+		}
 		case 'Q':
 			so.qmp_path = optarg;
 			break;
@@ -324,6 +337,9 @@ static int tb_cmd_serve(int argc, char **argv, struct tb_client_opts *o)
 			       "                          memory, which is released on the host\n"
 			       "                          (as free-page-reporting=on; the front-end\n"
 			       "                          needs a fourth queue: num_vqs=4)\n"
+			       "      --punch-threads N   threads that release ballooned memory off\n"
+			       "                          the event loop (default: a quarter of the\n"
+			       "                          CPUs, 1 to 4; 0: the loop does it itself)\n"
 			       "  -h, --help              show this help and exit\n\n"
 			       "Under systemd (tballoon-serve@.service): READY=1 once the sockets\n"
 			       "accept, sockets passed in LISTEN_FDS are used (matched by path),\n"

@@ -5,8 +5,10 @@
  * Sources: signals (signalfd), the vhost-user listener or session socket,
  * the backend channel, each started queue's kick eventfd -- or, instead of
  * all of those, a peer's fds (QMP, libvirt: peer.h) --, the control
- * listener and its clients. Host-side timers come from tb_dev_tick() and
- * the peer's tick.
+ * listener and its clients, and the punch pool's eventfd (punch.h: the
+ * only other threads, which release ballooned and reported memory; the
+ * loop hands the buffers back as they finish). Host-side timers come from
+ * tb_dev_tick() and the peer's tick.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,6 +22,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <grp.h>
@@ -98,6 +101,9 @@ struct tb_serve {
 	uint32_t queue_more;
 	/* --qmp / --libvirt: the VM's stock balloon, instead of vhost-user */
 	struct tb_peer *peer;
+	/* the punch pool (vhost-user, --punch-threads > 0) */
+	struct tb_punch_pool pool;
+	bool pool_up;
 };
 
 /*
@@ -548,6 +554,70 @@ static void tb_serve_sigbus(struct tb_serve *s, unsigned int idx)
 	tb_vu_queue_error(&s->vu, idx);
 }
 
+/* release guest memory; the pool's threads call this too */
+static int tb_serve_punch(void *opaque, int fd, uint64_t off, uint64_t len)
+{
+	struct tb_serve *s = opaque;
+	uint32_t delay = __atomic_load_n(&s->dev.test_punch_delay_ms, __ATOMIC_RELAXED);
+
+	if (delay) {
+		struct timespec ts = { .tv_sec = delay / 1000,
+				       .tv_nsec = (long)(delay % 1000) * 1000000L };
+
+		nanosleep(&ts, NULL);
+	}
+	return tb_mem_punch_fallocate(NULL, fd, off, len);
+}
+
+static void tb_serve_punched(void *ctx, const struct tb_punch_job *job)
+{
+	struct tb_serve *s = ctx;
+
+	tb_dev_punched(&s->dev, job);
+	/* a queue stopped or broken since: its ring is not ours to write */
+	if (tb_vu_queue_ready(&s->vu, job->queue))
+		tb_vring_push(&s->vu.q[job->queue].vr, job->head, 0);
+}
+
+/* the buffers whose memory the pool released go back, in ring order */
+static void tb_serve_reap(struct tb_serve *s)
+{
+	sigjmp_buf env;
+	unsigned int mask;
+
+	if (!s->pool_up)
+		return;
+	if (sigsetjmp(env, 1)) {
+		tb_serve_sigbus(s, s->pool.reaping ? s->pool.reaping->queue : 0);
+		tb_punch_job_free(s->pool.reaping);
+		s->pool.reaping = NULL;
+		return;
+	}
+	tb_sigbus_env = &env;
+	mask = tb_punch_reap(&s->pool, tb_serve_punched, s);
+	tb_sigbus_env = NULL;
+	for (unsigned int i = 0; mask >> i; i++)
+		if (mask & (1U << i) && tb_vu_queue_ready(&s->vu, i) &&
+		    tb_vring_need_notify(&s->vu.q[i].vr))
+			tb_vu_queue_call(&s->vu, i);
+}
+
+/*
+ * Before the front-end changes memory or rings (and at the session's end):
+ * every submitted punch finishes and its buffer goes back, so no worker
+ * uses an fd about to close and the used ring is where the front-end
+ * expects it.
+ */
+static void tb_ops_quiesce(void *opaque)
+{
+	struct tb_serve *s = opaque;
+
+	if (!s->pool_up)
+		return;
+	tb_punch_drain(&s->pool);
+	tb_serve_reap(s);
+}
+
 static void tb_serve_queue(struct tb_serve *s, unsigned int idx)
 {
 	sigjmp_buf env;
@@ -574,6 +644,8 @@ static void tb_serve_queue(struct tb_serve *s, unsigned int idx)
 	/* the used ring is published (release fence in tb_vring_push) */
 	if (notify)
 		tb_vu_queue_call(&s->vu, idx);
+	/* buffers with nothing to punch (refused ones) need no thread */
+	tb_serve_reap(s);
 }
 
 static void tb_serve_update_driver_ok(struct tb_serve *s)
@@ -731,6 +803,7 @@ static const struct tb_vu_ops tb_serve_vu_ops = {
 	.queue_notify = tb_ops_queue_notify,
 	.session = tb_ops_session,
 	.queue_stop = tb_ops_queue_stop,
+	.quiesce = tb_ops_quiesce,
 	.device_reset = tb_ops_device_reset,
 	.before_reply = tb_ops_before_reply,
 };
@@ -905,7 +978,8 @@ static int tb_serve_signals(void)
 }
 
 enum tb_pfd_kind { TB_PFD_SIG, TB_PFD_VU_LISTEN, TB_PFD_VU, TB_PFD_BACKEND,
-		   TB_PFD_KICK, TB_PFD_CTL_LISTEN, TB_PFD_CLIENT, TB_PFD_PEER };
+		   TB_PFD_KICK, TB_PFD_CTL_LISTEN, TB_PFD_CLIENT, TB_PFD_PEER,
+		   TB_PFD_PUNCH };
 
 struct tb_pfd_tag {
 	enum tb_pfd_kind kind;
@@ -967,6 +1041,8 @@ int tb_serve_run(const struct tb_serve_opts *o)
 		    &tb_serve_peer_dev_ops : &tb_serve_dev_ops, &s);
 	s.dev.grace_ms = o->grace_ms;
 	s.dev.stats_interval_ms = o->stats_interval_ms;
+	s.dev.punch = tb_serve_punch;
+	s.dev.punch_opaque = &s;
 	s.vu_listen_fd = s.ctl_listen_fd = -1;
 	s.peer_gid = o->listen.gid;
 	s.peer_gid_set = o->listen.gid_set;
@@ -1033,6 +1109,19 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	s.ctl_listen_fd = ctl_l.fd;
 	if (s.peer)
 		tb_info("serving %s, control on %s", s.peer->what, control_path);
+	/* after the signal mask (the workers inherit it), before any queue runs */
+	if (!s.peer && o->punch_threads) {
+		rc0 = tb_punch_start(&s.pool, o->punch_threads, tb_serve_punch, &s);
+		if (rc0 < 0) {
+			tb_err("punch threads: %s", strerror(-rc0));
+			tb_listener_close(&ctl_l, control_path);
+			tb_listener_close(&vu_l, socket_path);
+			goto out_early;
+		}
+		s.pool_up = true;
+		s.dev.pool = &s.pool;
+	}
+	s.dev.punch_threads = s.pool_up ? s.pool.nthreads : 0;
 
 	/* the fd store gave a connection back: take its session up again */
 	if (session && vu_fd < 0 && tb_sd_has_passed(&s.sd, TB_SESSION_FD_PREFIX "sock")) {
@@ -1092,6 +1181,8 @@ int tb_serve_run(const struct tb_serve_opts *o)
 				if (s.vu.q[i].kick_fd >= 0)
 					TB_ADD(s.vu.q[i].kick_fd, POLLIN, TB_PFD_KICK, i);
 		}
+		if (s.pool_up)
+			TB_ADD(s.pool.event_fd, POLLIN, TB_PFD_PUNCH, 0);
 		TB_ADD(s.ctl_listen_fd, POLLIN, TB_PFD_CTL_LISTEN, 0);
 		for (unsigned int i = 0; i < s.nclients; i++)
 			TB_ADD(s.clients[i].fd,
@@ -1190,6 +1281,9 @@ int tb_serve_run(const struct tb_serve_opts *o)
 				}
 				tb_serve_kick(&s, tag[i].idx, pfd[i].fd);
 				break;
+			case TB_PFD_PUNCH:
+				tb_serve_reap(&s);
+				break;
 			case TB_PFD_CTL_LISTEN:
 				tb_serve_accept_client(&s);
 				break;
@@ -1224,7 +1318,11 @@ int tb_serve_run(const struct tb_serve_opts *o)
 	for (unsigned int i = 0; i < s.nclients; i++)
 		tb_client_free(&s.clients[i]);
 	s.nclients = 0;
-	tb_vu_detach(&s.vu);
+	tb_vu_detach(&s.vu);	/* quiesces the pool first */
+	if (s.pool_up)
+		tb_punch_stop(&s.pool);
+	s.pool_up = false;
+	s.dev.pool = NULL;
 	if (s.peer)
 		s.peer->ops->destroy(s.peer);
 	s.peer = NULL;

@@ -55,6 +55,8 @@ struct tb_listener {
  *	instead of serving vhost-user (host-enforced commands)
  * @libvirt_domain, @libvirt_uri: the same through libvirt (NULL uri:
  *	libvirt's default)
+ * @punch_threads: threads releasing memory off the event loop (punch.h);
+ *	0: the loop punches itself (vhost-user only)
  */
 struct tb_serve_opts {
 	const char *socket_path;
@@ -69,6 +71,7 @@ struct tb_serve_opts {
 	const char *qmp_path;
 	const char *libvirt_domain;
 	const char *libvirt_uri;
+	unsigned int punch_threads;
 };
 
 /* a peer (QMP, libvirt) must be set up within this at start */

@@ -637,6 +637,24 @@ int tb_vu_dispatch(struct tb_vu *vu, struct tb_vu_msg *m,
 	r->nfds = 0;
 	*send_reply = false;
 
+	/* buffers still being worked on go back before memory or rings change */
+	switch (m->hdr.request) {
+	case TB_VU_SET_FEATURES:
+	case TB_VU_RESET_OWNER:
+	case TB_VU_RESET_DEVICE:
+	case TB_VU_SET_MEM_TABLE:
+	case TB_VU_SET_VRING_NUM:
+	case TB_VU_SET_VRING_ADDR:
+	case TB_VU_SET_VRING_BASE:
+	case TB_VU_GET_VRING_BASE:
+	case TB_VU_SET_VRING_ENABLE:
+		if (vu->ops->quiesce)
+			vu->ops->quiesce(vu->opaque);
+		break;
+	default:
+		break;
+	}
+
 	switch (m->hdr.request) {
 	case TB_VU_GET_FEATURES:
 		rc = tb_vu_get_features(vu, m, r);
@@ -1171,6 +1189,8 @@ void tb_vu_detach(struct tb_vu *vu)
 {
 	bool was_up = vu->sock_fd >= 0;
 
+	if (vu->ops->quiesce)
+		vu->ops->quiesce(vu->opaque);
 	tb_vu_rx_reset(vu);
 	for (unsigned int i = 0; i < TB_VU_MAX_QUEUES; i++)
 		tb_vu_queue_free(&vu->q[i]);

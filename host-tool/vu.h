@@ -228,6 +228,8 @@ struct tb_vu;
  *	false all memory and queues are already gone
  * @queue_stop: queue @idx is about to stop (GET_VRING_BASE, reset); its ring
  *	is still mapped
+ * @quiesce: the front-end is about to change memory or rings, or the session
+ *	ends: finish and return every buffer still being worked on (optional)
  * @before_reply: a request was handled, its reply (if any) not sent yet:
  *	the moment to make the session's new state durable (optional)
  * @device_reset: the front-end reset the device on a live session: an
@@ -248,6 +250,7 @@ struct tb_vu_ops {
 	void (*session)(void *opaque, bool up);
 	void (*queue_stop)(void *opaque, unsigned int idx);
 	void (*device_reset)(void *opaque);
+	void (*quiesce)(void *opaque);
 	void (*before_reply)(void *opaque);
 };
 

@@ -530,6 +530,70 @@ def run(vu, cp):
     run_restart(os.path.dirname(cp))
     run_reset_and_watchdog(os.path.dirname(cp))
     run_deflate_on_oom(os.path.dirname(cp))
+    run_punch_pool(os.path.dirname(cp))
+
+
+def qmp_cmd(path, name, **args):
+    """One QMP command on the control socket; its reply (return or error)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    f = s.makefile("rwb")
+    try:
+        json.loads(f.readline())                        # the greeting
+        for cmd in ({"execute": "qmp_capabilities"}, {"execute": name, "arguments": args}):
+            f.write(json.dumps(cmd).encode() + b"\n")
+            f.flush()
+            while True:
+                r = json.loads(f.readline())
+                if "return" in r or "error" in r:
+                    break
+        return r
+    finally:
+        f.close()
+        s.close()
+
+
+def run_punch_pool(tmp):
+    """The punch threads: with every punch slowed down, the event loop still
+    answers the front-end while an inflate buffer is being released, the
+    buffer goes back only once released, and a ring stop (GET_VRING_BASE)
+    waits for it. With --punch-threads 0 the loop punches itself and the
+    config answer waits (the first check fails there)."""
+    srv, vu, cp = start_serve(tmp, "pool")
+    try:
+        g = Guest(vu)
+        g.negotiate()
+        r = qmp_cmd(cp, "x-test-punch-delay", ms=3000)
+        tap(r.get("return", {}).get("punch_threads", 0) >= 1,
+            "pool: status shows the punch threads (%s)" % r.get("return", {}).get("punch_threads"))
+        tap("error" in qmp_cmd(cp, "x-test-punch-delay", ms=10001),
+            "pool: x-test-punch-delay refuses a delay over 10 s")
+        g.pfn_buffer(0, list(range(0, 256)))
+        time.sleep(0.5)                 # the loop took the kick, a thread punches
+        t0 = time.monotonic()
+        g.get_config()
+        answered = time.monotonic() - t0
+        used_then = g.used_idx(0)
+        tap(used_then == 0, "pool: GET_CONFIG answered in %.3f s while the buffer was "
+            "still being released (used index %d)" % (answered, used_then))
+        back = g.wait_call(0, timeout=15)
+        st = status(cp)
+        tap(back and g.used_idx(0) == 1 and st["released_bytes"] == 256 * 4096,
+            "pool: the buffer goes back once released (used %d, released %d bytes)"
+            % (g.used_idx(0), st["released_bytes"]))
+        # a ring stop while a buffer is being released: the reply waits for it
+        g.pfn_buffer(0, list(range(256, 512)), gpa=BUF_GPA + 0x4000)
+        time.sleep(0.5)
+        base = g.call_u64(GET_VRING_BASE, struct.pack("<II", 0, 0))
+        base = struct.unpack("<II", base)[1] if isinstance(base, bytes) else base >> 32
+        tap(base == 2 and g.used_idx(0) == 2,
+            "pool: GET_VRING_BASE waits for the buffer being released (base %d, used %d)"
+            % (base, g.used_idx(0)))
+        g.close()
+    finally:
+        srv.terminate()
+        srv.wait(10)
 
 
 def run_deflate_on_oom(tmp):

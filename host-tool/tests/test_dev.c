@@ -618,6 +618,79 @@ static void test_process_inflate(void **state)
 	tb_vring_reset(&r.vr);
 }
 
+/* the punch pool's hand-over, as serve does it: count, then the buffer goes back */
+struct pooled {
+	struct fx *f;
+	struct tb_vring *vr;
+};
+
+static void pooled_done(void *ctx, const struct tb_punch_job *job)
+{
+	struct pooled *p = ctx;
+
+	tb_dev_punched(&p->f->dev, job);
+	tb_vring_push(p->vr, job->head, 0);
+}
+
+/*
+ * With the punch pool: buffers are counted when read (the state file
+ * records them) but go back, in ring order, only once their memory is
+ * released; released and reported bytes count when punched; a refused
+ * buffer between two good ones waits its turn.
+ */
+static void test_process_pooled(void **state)
+{
+	static const uint32_t pfns[] = { 1000, 1001, 1002, 1003, 5000 };
+	struct fx *f = *state;
+	struct tb_punch_pool pool;
+	struct pooled pc = { .f = f };
+	struct ring r;
+	bool notify;
+
+	assert_int_equal(tb_punch_start(&pool, 1, f_punch, f), 0);
+	f->dev.pool = &pool;
+	ring_init(f, &r);
+	pc.vr = &r.vr;
+	put_pfns(r.buf, pfns, TB_ARRAY_SIZE(pfns));
+	ring_add(&r, 0, BUF_GPA, sizeof(pfns), 0, 0);
+	ring_add(&r, 1, BUF_GPA, 6, 0, 0);			/* refused */
+	ring_add(&r, 2, BUF_GPA, 8, 0, 0);			/* 1000, 1001 again */
+	for (uint16_t i = 0; i < 3; i++)
+		ring_publish(&r, i);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 0, &r.vr, &notify), 0);
+	assert_false(notify);
+	assert_int_equal(f->dev.stats.inflated_pages, 7);
+	assert_int_equal(f->dev.stats.bad_buffers, 1);
+	assert_int_equal(tb_punch_pending(&pool, 0), 3);
+	tb_punch_drain(&pool);
+	assert_int_equal(r.vr.used_idx, 0);
+	assert_int_equal(tb_punch_reap(&pool, pooled_done, &pc), 1U << 0);
+	assert_int_equal(r.vr.used_idx, 3);
+	/* used ring entries (id, len) after flags and idx: heads in ring order */
+	for (unsigned int i = 0; i < 3; i++)
+		assert_int_equal(tb_get_le32((const uint8_t *)r.vr.used + 4 + 8 * i), i);
+	assert_int_equal(f->punches, 3);
+	assert_int_equal(f->dev.stats.released_bytes, 7 * 4096);
+
+	/* a free page report: reported_bytes, never balloon pages */
+	tb_dev_set_features(&f->dev, TB_BIT(32) | TB_DEV_FEATURES |
+			    TB_BIT(TB_BALLOON_F_REPORTING));
+	tb_vring_reset(&r.vr);
+	ring_init(f, &r);
+	ring_add(&r, 0, 0x200000, 0x200000, TB_VRING_DESC_F_WRITE, 0);
+	ring_publish(&r, 0);
+	assert_int_equal(tb_dev_process_queue(&f->dev, 3, &r.vr, &notify), 0);
+	assert_int_equal(f->dev.stats.reported_bytes, 0);
+	tb_punch_drain(&pool);
+	assert_int_equal(tb_punch_reap(&pool, pooled_done, &pc), 1U << 3);
+	assert_int_equal(f->dev.stats.reported_bytes, 0x200000);
+	assert_int_equal(f->dev.stats.released_bytes, 7 * 4096);
+	assert_int_equal(r.vr.used_idx, 1);
+	f->dev.pool = NULL;
+	tb_punch_stop(&pool);
+	tb_vring_reset(&r.vr);
+}
+
 static void test_process_split_pfn(void **state)
 {
 	static const uint32_t pfns[] = { 7, 8, 9 };
@@ -1014,6 +1087,7 @@ int main(void)
 		T(test_process_deflate_and_stats),
 		T(test_queue_roles),
 		T(test_report_queue),
+		T(test_process_pooled),
 		T(test_report_poison),
 		T(test_watchdog),
 		T(test_broken_and_reset),

@@ -15,6 +15,7 @@
 #   make bench-enforce  guest- against host-enforced timed commands (bench/enforce.py)
 #   make bench-migrate  live migration with and without a timed shrink (bench/migrate.py)
 #   make bench-reporting  free page reporting, ours against virtio_balloon (bench/reporting.py)
+#   make bench-punch  the daemon's punching in the loop against its punch threads (bench/punch.py)
 #   make dkms-install install the module with DKMS for KVER (default: the
 #                     linux-headers-amd64 kernel; several: KVER="V1 V2"):
 #                     sources to /usr/src/tballoon-<version>/, dkms add,
@@ -35,7 +36,7 @@ MODULE_SRCS := Kbuild Kconfig $(wildcard driver/*.[ch]) $(wildcard proto/*.h)
 DKMS_VERSION := $(shell sed -nE 's/^PACKAGE_VERSION="?([^"]*)"?/\1/p' dkms.conf)
 DKMS_SRC := /usr/src/tballoon-$(DKMS_VERSION)
 
-.PHONY: all module host-tool check demo bench bench-enforce bench-migrate bench-reporting sparse clean dkms-install dkms-remove \
+.PHONY: all module host-tool check demo bench bench-enforce bench-migrate bench-reporting bench-punch sparse clean dkms-install dkms-remove \
 	install uninstall
 
 PREFIX ?= /usr/local
@@ -113,6 +114,9 @@ bench-migrate: module host-tool
 
 bench-reporting: module host-tool
 	/usr/bin/python3 bench/reporting.py
+
+bench-punch: module host-tool
+	/usr/bin/python3 bench/punch.py
 
 clean:
 	-$(MAKE) -C $(KDIR) M=$(CURDIR) clean

@@ -170,6 +170,7 @@ json_object *tb_ctl_status(const struct tb_dev *dev, uint64_t now_ms)
 	tb_json_add_u64(s, "inflated_pages", dev->stats.inflated_pages);
 	tb_json_add_u64(s, "deflated_pages", dev->stats.deflated_pages);
 	tb_json_add_u64(s, "guest_deflated_pages", dev->stats.guest_deflated_pages);
+	tb_json_add_u64(s, "migrated_pages", dev->stats.migrated_pages);
 	tb_json_add_u64(s, "inflated_bytes", dev->stats.inflated_pages << TB_PAGE_SHIFT);
 	tb_json_add_u64(s, "deflated_bytes", dev->stats.deflated_pages << TB_PAGE_SHIFT);
 	tb_json_add_u64(s, "guest_deflated_bytes",

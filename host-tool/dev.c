@@ -921,10 +921,21 @@ static bool tb_dev_pfn_chain(struct tb_dev *dev, unsigned int idx,
 		dev->device_pages += b.pages;
 		if (dev->device_pages > ram)
 			dev->device_pages = ram;
+		dev->one_page_inflate = b.pages == 1;
 	} else {
 		dev->stats.deflated_pages += b.pages;
-		if (!tb_cmd_running(&dev->cmd) || dev->cmd.op != TBALLOON_OP_DEFLATE)
+		/*
+		 * Compaction moving a balloon page: ours and Linux's driver tell
+		 * the new page (one-page inflate), then the old (one-page
+		 * deflate), under the lock that keeps every other send out. The
+		 * guest took nothing back. (A deflate on OOM gives up to 256
+		 * pages at once; one page only when the balloon holds one.)
+		 */
+		if (b.pages == 1 && dev->one_page_inflate)
+			dev->stats.migrated_pages++;
+		else if (!tb_cmd_running(&dev->cmd) || dev->cmd.op != TBALLOON_OP_DEFLATE)
 			dev->stats.guest_deflated_pages += b.pages;
+		dev->one_page_inflate = false;
 		dev->device_pages -= b.pages < dev->device_pages ? b.pages : dev->device_pages;
 	}
 	dev->stats.refused_pfns += b.refused;
@@ -1020,10 +1031,12 @@ static bool tb_dev_report_chain(struct tb_dev *dev, const struct tb_vring_chain 
 
 void tb_dev_punched(struct tb_dev *dev, const struct tb_punch_job *job)
 {
-	if (job->kind == TB_PUNCH_REPORT)
+	if (job->kind == TB_PUNCH_REPORT) {
 		dev->stats.reported_bytes += job->bytes;
-	else
+	} else if (job->bytes || job->errors) {
 		dev->stats.released_bytes += job->bytes;
+		dev->gen++;	/* the state file records it before the buffer goes back */
+	}
 	dev->stats.punch_errors += job->errors;
 }
 

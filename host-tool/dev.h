@@ -208,6 +208,10 @@ struct tb_dev_stats {
 	uint64_t guest_deflated_pages;	/* of those, with no deflate command
 					 * running: taken back by the guest on
 					 * its own (DEFLATE_ON_OOM, removal) */
+	uint64_t migrated_pages;	/* balloon pages moved by compaction: a
+					 * one-page inflate, then a one-page
+					 * deflate (neither driver sends that
+					 * otherwise); not taken back */
 	uint64_t refused_pfns;		/* PFNs outside guest RAM */
 	uint64_t bad_buffers;		/* chains refused (malformed, writable...) */
 	uint64_t punch_errors;		/* fallocate failures */
@@ -311,6 +315,8 @@ struct tb_dev {
 	uint64_t last_driver_ms;
 	uint16_t counted_pos[2];
 	bool counted_valid[2];
+	/* the last PFN buffer counted was a one-page inflate (migration?) */
+	bool one_page_inflate;
 	enum tb_kind kind;
 	struct tb_host_watch watch;
 	bool refused_retry;
@@ -412,11 +418,15 @@ int64_t tb_dev_tick(struct tb_dev *dev, uint64_t now_ms);
  * pass, 0 if the queue is drained, or -EIO if the ring broke (caller
  * reports it on the err fd).
  */
-/* the pool released @job's ranges: count them (the caller returns the buffer) */
-void tb_dev_punched(struct tb_dev *dev, const struct tb_punch_job *job);
-
 int tb_dev_process_queue(struct tb_dev *dev, unsigned int idx,
 			 struct tb_vring *vr, bool *notify);
+
+/*
+ * The pool released @job's ranges: count them. Released bytes bump the
+ * generation, so the caller's next state write records them; it returns
+ * the buffer only after that write.
+ */
+void tb_dev_punched(struct tb_dev *dev, const struct tb_punch_job *job);
 
 /*
  * What virtqueue @idx is, VIRTIO_TBALLOON_VQ_* (a position in the

@@ -124,6 +124,8 @@ void tb_punch_stop(struct tb_punch_pool *p)
 	p->nthreads = 0;
 	for (unsigned int q = 0; q < TB_PUNCH_MAX_QUEUES; q++)
 		tb_punch_forget(p, q);
+	tb_punch_job_free_list(p->reaping);
+	p->reaping = NULL;
 	pthread_cond_destroy(&p->idle_cond);
 	pthread_cond_destroy(&p->work_cond);
 	pthread_mutex_destroy(&p->lock);
@@ -197,37 +199,54 @@ void tb_punch_submit(struct tb_punch_pool *p, struct tb_punch_job *job)
 	pthread_mutex_unlock(&p->lock);
 }
 
-unsigned int tb_punch_reap(struct tb_punch_pool *p,
-			   void (*done)(void *ctx, const struct tb_punch_job *job),
-			   void *ctx)
+struct tb_punch_job *tb_punch_take(struct tb_punch_pool *p)
 {
-	unsigned int mask = 0;
+	struct tb_punch_job *list = NULL, **tail = &list;
 	uint64_t cnt;
 
 	/* clear the wake-up first: a job finishing from here on wakes again */
 	if (read(p->event_fd, &cnt, sizeof(cnt)) < 0 && errno != EAGAIN)
 		tb_dbg("punch: eventfd read: %s", strerror(errno));
+	pthread_mutex_lock(&p->lock);
 	for (unsigned int q = 0; q < TB_PUNCH_MAX_QUEUES; q++) {
-		for (;;) {
-			struct tb_punch_job *job = p->fifo[q].head;
-			bool finished;
+		struct tb_punch_job *job;
 
-			if (!job)
-				break;
-			pthread_mutex_lock(&p->lock);
-			finished = !job->left;
-			pthread_mutex_unlock(&p->lock);
-			if (!finished)
-				break;
+		while ((job = p->fifo[q].head) && !job->left) {
 			p->fifo[q].head = job->fifo_next;
 			if (!p->fifo[q].head)
 				p->fifo[q].tail = NULL;
-			p->reaping = job;
-			done(ctx, job);
-			p->reaping = NULL;
-			tb_punch_job_free(job);
-			mask |= 1U << q;
+			job->fifo_next = NULL;
+			*tail = job;
+			tail = &job->fifo_next;
 		}
+	}
+	pthread_mutex_unlock(&p->lock);
+	return list;
+}
+
+void tb_punch_job_free_list(struct tb_punch_job *list)
+{
+	while (list) {
+		struct tb_punch_job *next = list->fifo_next;
+
+		tb_punch_job_free(list);
+		list = next;
+	}
+}
+
+unsigned int tb_punch_reap(struct tb_punch_pool *p,
+			   void (*done)(void *ctx, const struct tb_punch_job *job),
+			   void *ctx)
+{
+	struct tb_punch_job *job;
+	unsigned int mask = 0;
+
+	p->reaping = tb_punch_take(p);
+	while ((job = p->reaping)) {
+		done(ctx, job);
+		mask |= 1U << job->queue;
+		p->reaping = job->fifo_next;
+		tb_punch_job_free(job);
 	}
 	return mask;
 }

@@ -7,7 +7,7 @@
  * A job is one driver buffer (an inflate PFN buffer or a free page report)
  * and the file ranges it asks to release. The event loop builds a job, adds
  * it to its queue's FIFO with tb_punch_submit() (after the state file
- * recorded the buffer), and collects finished jobs with tb_punch_reap(),
+ * recorded the buffer), and collects finished jobs with tb_punch_take(),
  * which hands them over strictly in submission order per queue: a buffer
  * goes back only when it and every buffer before it on that queue are
  * released, so the used ring stays in ring order (a restarted daemon
@@ -91,7 +91,7 @@ struct tb_punch_pool {
 	struct {
 		struct tb_punch_job *head, *tail;
 	} fifo[TB_PUNCH_MAX_QUEUES];
-	struct tb_punch_job *reaping;	/* being handed over by tb_punch_reap() */
+	struct tb_punch_job *reaping;	/* taken, not handed over yet (event loop) */
 };
 
 /* the default number of threads for this host: a quarter of the CPUs, 1..4 */
@@ -121,10 +121,22 @@ void tb_punch_job_free(struct tb_punch_job *job);
 void tb_punch_submit(struct tb_punch_pool *p, struct tb_punch_job *job);
 
 /*
- * Hand over finished jobs in order: @done is called for each (it may push
- * the buffer), which is then freed. While @done runs the job is @reaping
- * (if @done does not return, a SIGBUS on the ring, the caller frees it). A queue's FIFO stops at its first
- * unfinished job. Returns the bit mask of queues that had jobs handed over.
+ * Take the finished jobs off the FIFOs, in order: each queue's up to its
+ * first unfinished job, the queues one after the other. Returns them as a
+ * list chained by @fifo_next, which the caller owns (NULL: none finished).
+ * The caller counts them, records that durably, and only then gives the
+ * buffers back (tb_serve_reap()).
+ */
+struct tb_punch_job *tb_punch_take(struct tb_punch_pool *p);
+
+void tb_punch_job_free_list(struct tb_punch_job *list);
+
+/*
+ * tb_punch_take(), then @done for each job in order (it may push the
+ * buffer), which is then freed. The rest of the list is @reaping while
+ * @done runs (if @done does not return, a SIGBUS on the ring, the caller
+ * frees the job at its head and goes on with the rest). Returns the bit
+ * mask of queues that had jobs handed over.
  */
 unsigned int tb_punch_reap(struct tb_punch_pool *p,
 			   void (*done)(void *ctx, const struct tb_punch_job *job),

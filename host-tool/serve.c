@@ -569,32 +569,43 @@ static int tb_serve_punch(void *opaque, int fd, uint64_t off, uint64_t len)
 	return tb_mem_punch_fallocate(NULL, fd, off, len);
 }
 
-static void tb_serve_punched(void *ctx, const struct tb_punch_job *job)
-{
-	struct tb_serve *s = ctx;
-
-	tb_dev_punched(&s->dev, job);
-	/* a queue stopped or broken since: its ring is not ours to write */
-	if (tb_vu_queue_ready(&s->vu, job->queue))
-		tb_vring_push(&s->vu.q[job->queue].vr, job->head, 0);
-}
-
-/* the buffers whose memory the pool released go back, in ring order */
+/*
+ * The buffers whose memory the pool released go back, in ring order. They
+ * are counted first and the state file records the release before any of
+ * them is returned: a buffer back in the used ring is never delivered
+ * again, so a daemon killed right after would otherwise lose its bytes.
+ */
 static void tb_serve_reap(struct tb_serve *s)
 {
+	struct tb_punch_job *job;
+	volatile unsigned int mask = 0;
 	sigjmp_buf env;
-	unsigned int mask;
 
 	if (!s->pool_up)
 		return;
-	if (sigsetjmp(env, 1)) {
-		tb_serve_sigbus(s, s->pool.reaping ? s->pool.reaping->queue : 0);
-		tb_punch_job_free(s->pool.reaping);
-		s->pool.reaping = NULL;
+	s->pool.reaping = tb_punch_take(&s->pool);
+	if (!s->pool.reaping)
 		return;
+	for (job = s->pool.reaping; job; job = job->fifo_next)
+		tb_dev_punched(&s->dev, job);
+	tb_serve_save(s);
+	if (sigsetjmp(env, 1)) {
+		/* the ring of the job at the head is gone: drop it, go on */
+		job = s->pool.reaping;
+		s->pool.reaping = job->fifo_next;
+		tb_serve_sigbus(s, job->queue);
+		tb_punch_job_free(job);
 	}
 	tb_sigbus_env = &env;
-	mask = tb_punch_reap(&s->pool, tb_serve_punched, s);
+	while ((job = s->pool.reaping)) {
+		/* a queue stopped or broken since: its ring is not ours to write */
+		if (tb_vu_queue_ready(&s->vu, job->queue)) {
+			tb_vring_push(&s->vu.q[job->queue].vr, job->head, 0);
+			mask |= 1U << job->queue;
+		}
+		s->pool.reaping = job->fifo_next;
+		tb_punch_job_free(job);
+	}
 	tb_sigbus_env = NULL;
 	for (unsigned int i = 0; mask >> i; i++)
 		if (mask & (1U << i) && tb_vu_queue_ready(&s->vu, i) &&

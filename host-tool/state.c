@@ -87,6 +87,7 @@ json_object *tb_state_to_json(const struct tb_dev *dev)
 	tb_add_u64(js, "inflated_pages", dev->stats.inflated_pages);
 	tb_add_u64(js, "deflated_pages", dev->stats.deflated_pages);
 	tb_add_u64(js, "guest_deflated_pages", dev->stats.guest_deflated_pages);
+	tb_add_u64(js, "migrated_pages", dev->stats.migrated_pages);
 	tb_add_u64(js, "refused_pfns", dev->stats.refused_pfns);
 	tb_add_u64(js, "bad_buffers", dev->stats.bad_buffers);
 	tb_add_u64(js, "punch_errors", dev->stats.punch_errors);
@@ -180,6 +181,8 @@ int tb_state_from_json(struct tb_dev *dev, json_object *o)
 	/* newer than the rest: a state file written before it lacks it */
 	if (json_object_object_get_ex(js, "guest_deflated_pages", &m))
 		TB_GET64(js, "guest_deflated_pages", st.guest_deflated_pages);
+	if (json_object_object_get_ex(js, "migrated_pages", &m))
+		TB_GET64(js, "migrated_pages", st.migrated_pages);
 	TB_GET64(js, "refused_pfns", st.refused_pfns);
 	TB_GET64(js, "bad_buffers", st.bad_buffers);
 	TB_GET64(js, "punch_errors", st.punch_errors);

@@ -673,6 +673,12 @@ def run_restart(tmp):
     g.report(cmd, ST_RUNNING, 0)
     g.pfn_buffer(0, list(range(0, 1024)))
     g.wait_call(0)
+    # the buffer is back, so it is never delivered again: its release must
+    # already be in the state file (punch pool: counted after the punch)
+    st = json.load(open(state))
+    tap(g.used_idx(0) == 1 and st["counters"]["released_bytes"] == 4 * MiB,
+        "restart: a returned buffer's release is in the state file (%s bytes)"
+        % st["counters"]["released_bytes"])
     g.report(cmd, ST_RUNNING, 1024)
     st = json.load(open(state))
     tap(p.returncode == 0 and st["command"]["cmd_id"] == cmd and st["device_pages"] == 1024,

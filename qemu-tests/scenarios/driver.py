@@ -1474,7 +1474,9 @@ def oom_timed(ctx):
     for mode in ("full-speed", "paced", "after"):
         paced = mode == "paced"
         d0 = _vmstat(g, "balloon_deflate") or 0
-        h0 = ctx.status()["stats"]["guest_deflated_pages"]
+        m0 = _vmstat(g, "balloon_migrate") or 0
+        st0 = ctx.status()["stats"]
+        h0, hm0 = st0["guest_deflated_pages"], st0.get("migrated_pages", 0)
         _memwatch_start(ctx, g)
         args = ["inflate", "--to", "%dp" % target, "--deadline",
                 "10s" if paced else "60s", "--wait", "--json"] + (["--paced"] if paced else [])
@@ -1511,10 +1513,15 @@ def oom_timed(ctx):
         ctx.expect(not _oom_lines(g), "no OOM kill in dmesg")
         ctx.expect(d1 > d0, "the balloon gave pages back on OOM (vmstat balloon_deflate)")
         h1 = st1["stats"]["guest_deflated_pages"]
-        ctx.diag("the daemon counted %s taken back by the guest (vmstat: %s)",
-                 mib((h1 - h0) * PAGE), mib((d1 - d0) * PAGE))
+        hm1, m1 = st1["stats"].get("migrated_pages", 0), _vmstat(g, "balloon_migrate") or 0
+        ctx.diag("the daemon counted %s taken back by the guest (vmstat: %s) and %d pages "
+                 "moved by compaction (vmstat balloon_migrate: %d)",
+                 mib((h1 - h0) * PAGE), mib((d1 - d0) * PAGE), hm1 - hm0, m1 - m0)
+        # a migration is a one-page inflate and a one-page deflate: not taken back
         ctx.expect(h1 - h0 == d1 - d0, "the daemon's guest_deflated_pages matches vmstat "
                    "(%d vs %d pages)" % (h1 - h0, d1 - d0))
+        ctx.expect(hm1 - hm0 == m1 - m0, "the daemon's migrated_pages matches vmstat "
+                   "balloon_migrate (%d vs %d)" % (hm1 - hm0, m1 - m0))
         ctx.expect(w["grow_min_avail_kb"] * KB >= 24 * MIB,
                    "the balloon grew only with MemAvailable >= the 32 MiB reserve less 8 MiB")
         ctx.expect(g.meminfo()["MemTotal"] == total0,

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "balance.h"
 #include "client.h"
 #include "dev.h"
 #include "parse.h"
@@ -37,6 +38,8 @@ static int tb_cmd_status(int argc, char **argv, struct tb_client_opts *o);
 static int tb_cmd_abort(int argc, char **argv, struct tb_client_opts *o);
 static int tb_cmd_watch(int argc, char **argv, struct tb_client_opts *o);
 static int tb_cmd_stats(int argc, char **argv, struct tb_client_opts *o);
+static int tb_cmd_balance(int argc, char **argv, struct tb_client_opts *o);
+static int tb_cmd_reclaim(int argc, char **argv, struct tb_client_opts *o);
 
 static const struct tb_subcmd tb_subcmds[] = {
 	{ "serve", tb_cmd_serve,
@@ -60,6 +63,11 @@ static const struct tb_subcmd tb_subcmds[] = {
 	  "host accounting and guest statistics (statistics queue) with their age" },
 	{ "wait", tb_cmd_wait, "--ready [--timeout DUR] [-j]",
 	  "wait until a VM is connected and its balloon driver ready (exit 8 if not)" },
+	{ "balance", tb_cmd_balance,
+	  "[--dir DIR] [--config FILE] [--set KEY=VALUE] [--dry-run] [--once] [-j] | --status",
+	  "the host's memory policy: manage every VM in DIR (NAME.ctl) with timed commands" },
+	{ "reclaim", tb_cmd_reclaim, "--total SIZE --deadline DUR [--wait] [-j]",
+	  "ask balance to free SIZE of host memory across the VMs within DUR" },
 	{ "help", tb_cmd_help, "", "show this help" },
 };
 
@@ -722,6 +730,219 @@ static int tb_cmd_watch(int argc, char **argv, struct tb_client_opts *o)
 static int tb_cmd_stats(int argc, char **argv, struct tb_client_opts *o)
 {
 	return tb_cmd_plain(argc, argv, o, "stats", tb_client_stats);
+}
+
+/* ------------------------------------------------------------------------
+ * balance and reclaim
+ * ------------------------------------------------------------------------
+ */
+
+/* balance's control socket: --balance, else $TBALLOON_BALANCE, else DIR's */
+static const char *tb_balance_sock(const char *opt, const char *dir, char *buf, size_t len)
+{
+	if (opt && *opt)
+		return opt;
+	opt = getenv("TBALLOON_BALANCE");
+	if (opt && *opt)
+		return opt;
+	snprintf(buf, len, "%s/%s", dir ? dir : TB_BAL_DEFAULT_DIR, TB_BAL_SOCKET_NAME);
+	return buf;
+}
+
+static int tb_cmd_balance(int argc, char **argv, struct tb_client_opts *o)
+{
+	static const struct option opts[] = {
+		{ "dir", required_argument, NULL, 'd' },
+		{ "listen", required_argument, NULL, 'l' },
+		{ "config", required_argument, NULL, 'f' },
+		{ "set", required_argument, NULL, 's' },
+		{ "period", required_argument, NULL, 'p' },
+		{ "textfile", required_argument, NULL, 't' },
+		{ "dry-run", no_argument, NULL, 'n' },
+		{ "once", no_argument, NULL, '1' },
+		{ "status", no_argument, NULL, 'S' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct tb_bal_opts bo = { .dir = TB_BAL_DEFAULT_DIR };
+	const char *config = NULL, *period = NULL, *sets[32];
+	unsigned int nsets = 0;
+	bool status = false;
+	char why[512], sock[4096];
+	int c;
+
+	(void)o;
+	tb_bal_conf_default(&bo.conf);
+	while ((c = getopt_long(argc, argv, "d:l:f:s:p:t:n1Svjh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			printf("Usage: %s balance [OPTIONS]\n"
+			       "       %s balance --status [--listen SOCK] [-j]\n\n"
+			       "Manage every VM whose `tballoon serve` control socket is DIR/NAME.ctl:\n"
+			       "each period, read its status and guest statistics and the host's\n"
+			       "MemAvailable and PSI, compute the size each guest should have\n"
+			       "(Documentation/policy.rst) and issue timed commands. One log line per\n"
+			       "decision on stdout (JSON with -j).\n\n"
+			       "  -d, --dir DIR        the VMs' control sockets (default %s)\n"
+			       "  -l, --listen SOCK    balance's own socket (default DIR/%s;\n"
+			       "                       clients: $TBALLOON_BALANCE)\n"
+			       "  -f, --config FILE    key = value lines (default %s, if present)\n"
+			       "  -s, --set KEY=VALUE  one setting, after the file (repeatable)\n"
+			       "  -p, --period DUR     one decision every DUR (default 1s)\n"
+			       "  -t, --textfile PATH  Prometheus metrics, rewritten each period\n"
+			       "  -n, --dry-run        log the decisions, issue nothing\n"
+			       "      --once           one period, then exit\n"
+			       "      --status         ask the running daemon: each VM's size, target,\n"
+			       "                       last outcome and why\n"
+			       "  -v, --verbose        more messages on stderr\n"
+			       "  -j, --json           JSON\n"
+			       "  -h, --help           show this help and exit\n\n"
+			       "Keys: reserve, reserve-pct, floor, floor-pct, host-reserve, host-psi-pct,\n"
+			       "  stale, swapin-rate, majflt-rate, min-change, step-pct, default-rate,\n"
+			       "  deadline-factor, min-deadline, period, reclaim-hold, vm-timeout.\n",
+			       tb_prog, tb_prog, TB_BAL_DEFAULT_DIR, TB_BAL_SOCKET_NAME,
+			       TB_BAL_DEFAULT_CONFIG);
+			return TB_EXIT_OK;
+		case 'd':
+			if (!*optarg)
+				return tb_usage_error("balance: --dir: an empty path");
+			bo.dir = optarg;
+			break;
+		case 'l':
+			bo.listen = optarg;
+			break;
+		case 'f':
+			config = optarg;
+			break;
+		case 's':
+			if (nsets == TB_ARRAY_SIZE(sets))
+				return tb_usage_error("balance: --set: at most %zu",
+						      TB_ARRAY_SIZE(sets));
+			sets[nsets++] = optarg;
+			break;
+		case 'p':
+			period = optarg;
+			break;
+		case 't':
+			bo.textfile = optarg;
+			break;
+		case 'n':
+			bo.dry_run = true;
+			break;
+		case '1':
+			bo.once = true;
+			break;
+		case 'S':
+			status = true;
+			break;
+		case 'v':
+			if (tb_log_level < TB_LOG_DEBUG)
+				tb_log_level++;
+			break;
+		case 'j':
+			bo.json = true;
+			break;
+		default:
+			return tb_bad_option("balance", argv);
+		}
+	}
+	if (optind < argc)
+		return tb_usage_error("balance: unexpected argument '%s'", argv[optind]);
+	if (status)
+		return tb_balance_status(tb_balance_sock(bo.listen, bo.dir, sock, sizeof(sock)),
+					 bo.json);
+	if (tb_bal_conf_load(&bo.conf, config ? config : TB_BAL_DEFAULT_CONFIG, config != NULL,
+			     why, sizeof(why)))
+		return tb_usage_error("balance: %s", why);
+	for (unsigned int i = 0; i < nsets; i++) {
+		char key[64];
+		const char *eq = strchr(sets[i], '=');
+
+		if (!eq || eq == sets[i] || (size_t)(eq - sets[i]) >= sizeof(key))
+			return tb_usage_error("balance: --set %s: not KEY=VALUE", sets[i]);
+		memcpy(key, sets[i], (size_t)(eq - sets[i]));
+		key[eq - sets[i]] = 0;
+		if (tb_bal_conf_set(&bo.conf, key, eq + 1, why, sizeof(why)))
+			return tb_usage_error("balance: --set: %s", why);
+	}
+	if (period && tb_bal_conf_set(&bo.conf, "period", period, why, sizeof(why)))
+		return tb_usage_error("balance: --period: %s", why);
+	if (tb_bal_conf_check(&bo.conf, why, sizeof(why)))
+		return tb_usage_error("balance: configuration: %s", why);
+	return tb_balance_run(&bo);
+}
+
+static int tb_cmd_reclaim(int argc, char **argv, struct tb_client_opts *o)
+{
+	static const struct option opts[] = {
+		{ "total", required_argument, NULL, 't' },
+		{ "deadline", required_argument, NULL, 'd' },
+		{ "balance", required_argument, NULL, 'b' },
+		{ "wait", no_argument, NULL, 'w' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	uint64_t pages = 0, ms = 0;
+	const char *sockopt = NULL, *why;
+	bool wait = false, json = false, have_t = false, have_d = false;
+	char sock[4096];
+	int c;
+
+	(void)o;
+	while ((c = getopt_long(argc, argv, "t:d:b:wjh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			printf("Usage: %s reclaim --total SIZE --deadline DUR [--wait] [-j]\n\n"
+			       "Ask `tballoon balance` to free SIZE of host memory within DUR: it\n"
+			       "splits the amount across the VMs by their slack and measured rates,\n"
+			       "runs the inflates in parallel and re-plans as guests stop. With\n"
+			       "--wait, print the outcome: exit 0 done, 3 short at the deadline,\n"
+			       "4 short because the guests reached their floors or stopped.\n\n"
+			       "  -t, --total SIZE     host memory to free\n"
+			       "  -d, --deadline DUR   by when\n"
+			       "  -b, --balance SOCK   balance's socket (default $TBALLOON_BALANCE,\n"
+			       "                       else %s/%s)\n"
+			       "  -w, --wait           wait for the outcome\n"
+			       "  -j, --json           JSON\n"
+			       "  -h, --help           show this help and exit\n",
+			       tb_prog, TB_BAL_DEFAULT_DIR, TB_BAL_SOCKET_NAME);
+			return TB_EXIT_OK;
+		case 't':
+			if (tb_parse_size_pages(optarg, &pages, &why))
+				return tb_usage_error("reclaim: --total %s: %s", optarg, why);
+			if (!pages)
+				return tb_usage_error("reclaim: --total 0: nothing to reclaim");
+			have_t = true;
+			break;
+		case 'd':
+			if (tb_parse_duration_ms(optarg, &ms, &why))
+				return tb_usage_error("reclaim: --deadline %s: %s", optarg, why);
+			if (!ms)
+				return tb_usage_error("reclaim: --deadline 0: no time to do it in");
+			have_d = true;
+			break;
+		case 'b':
+			sockopt = optarg;
+			break;
+		case 'w':
+			wait = true;
+			break;
+		case 'j':
+			json = true;
+			break;
+		default:
+			return tb_bad_option("reclaim", argv);
+		}
+	}
+	if (optind < argc)
+		return tb_usage_error("reclaim: unexpected argument '%s'", argv[optind]);
+	if (!have_t || !have_d)
+		return tb_usage_error("reclaim: --total and --deadline are required");
+	return tb_balance_reclaim(tb_balance_sock(sockopt, NULL, sock, sizeof(sock)),
+				  pages * 4096, ms, wait, json);
 }
 
 /* ------------------------------------------------------------------------

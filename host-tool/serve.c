@@ -928,8 +928,7 @@ fail:
 	return rc;
 }
 
-/* close a listener; remove its socket file only if it is still ours */
-static void tb_listener_close(struct tb_listener *l, const char *path)
+void tb_listener_close(struct tb_listener *l, const char *path)
 {
 	struct stat st;
 

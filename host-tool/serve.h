@@ -91,5 +91,7 @@ int tb_serve_run(const struct tb_serve_opts *o);
  */
 int tb_listen_unix_opts(const char *path, const struct tb_listen_opts *lo,
 			struct tb_listener *l);
+/* close a listener; remove its socket file only if it is still ours */
+void tb_listener_close(struct tb_listener *l, const char *path);
 
 #endif /* TB_SERVE_H */

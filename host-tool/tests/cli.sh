@@ -13,7 +13,7 @@ trap 'kill $spid 2>/dev/null; rm -rf "$tmp"' EXIT
 
 out=$($TB --help); rc=$?
 check "cli: --help exits 0" '[ $rc -eq 0 ]'
-check "cli: --help lists every command" 'for c in serve inflate deflate status abort watch stats help; do echo "$out" | grep -q "^  $c " || exit 1; done'
+check "cli: --help lists every command" 'for c in serve inflate deflate status abort watch stats balance reclaim help; do echo "$out" | grep -q "^  $c " || exit 1; done'
 out=$($TB -V); rc=$?
 check "cli: -V prints the version" '[ $rc -eq 0 ] && echo "$out" | grep -q "^tballoon [0-9]"'
 err=$($TB frobnicate 2>&1 >/dev/null); rc=$?

@@ -13,7 +13,7 @@ import sys
 TB = sys.argv[1] if len(sys.argv) > 1 else "./tballoon"
 MAN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tballoon.8")
 COMMANDS = ("serve", "inflate", "deflate", "set", "status", "abort", "watch", "stats",
-            "wait")
+            "wait", "balance", "reclaim")
 
 
 def helps():

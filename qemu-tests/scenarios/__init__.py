@@ -150,4 +150,4 @@ def mib(nbytes):
 
 
 # Import the scenario modules (they register themselves).
-from . import timed, compat, driver, backend, docs, qmp, superset  # noqa: E402,F401
+from . import timed, compat, driver, backend, docs, qmp, superset, policy  # noqa: E402,F401

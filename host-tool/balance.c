@@ -53,49 +53,53 @@ void tb_bal_conf_default(struct tb_bal_conf *c)
 	c->vm_timeout_ms = 1000;
 }
 
-enum tb_bal_kind { K_SIZE, K_PCT, K_DUR, K_RATE, K_FACTOR };
+enum tb_bal_kind { K_SIZE, K_PCT, K_DUR, K_RATE };
 
+/**
+ * struct tb_bal_key - one configuration key and where its value goes
+ * @u: a size (bytes) or duration (ms); @pct: a whole percentage; @d: a rate
+ *	or factor; exactly one is set, by @kind
+ */
 struct tb_bal_key {
 	const char *name;
 	enum tb_bal_kind kind;
-	size_t off;
-};
-
-#define POL(f) (offsetof(struct tb_bal_conf, pol) + offsetof(struct tb_pol_conf, f))
-#define BAL(f) offsetof(struct tb_bal_conf, f)
-
-static const struct tb_bal_key tb_bal_keys[] = {
-	{ "reserve", K_SIZE, POL(reserve_bytes) },
-	{ "reserve-pct", K_PCT, POL(reserve_pct) },
-	{ "floor", K_SIZE, POL(floor_bytes) },
-	{ "floor-pct", K_PCT, POL(floor_pct) },
-	{ "host-reserve", K_SIZE, POL(host_reserve_bytes) },
-	{ "host-psi-pct", K_PCT, POL(host_psi_pct) },
-	{ "stale", K_DUR, POL(stale_ms) },
-	{ "swapin-rate", K_RATE, POL(swapin_pps) },
-	{ "majflt-rate", K_RATE, POL(majflt_ps) },
-	{ "min-change", K_SIZE, POL(min_change_bytes) },
-	{ "step-pct", K_PCT, POL(step_pct) },
-	{ "default-rate", K_RATE, POL(default_rate_pps) },
-	{ "deadline-factor", K_FACTOR, POL(deadline_factor) },
-	{ "min-deadline", K_DUR, POL(min_deadline_ms) },
-	{ "period", K_DUR, BAL(period_ms) },
-	{ "reclaim-hold", K_DUR, BAL(hold_ms) },
-	{ "vm-timeout", K_DUR, BAL(vm_timeout_ms) },
+	uint64_t *u;
+	unsigned int *pct;
+	double *d;
 };
 
 int tb_bal_conf_set(struct tb_bal_conf *c, const char *key, const char *value,
 		    char *why, size_t whylen)
 {
+	struct tb_pol_conf *p = &c->pol;
+	const struct tb_bal_key keys[] = {
+		{ "reserve", K_SIZE, .u = &p->reserve_bytes },
+		{ "reserve-pct", K_PCT, .pct = &p->reserve_pct },
+		{ "floor", K_SIZE, .u = &p->floor_bytes },
+		{ "floor-pct", K_PCT, .pct = &p->floor_pct },
+		{ "host-reserve", K_SIZE, .u = &p->host_reserve_bytes },
+		{ "host-psi-pct", K_PCT, .pct = &p->host_psi_pct },
+		{ "stale", K_DUR, .u = &p->stale_ms },
+		{ "swapin-rate", K_RATE, .d = &p->swapin_pps },
+		{ "majflt-rate", K_RATE, .d = &p->majflt_ps },
+		{ "min-change", K_SIZE, .u = &p->min_change_bytes },
+		{ "step-pct", K_PCT, .pct = &p->step_pct },
+		{ "default-rate", K_RATE, .d = &p->default_rate_pps },
+		{ "deadline-factor", K_RATE, .d = &p->deadline_factor },
+		{ "min-deadline", K_DUR, .u = &p->min_deadline_ms },
+		{ "period", K_DUR, .u = &c->period_ms },
+		{ "reclaim-hold", K_DUR, .u = &c->hold_ms },
+		{ "vm-timeout", K_DUR, .u = &c->vm_timeout_ms },
+	};
 	const struct tb_bal_key *k = NULL;
-	char *p = (char *)c, *end;
 	const char *err = NULL;
+	char *end;
 	uint64_t u;
 	double d;
 
-	for (size_t i = 0; i < TB_ARRAY_SIZE(tb_bal_keys); i++)
-		if (!strcmp(tb_bal_keys[i].name, key))
-			k = &tb_bal_keys[i];
+	for (size_t i = 0; i < TB_ARRAY_SIZE(keys); i++)
+		if (!strcmp(keys[i].name, key))
+			k = &keys[i];
 	if (!k) {
 		snprintf(why, whylen, "%s: unknown key", key);
 		return -1;
@@ -104,12 +108,12 @@ int tb_bal_conf_set(struct tb_bal_conf *c, const char *key, const char *value,
 	case K_SIZE:
 		if (tb_parse_size_pages(value, &u, &err))
 			break;
-		*(uint64_t *)(p + k->off) = u * PAGE;
+		*k->u = u * PAGE;
 		return 0;
 	case K_DUR:
 		if (tb_parse_duration_ms(value, &u, &err))
 			break;
-		*(uint64_t *)(p + k->off) = u;
+		*k->u = u;
 		return 0;
 	case K_PCT:
 		errno = 0;
@@ -119,18 +123,16 @@ int tb_bal_conf_set(struct tb_bal_conf *c, const char *key, const char *value,
 			err = "not a whole percentage 0-100";
 			break;
 		}
-		*(unsigned int *)(p + k->off) = (unsigned int)u;
+		*k->pct = (unsigned int)u;
 		return 0;
 	case K_RATE:
-	case K_FACTOR:
 		errno = 0;
 		d = strtod(value, &end);
 		if (errno || end == value || *end || !isfinite(d) || d < 0) {
-			err = k->kind == K_RATE ? "not a rate (a number per second, 0 or more)" :
-			      "not a number";
+			err = "not a number 0 or more";
 			break;
 		}
-		*(double *)(p + k->off) = d;
+		*k->d = d;
 		return 0;
 	}
 	snprintf(why, whylen, "%s = %s: %s", key, value, err ? err : "invalid");

@@ -53,7 +53,7 @@ void tb_bal_conf_default(struct tb_bal_conf *c)
 	c->vm_timeout_ms = 1000;
 }
 
-enum tb_bal_kind { K_SIZE, K_PCT, K_DUR, K_RATE };
+enum tb_bal_kind { K_SIZE, K_PCT, K_DUR, K_RATE, K_POLICY };
 
 /**
  * struct tb_bal_key - one configuration key and where its value goes
@@ -90,6 +90,8 @@ int tb_bal_conf_set(struct tb_bal_conf *c, const char *key, const char *value,
 		{ "period", K_DUR, .u = &c->period_ms },
 		{ "reclaim-hold", K_DUR, .u = &c->hold_ms },
 		{ "vm-timeout", K_DUR, .u = &c->vm_timeout_ms },
+		{ "host-budget", K_SIZE, .u = &c->host_budget },
+		{ "policy", K_POLICY, .u = NULL },
 	};
 	const struct tb_bal_key *k = NULL;
 	const char *err = NULL;
@@ -124,6 +126,13 @@ int tb_bal_conf_set(struct tb_bal_conf *c, const char *key, const char *value,
 			break;
 		}
 		*k->pct = (unsigned int)u;
+		return 0;
+	case K_POLICY:
+		if (strcmp(value, "tballoon") && strcmp(value, "mom")) {
+			err = "tballoon or mom";
+			break;
+		}
+		c->mom = !strcmp(value, "mom");
 		return 0;
 	case K_RATE:
 		errno = 0;
@@ -216,15 +225,23 @@ int tb_bal_conf_check(const struct tb_bal_conf *c, char *why, size_t whylen)
  * ------------------------------------------------------------------------
  */
 
-int tb_bal_parse_meminfo(const char *text, uint64_t *avail_bytes)
+int tb_bal_parse_meminfo(const char *text, const char *key, uint64_t *bytes)
 {
-	const char *p = strstr(text, "MemAvailable:");
+	size_t kl = strlen(key);
+	const char *p = text;
 	unsigned long long kb;
 
-	if (!p || (p != text && p[-1] != '\n') ||
-	    sscanf(p + strlen("MemAvailable:"), "%llu", &kb) != 1)
+	for (;;) {
+		p = strstr(p, key);
+		if (!p)
+			return -1;
+		if ((p == text || p[-1] == '\n') && p[kl] == ':')
+			break;
+		p += kl;
+	}
+	if (sscanf(p + kl + 1, "%llu", &kb) != 1)
 		return -1;
-	*avail_bytes = (uint64_t)kb * 1024;
+	*bytes = (uint64_t)kb * 1024;
 	return 0;
 }
 
@@ -327,6 +344,7 @@ int tb_bal_sample_vm(struct tb_pol_vm *vm, struct tb_bal_sample *prev, json_obje
 			 tb_jget(g, "available-memory");
 	vm->stats_age_ms = age >= 0 ? (uint64_t)age : 0;
 	vm->avail_bytes = tb_ju64(g, "available-memory");
+	vm->free_bytes = tb_ju64(g, "free-memory");
 	if (vm->have_stats) {
 		uint64_t t = now_ms > (uint64_t)age ? now_ms - (uint64_t)age : 0;
 		uint64_t swapin = tb_ju64(g, "swap-in"), majflt = tb_ju64(g, "major-faults");
@@ -394,6 +412,7 @@ struct tb_bal_vm {
 	char cmd_reason[32];
 	uint64_t cmd_start_pages;
 	uint64_t cmd_elapsed_ms;
+	uint64_t resident_bytes;
 	char last_outcome[96];
 	uint64_t commands;
 	bool rc_in;
@@ -436,6 +455,7 @@ struct tb_bal {
 	struct tb_bal_vm *vms;
 	unsigned int n;
 	struct tb_pol_host host;
+	uint64_t host_total;
 	bool have_psi;
 	uint64_t decisions;
 	uint64_t commands;
@@ -462,12 +482,23 @@ static void tb_bal_on_signal(int sig)
 static void tb_bal_host(struct tb_bal *b)
 {
 	char buf[8192];
-	uint64_t avail;
+	uint64_t v;
 	double psi;
 
-	if (!tb_read_small("/proc/meminfo", buf, sizeof(buf)) &&
-	    !tb_bal_parse_meminfo(buf, &avail))
-		b->host.avail_bytes = avail;
+	if (!tb_read_small("/proc/meminfo", buf, sizeof(buf))) {
+		if (!tb_bal_parse_meminfo(buf, "MemAvailable", &v))
+			b->host.avail_bytes = v;
+		if (!tb_bal_parse_meminfo(buf, "MemTotal", &v))
+			b->host_total = v;
+	}
+	if (b->c->host_budget) {
+		uint64_t used = 0;
+
+		for (unsigned int i = 0; i < b->n; i++)
+			used += b->vms[i].resident_bytes;
+		b->host_total = b->c->host_budget;
+		b->host.avail_bytes = used < b->c->host_budget ? b->c->host_budget - used : 0;
+	}
 	b->have_psi = !tb_read_small("/proc/pressure/memory", buf, sizeof(buf)) &&
 		      !tb_bal_parse_psi(buf, &psi);
 	b->host.psi_some_avg10 = b->have_psi ? psi : 0;
@@ -597,6 +628,7 @@ static void tb_bal_poll(struct tb_bal *b, struct tb_bal_vm *vm, uint64_t now)
 	snprintf(vm->cmd_reason, sizeof(vm->cmd_reason), "%s", tb_js(cmd, "reason"));
 	vm->cmd_start_pages = tb_ju64(cmd, "start_pages");
 	vm->cmd_elapsed_ms = tb_ju64(cmd, "elapsed_ms");
+	vm->resident_bytes = tb_ju64(st, "resident_bytes");
 	vm->ready = !tb_bal_sample_vm(&vm->pv, &vm->prev, st, gs, now, vm->why_not,
 				      sizeof(vm->why_not));
 	if (vm->our_cmd && (vm->cmd_id != vm->our_cmd || strcmp(vm->cmd_state, "running"))) {
@@ -1044,7 +1076,13 @@ static void tb_bal_decide(struct tb_bal *b, uint64_t now)
 			pv[m].busy = true;
 		idx[m++] = i;
 	}
-	b->need_bytes = tb_pol_decide(&b->c->pol, &b->host, pv, m, d);
+	if (b->c->mom) {
+		tb_pol_mom_decide(&b->c->pol, b->host_total ? (double)b->host.avail_bytes /
+				  (double)b->host_total : 1.0, pv, m, d);
+		b->need_bytes = 0;
+	} else {
+		b->need_bytes = tb_pol_decide(&b->c->pol, &b->host, pv, m, d);
+	}
 	for (unsigned int k = 0; k < m; k++) {
 		struct tb_bal_vm *vm = &b->vms[idx[k]];
 		const char *failed = NULL;
@@ -1140,9 +1178,9 @@ static void tb_bal_tick(struct tb_bal *b, bool decide)
 	uint64_t now = tb_now_ms();
 
 	tb_bal_scan(b);
-	tb_bal_host(b);
 	for (unsigned int i = 0; i < b->n; i++)
 		tb_bal_poll(b, &b->vms[i], now);
+	tb_bal_host(b);
 	now = tb_now_ms();
 	if (b->rc.active)
 		tb_bal_reclaim_step(b, now);
@@ -1169,10 +1207,13 @@ static json_object *tb_bal_status_obj(const struct tb_bal *b)
 	json_object_object_add(h, "reserve_bytes",
 			       json_object_new_uint64(b->c->pol.host_reserve_bytes));
 	json_object_object_add(h, "need_bytes", json_object_new_uint64(b->need_bytes));
+	json_object_object_add(h, "total_bytes", json_object_new_uint64(b->host_total));
+	json_object_object_add(h, "budget", json_object_new_boolean(b->c->host_budget != 0));
 	json_object_object_add(o, "host", h);
 	json_object_object_add(o, "dir", json_object_new_string(b->o->dir));
 	json_object_object_add(o, "period_ms", json_object_new_uint64(b->c->period_ms));
 	json_object_object_add(o, "dry_run", json_object_new_boolean(b->o->dry_run));
+	json_object_object_add(o, "policy", json_object_new_string(b->c->mom ? "mom" : "tballoon"));
 	json_object_object_add(o, "decisions", json_object_new_uint64(b->decisions));
 	json_object_object_add(o, "commands", json_object_new_uint64(b->commands));
 	json_object_object_add(o, "holding_ms", json_object_new_uint64(

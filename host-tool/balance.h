@@ -38,12 +38,18 @@
  *	it suffers (the memory was freed for something)
  * @vm_timeout_ms: a VM's control socket that does not answer within this
  *	is skipped this period
+ * @host_budget: the host memory the VMs may use (0: the host's own
+ *	MemAvailable and MemTotal); with it, the host's available memory is
+ *	the budget less the VMs' resident guest memory
+ * @mom: decide with oVirt MOM's rules (tb_pol_mom_decide), for comparison
  */
 struct tb_bal_conf {
 	struct tb_pol_conf pol;
 	uint64_t period_ms;
 	uint64_t hold_ms;
 	uint64_t vm_timeout_ms;
+	uint64_t host_budget;
+	bool mom;
 };
 
 void tb_bal_conf_default(struct tb_bal_conf *c);
@@ -66,8 +72,8 @@ int tb_bal_conf_load(struct tb_bal_conf *c, const char *path, bool must_exist,
 /* the whole configuration checked (tb_pol_conf_check and the daemon's own) */
 int tb_bal_conf_check(const struct tb_bal_conf *c, char *why, size_t whylen);
 
-/* MemAvailable (bytes) from /proc/meminfo's text; -1 if it is not there */
-int tb_bal_parse_meminfo(const char *text, uint64_t *avail_bytes);
+/* @key ("MemAvailable", "MemTotal") in bytes from /proc/meminfo's text; -1 if absent */
+int tb_bal_parse_meminfo(const char *text, const char *key, uint64_t *bytes);
 
 /* "some avg10=" (percent) from /proc/pressure/memory's text; -1 if absent */
 int tb_bal_parse_psi(const char *text, double *avg10);

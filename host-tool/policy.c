@@ -339,3 +339,67 @@ uint64_t tb_pol_reclaim_plan(const struct tb_pol_conf *c, const struct tb_pol_vm
 		out[i].target_bytes = vms[i].balloon_bytes + out[i].bytes;
 	return planned;
 }
+
+/* MOM's constants (doc/balloon.rules) */
+#define MOM_PRESSURE 0.20
+#define MOM_CRITICAL 0.05
+#define MOM_GUEST_FREE 0.20
+#define MOM_MAX_CHANGE 0.05
+#define MOM_MIN_CHANGE 0.0025
+#define MOM_DEADLINE_MS 30000
+
+void tb_pol_mom_decide(const struct tb_pol_conf *c, double host_free_frac,
+		       const struct tb_pol_vm *vms, unsigned int n,
+		       struct tb_pol_decision *out)
+{
+	bool pressure = host_free_frac < MOM_PRESSURE;
+	double free_pct = host_free_frac <= MOM_CRITICAL ? host_free_frac - 0.05 :
+			  MOM_GUEST_FREE * host_free_frac / MOM_PRESSURE;
+
+	for (unsigned int i = 0; i < n; i++) {
+		const struct tb_pol_vm *vm = &vms[i];
+		struct tb_pol_decision *d = &out[i];
+		double cur = (double)vm_size(vm), ram = (double)vm->ram_bytes;
+		double used = cur > (double)vm->free_bytes ? cur - (double)vm->free_bytes : 0;
+		double floor = (double)tb_pol_floor(c, vm), lo, want;
+
+		memset(d, 0, sizeof(*d));
+		d->action = TB_POL_HOLD;
+		d->target_bytes = vm->balloon_bytes;
+		if (vm_stale(c, vm) || vm->busy) {
+			snprintf(d->why, sizeof(d->why), "mom: %s: held",
+				 vm->busy ? "a command is running" : "no fresh statistics");
+			continue;
+		}
+		if (pressure) {
+			lo = used + free_pct * cur;
+			lo = lo < floor ? lo : floor;
+			want = cur * (1 - MOM_MAX_CHANGE);
+			if (want < lo)
+				want = lo;
+			if (want > cur)
+				want = cur;
+		} else {
+			lo = used + MOM_GUEST_FREE * cur;
+			lo = lo < floor ? lo : floor;
+			want = cur < ram ? cur * (1 + MOM_MAX_CHANGE) : cur;
+			if (want > ram)
+				want = ram;
+			if (want < lo)
+				want = lo;
+		}
+		d->want_bytes = page_down((uint64_t)want);
+		if (!(want - cur > MOM_MIN_CHANGE * cur || cur - want > MOM_MIN_CHANGE * cur) ||
+		    d->want_bytes == vm_size(vm)) {
+			snprintf(d->why, sizeof(d->why), "mom: host %.0f%% free: change too small",
+				 host_free_frac * 100);
+			continue;
+		}
+		d->action = d->want_bytes < vm_size(vm) ? TB_POL_INFLATE : TB_POL_DEFLATE;
+		d->target_bytes = vm->ram_bytes - d->want_bytes;
+		d->deadline_ms = MOM_DEADLINE_MS;
+		snprintf(d->why, sizeof(d->why), "mom: host %.0f%% free: %s to %llu MiB",
+			 host_free_frac * 100, pressure ? "shrink" : "grow",
+			 (unsigned long long)(d->want_bytes / MIB));
+	}
+}

@@ -74,6 +74,7 @@ int tb_pol_conf_check(const struct tb_pol_conf *c, char *why, unsigned int whyle
  * @have_stats: the guest sent statistics; @stats_age_ms how old they are
  * @avail_bytes: the guest's MemAvailable (what it can still use without
  *	swapping: free plus reclaimable caches)
+ * @free_bytes: the guest's MemFree (MOM's "mem_unused"; 0 if not sent)
  * @swapin_pps, @majflt_ps: swap-ins (pages) and major faults per second
  *	over the last period
  * @stalls: allocation stalls plus direct reclaims over the last period
@@ -89,6 +90,7 @@ struct tb_pol_vm {
 	bool have_stats;
 	uint64_t stats_age_ms;
 	uint64_t avail_bytes;
+	uint64_t free_bytes;
 	double swapin_pps;
 	double majflt_ps;
 	uint64_t stalls;
@@ -166,5 +168,21 @@ struct tb_pol_share {
 uint64_t tb_pol_reclaim_plan(const struct tb_pol_conf *c, const struct tb_pol_vm *vms,
 			     unsigned int n, uint64_t total, uint64_t deadline_ms,
 			     struct tb_pol_share *out);
+
+/*
+ * For comparison (make bench-policy), oVirt MOM's default balloon rules
+ * (its doc/balloon.rules) on the same inputs: with the host's free memory
+ * below 20% of its total (@host_free_frac), each guest shrinks by at most
+ * 5% of its size per decision, down to what it uses (size - MemFree) plus a
+ * free share that falls with the host's free memory (forced below what it
+ * uses when the host has under 5% free), never below the smaller of that
+ * and its floor; otherwise each ballooned guest grows by 5% per decision,
+ * at least to what it uses plus 20%. Changes under 0.25% of its size are
+ * not made. The commands it yields have a long deadline, no floor and no
+ * pacing: MOM sets balloon targets and has no notion of time.
+ */
+void tb_pol_mom_decide(const struct tb_pol_conf *c, double host_free_frac,
+		       const struct tb_pol_vm *vms, unsigned int n,
+		       struct tb_pol_decision *out);
 
 #endif /* TB_POLICY_H */

@@ -40,6 +40,10 @@ static void test_conf_keys(void **state)
 		{ "period", "500ms", true },
 		{ "reclaim-hold", "0", true },
 		{ "vm-timeout", "2s", true },
+		{ "host-budget", "3G", true },
+		{ "policy", "mom", true },
+		{ "policy", "tballoon", true },
+		{ "policy", "random", false },
 		{ "no-such-key", "1", false },
 	};
 
@@ -117,12 +121,17 @@ static void test_host_inputs(void **state)
 	double psi = -1;
 
 	(void)state;
-	assert_int_equal(tb_bal_parse_meminfo("MemTotal:       24000000 kB\nMemFree: 1 kB\n"
-					      "MemAvailable:   20000000 kB\nBuffers: 3 kB\n",
-					      &avail), 0);
+	static const char mi[] = "MemTotal:       24000000 kB\nMemFree: 1 kB\n"
+				 "MemAvailable:   20000000 kB\nBuffers: 3 kB\n";
+
+	assert_int_equal(tb_bal_parse_meminfo(mi, "MemAvailable", &avail), 0);
 	assert_int_equal(avail, 20000000ULL * 1024);
-	assert_int_equal(tb_bal_parse_meminfo("MemTotal: 1 kB\n", &avail), -1);
-	assert_int_equal(tb_bal_parse_meminfo("XMemAvailable: 5 kB\n", &avail), -1);
+	assert_int_equal(tb_bal_parse_meminfo(mi, "MemTotal", &avail), 0);
+	assert_int_equal(avail, 24000000ULL * 1024);
+	assert_int_equal(tb_bal_parse_meminfo(mi, "Mem", &avail), -1);
+	assert_int_equal(tb_bal_parse_meminfo("MemTotal: 1 kB\n", "MemAvailable", &avail), -1);
+	assert_int_equal(tb_bal_parse_meminfo("XMemAvailable: 5 kB\n", "MemAvailable", &avail),
+			 -1);
 	assert_int_equal(tb_bal_parse_psi("some avg10=12.50 avg60=3.00 avg300=1.00 total=5\n"
 					  "full avg10=1.00 avg60=0.00 avg300=0.00 total=1\n",
 					  &psi), 0);

@@ -293,6 +293,59 @@ static void test_conf(void **state)
 	}
 }
 
+/* oVirt MOM's default rules (doc/balloon.rules) on the same inputs */
+static void test_mom(void **state)
+{
+	struct tb_pol_conf c;
+	struct tb_pol_decision d[1];
+	/* a 1 GiB guest at 1 GiB, 600 MiB of it MemFree: uses 424 MiB */
+	struct tb_pol_vm v = vm("m", 0, 700 * MiB);
+	uint64_t want;
+
+	(void)state;
+	tb_pol_conf_default(&c);
+	v.free_bytes = 600 * MiB;
+
+	/* host 50% free: no pressure, nothing to grow (it has all its RAM) */
+	tb_pol_mom_decide(&c, 0.5, &v, 1, d);
+	assert_int_equal(d[0].action, TB_POL_HOLD);
+
+	/* host 10% free: shrink by 5% of its size, no deadline pressure, no floor */
+	tb_pol_mom_decide(&c, 0.10, &v, 1, d);
+	assert_int_equal(d[0].action, TB_POL_INFLATE);
+	want = (uint64_t)(GiB * 0.95) & ~(PG - 1);
+	assert_int_equal(d[0].want_bytes, want);
+	assert_int_equal(d[0].target_bytes, GiB - want);
+	assert_false(d[0].paced);
+	assert_int_equal(d[0].floor_bytes, 0);
+	assert_true(d[0].deadline_ms >= 10000);
+
+	/* a guest at its floor-limited minimum is not shrunk below the floor
+	 * (MOM's min(balloon_min, used + free share)): at 256 MiB with 10 MiB
+	 * free, 95% is below the floor of 256 MiB
+	 */
+	v.balloon_bytes = GiB - 256 * MiB;
+	v.free_bytes = 10 * MiB;
+	tb_pol_mom_decide(&c, 0.10, &v, 1, d);
+	assert_int_equal(d[0].action, TB_POL_HOLD);
+
+	/* no pressure: a ballooned guest grows by 5% per decision */
+	v.balloon_bytes = 512 * MiB;
+	v.free_bytes = 300 * MiB;
+	tb_pol_mom_decide(&c, 0.5, &v, 1, d);
+	assert_int_equal(d[0].action, TB_POL_DEFLATE);
+	assert_int_equal(d[0].want_bytes, (uint64_t)(512 * MiB * 1.05) & ~(PG - 1));
+
+	/* stale statistics and a running command: held */
+	v.stats_age_ms = 60000;
+	tb_pol_mom_decide(&c, 0.10, &v, 1, d);
+	assert_int_equal(d[0].action, TB_POL_HOLD);
+	v.stats_age_ms = 1000;
+	v.busy = true;
+	tb_pol_mom_decide(&c, 0.10, &v, 1, d);
+	assert_int_equal(d[0].action, TB_POL_HOLD);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -302,6 +355,7 @@ int main(void)
 		TB_TEST("policy", test_vm_gone),
 		TB_TEST("policy", test_reclaim_plan),
 		TB_TEST("policy", test_conf),
+		TB_TEST("policy", test_mom),
 	};
 
 	return tb_test_run("policy", tests);

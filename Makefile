@@ -16,6 +16,8 @@
 #   make bench-migrate  live migration with and without a timed shrink (bench/migrate.py)
 #   make bench-reporting  free page reporting, ours against virtio_balloon (bench/reporting.py)
 #   make bench-punch  the daemon's punching in the loop against its punch threads (bench/punch.py)
+#   make bench-policy host memory policies on three guests and one trace: static,
+#                     oVirt MOM's rules, free page reporting, tballoon balance (bench/policy.py)
 #   make dkms-install install the module with DKMS for KVER (default: the
 #                     linux-headers-amd64 kernel; several: KVER="V1 V2"):
 #                     sources to /usr/src/tballoon-<version>/, dkms add,
@@ -36,7 +38,7 @@ MODULE_SRCS := Kbuild Kconfig $(wildcard driver/*.[ch]) $(wildcard proto/*.h)
 DKMS_VERSION := $(shell sed -nE 's/^PACKAGE_VERSION="?([^"]*)"?/\1/p' dkms.conf)
 DKMS_SRC := /usr/src/tballoon-$(DKMS_VERSION)
 
-.PHONY: all module host-tool check demo bench bench-enforce bench-migrate bench-reporting bench-punch sparse clean dkms-install dkms-remove \
+.PHONY: all module host-tool check demo bench bench-enforce bench-migrate bench-reporting bench-punch bench-policy sparse clean dkms-install dkms-remove \
 	install uninstall
 
 PREFIX ?= /usr/local
@@ -117,6 +119,9 @@ bench-reporting: module host-tool
 
 bench-punch: module host-tool
 	/usr/bin/python3 bench/punch.py
+
+bench-policy: module host-tool
+	/usr/bin/python3 bench/policy.py
 
 clean:
 	-$(MAKE) -C $(KDIR) M=$(CURDIR) clean

@@ -30,6 +30,9 @@ from tbtest import machine  # noqa: E402
 from tbtest import initramfs as tbinitramfs  # noqa: E402
 
 GUEST_SRC = BENCH / "guest"
+# zram swap for the policy benchmark (bench/policy.py), in load order: the
+# guest has no modprobe, so the compressor zram asks for is loaded first
+SWAP_MODULES = ["lzo_compress", "lzo_decompress", "lzo-rle", "zsmalloc", "zram"]
 KEEP_OVERLAYS = 3
 MIB = 1 << 20
 
@@ -62,6 +65,7 @@ def _overlay(env, cachedir, log):
     gcc = subprocess.run(["gcc", "--version"], stdout=subprocess.PIPE,
                          universal_newlines=True, check=True).stdout.splitlines()[0]
     h.update(gcc.encode() + b"\0" + str(env.kdir).encode() + b"\0" + env.kver.encode())
+    h.update(" ".join(SWAP_MODULES).encode())
     for src in sources + kmod:
         h.update(src.name.encode() + b"\0" + src.read_bytes())
     path = cachedir / ("bench-overlay-%s.cpio.gz" % h.hexdigest()[:16])
@@ -80,6 +84,13 @@ def _overlay(env, cachedir, log):
         if kmod:
             names += ["lib", "lib/modules"]
             names += _build_kmods(env.kdir, root / "lib" / "modules", tmp)
+        for m in SWAP_MODULES:
+            try:
+                src = tbinitramfs._find_module(env.moddir, m)
+            except FileNotFoundError:
+                continue    # built in, or not in this kernel (the bench says so)
+            (root / "lib" / "modules" / (m + ".ko")).write_bytes(tbinitramfs._module_bytes(src))
+            names.append("lib/modules/%s.ko" % m)
         cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet", "-R", "0:0"],
                               cwd=str(root), input="\n".join(names).encode(),
                               stdout=subprocess.PIPE, check=True).stdout

@@ -49,7 +49,7 @@ void tb_bal_conf_default(struct tb_bal_conf *c)
 {
 	tb_pol_conf_default(&c->pol);
 	c->period_ms = 1000;
-	c->hold_ms = 60000;
+	c->hold_ms = 10000;
 	c->vm_timeout_ms = 1000;
 }
 
@@ -1071,9 +1071,6 @@ static void tb_bal_decide(struct tb_bal *b, uint64_t now)
 			continue;
 		}
 		pv[m] = vm->pv;
-		/* during a reclaim and its hold, only a suffering guest grows */
-		if (hold)
-			pv[m].busy = true;
 		idx[m++] = i;
 	}
 	if (b->c->mom) {
@@ -1089,10 +1086,18 @@ static void tb_bal_decide(struct tb_bal *b, uint64_t now)
 		bool acted = false;
 
 		vm->d = d[k];
-		if (hold && vm->d.action == TB_POL_HOLD && !vm->pv.busy)
+		/*
+		 * during a reclaim and its hold, only a suffering guest grows:
+		 * the memory was freed for something; shrinking goes on
+		 */
+		if (hold && vm->d.action == TB_POL_DEFLATE && !vm->d.suffering) {
+			vm->d.action = TB_POL_HOLD;
+			vm->d.target_bytes = vm->pv.balloon_bytes;
+			vm->d.deadline_ms = 0;
 			snprintf(vm->d.why, sizeof(vm->d.why), "%s",
-				 b->rc.active ? "a host-wide reclaim is running: held" :
-				 "after a host-wide reclaim: held unless it suffers");
+				 b->rc.active ? "a host-wide reclaim is running: grows only if it "
+				 "suffers" : "after a host-wide reclaim: grows only if it suffers");
+		}
 		if (vm->d.action != TB_POL_HOLD && !b->o->dry_run) {
 			if (tb_bal_issue(b, vm, vm->d.action == TB_POL_INFLATE, vm->d.target_bytes,
 					 vm->d.deadline_ms, vm->d.floor_bytes, vm->d.paced))

@@ -801,7 +801,9 @@ static int tb_cmd_balance(int argc, char **argv, struct tb_client_opts *o)
 			       "  -h, --help           show this help and exit\n\n"
 			       "Keys: reserve, reserve-pct, floor, floor-pct, host-reserve, host-psi-pct,\n"
 			       "  stale, swapin-rate, majflt-rate, min-change, step-pct, default-rate,\n"
-			       "  deadline-factor, min-deadline, period, reclaim-hold, vm-timeout.\n",
+			       "  deadline-factor, min-deadline, period, reclaim-hold, vm-timeout,\n"
+			       "  host-budget (host memory for the VMs; 0: MemAvailable),\n"
+			       "  policy (tballoon, or mom: oVirt MOM's rules, for comparison).\n",
 			       tb_prog, tb_prog, TB_BAL_DEFAULT_DIR, TB_BAL_SOCKET_NAME,
 			       TB_BAL_DEFAULT_CONFIG);
 			return TB_EXIT_OK;

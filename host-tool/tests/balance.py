@@ -227,7 +227,7 @@ def main():
     sock = os.path.join(d, "balance.sock")
     logf = open(os.path.join(tmp, "balance.log"), "w")
     p = subprocess.Popen([TB, "balance", "--dir", d, "--period", "200ms", "-j", "--textfile",
-                          prom, "--set", "reclaim-hold=1s"], stdout=logf,
+                          prom, "--set", "reclaim-hold=1h"], stdout=logf,
                          stderr=subprocess.STDOUT)
     try:
         tap(wait_for(lambda: os.path.exists(sock)), "balance listens on DIR/balance.sock")
@@ -278,6 +278,18 @@ def main():
         wait_for(lambda: not json.loads(run("balance", "--status", "-j", "--listen",
                                              sock).stdout)["reclaim_running"], 10)
 
+        # after a reclaim: idle guests still shrink, none grows unless it suffers
+        c = FakeVM(os.path.join(d, "c.ctl"))     # a new idle VM, all slack
+        b.avail = b.actual + 20 * MiB       # b runs short: below its reserve
+        nb = len(b.commands)
+        tap(wait_for(lambda: c.commands and c.commands[0][0] == "inflate"),
+            "during the hold after a reclaim an idle guest is still shrunk")
+        st = json.loads(run("balance", "--status", "-j", "--listen", sock).stdout)
+        vb = [v for v in st["vms"] if v["vm"] == "b"][0]
+        tap(st["holding_ms"] > 0 and not [c for c in b.commands[nb:] if c[0] == "deflate"] and
+            "grows only if it suffers" in vb["why"],
+            "... and a guest below its reserve is not grown (%s)" % vb["why"])
+
         # bad requests on balance's socket
         g, r1 = qmp(sock, '{"execute":"query-balance"}')
         tap("QMP" in g and r1.get("error", {}).get("class") == "CommandNotFound",
@@ -292,8 +304,9 @@ def main():
             "total are refused with a reason")
         tap(p.poll() is None, "the daemon is still running after the bad requests")
 
-        # a VM that goes away is dropped; a refused command is logged
+        # a VM that goes away is dropped
         b.close()
+        c.close()
         tap(wait_for(lambda: [v["vm"] for v in json.loads(
             run("balance", "--status", "-j", "--listen", sock).stdout)["vms"]] == ["a"]),
             "a VM whose socket is gone is dropped")

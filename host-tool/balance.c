@@ -413,6 +413,8 @@ struct tb_bal_vm {
 	uint64_t cmd_start_pages;
 	uint64_t cmd_elapsed_ms;
 	uint64_t resident_bytes;
+	uint64_t resident_at_ms;
+	double resident_bps;
 	char last_outcome[96];
 	uint64_t commands;
 	bool rc_in;
@@ -628,7 +630,16 @@ static void tb_bal_poll(struct tb_bal *b, struct tb_bal_vm *vm, uint64_t now)
 	snprintf(vm->cmd_reason, sizeof(vm->cmd_reason), "%s", tb_js(cmd, "reason"));
 	vm->cmd_start_pages = tb_ju64(cmd, "start_pages");
 	vm->cmd_elapsed_ms = tb_ju64(cmd, "elapsed_ms");
-	vm->resident_bytes = tb_ju64(st, "resident_bytes");
+	{
+		/* the host's own view: the guest's resident memory and its trend */
+		uint64_t res = tb_ju64(st, "resident_bytes");
+
+		if (vm->resident_at_ms && now > vm->resident_at_ms)
+			vm->resident_bps = ((double)res - (double)vm->resident_bytes) * 1000.0 /
+					   (double)(now - vm->resident_at_ms);
+		vm->resident_bytes = res;
+		vm->resident_at_ms = now;
+	}
 	vm->ready = !tb_bal_sample_vm(&vm->pv, &vm->prev, st, gs, now, vm->why_not,
 				      sizeof(vm->why_not));
 	if (vm->our_cmd && (vm->cmd_id != vm->our_cmd || strcmp(vm->cmd_state, "running"))) {
@@ -714,6 +725,8 @@ static json_object *tb_bal_inputs(const struct tb_bal *b, const struct tb_bal_vm
 	json_object_object_add(in, "majflt_ps", json_object_new_double(p->majflt_ps));
 	json_object_object_add(in, "stalls", json_object_new_uint64(p->stalls));
 	json_object_object_add(in, "rate_pps", json_object_new_double(p->rate_pps));
+	json_object_object_add(in, "resident_bytes", json_object_new_uint64(vm->resident_bytes));
+	json_object_object_add(in, "resident_bytes_per_s", json_object_new_double(vm->resident_bps));
 	json_object_object_add(in, "busy", json_object_new_boolean(p->busy));
 	json_object_object_add(in, "host_avail_bytes",
 			       json_object_new_uint64(b->host.avail_bytes));
@@ -869,7 +882,7 @@ static uint64_t tb_bal_reclaim_plan(struct tb_bal *b, uint64_t want, uint64_t le
 			continue;
 		}
 		if (tb_bal_issue(b, vm, true, sh[k].target_bytes, left_ms,
-				 tb_pol_reserve(&b->c->pol, &vm->pv) / 2, false)) {
+				 tb_pol_cmd_floor(&b->c->pol, &vm->pv), false)) {
 			tb_warn("balance: reclaim: %s: %s", vm->name, vm->why_not);
 			vm->rc_stopped = true;
 			planned -= sh[k].bytes;
@@ -1153,6 +1166,7 @@ static void tb_bal_textfile(struct tb_bal *b)
 		{ "want_bytes", "Guest size the policy computed." },
 		{ "inflate_rate_pages", "Measured inflate rate, pages per second." },
 		{ "stats_age_seconds", "Age of the guest statistics." },
+		{ "resident_bytes", "Guest memory resident on the host." },
 		{ "managed", "1 if the VM answered and can be managed." },
 	};
 	for (size_t k = 0; k < TB_ARRAY_SIZE(g); k++) {
@@ -1163,7 +1177,8 @@ static void tb_bal_textfile(struct tb_bal *b)
 			double v[] = { (double)vm->pv.ram_bytes, (double)vm->pv.balloon_bytes,
 				       (double)vm->d.target_bytes, (double)vm->pv.avail_bytes,
 				       (double)vm->d.want_bytes, vm->pv.rate_pps,
-				       (double)vm->pv.stats_age_ms / 1000.0, vm->ready ? 1 : 0 };
+				       (double)vm->pv.stats_age_ms / 1000.0,
+				       (double)vm->resident_bytes, vm->ready ? 1 : 0 };
 
 			fprintf(f, "tballoon_balance_vm_%s{vm=\"%s\"} %.17g\n", g[k][0], vm->name,
 				v[k]);
@@ -1245,6 +1260,9 @@ static json_object *tb_bal_status_obj(const struct tb_bal *b)
 		json_object_object_add(v, "stats_age_ms",
 				       json_object_new_uint64(vm->pv.stats_age_ms));
 		json_object_object_add(v, "rate_pps", json_object_new_double(vm->pv.rate_pps));
+		json_object_object_add(v, "resident_bytes", json_object_new_uint64(vm->resident_bytes));
+		json_object_object_add(v, "resident_bytes_per_s",
+				       json_object_new_double(vm->resident_bps));
 		json_object_object_add(v, "command_state", json_object_new_string(vm->cmd_state));
 		json_object_object_add(v, "last_outcome",
 				       json_object_new_string(vm->last_outcome));

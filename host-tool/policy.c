@@ -89,6 +89,11 @@ uint64_t tb_pol_reserve(const struct tb_pol_conf *c, const struct tb_pol_vm *vm)
 	return page_down(max_u64(c->reserve_bytes, pct_of(vm->ram_bytes, c->reserve_pct)));
 }
 
+uint64_t tb_pol_cmd_floor(const struct tb_pol_conf *c, const struct tb_pol_vm *vm)
+{
+	return page_down(tb_pol_reserve(c, vm) / 2);
+}
+
 static uint64_t vm_size(const struct tb_pol_vm *vm)
 {
 	return vm->balloon_bytes < vm->ram_bytes ? vm->ram_bytes - vm->balloon_bytes : 0;
@@ -276,7 +281,7 @@ uint64_t tb_pol_decide(const struct tb_pol_conf *c, const struct tb_pol_host *h,
 			d->action = TB_POL_INFLATE;
 			d->target_bytes = vm->balloon_bytes + shrink[i];
 			d->deadline_ms = vm_deadline(c, vm, shrink[i]);
-			d->floor_bytes = tb_pol_reserve(c, vm) / 2;
+			d->floor_bytes = tb_pol_cmd_floor(c, vm);
 			d->paced = !urgent;
 			snprintf(d->why, sizeof(d->why), "%s: give %llu MiB of %llu MiB slack",
 				 urgent_part[i] ? "the host needs memory" :
@@ -320,6 +325,10 @@ uint64_t tb_pol_reclaim_plan(const struct tb_pol_conf *c, const struct tb_pol_vm
 		tier1[i] = size > want ? size - want : 0;
 		tier2[i] = min_u64(size, want) > floor ? min_u64(size, want) - floor : 0;
 		out[i].reachable_bytes = min_u64(tier1[i] + tier2[i], vm_reach(c, vm, deadline_ms));
+		/* below its command floor of MemAvailable the guest stops */
+		out[i].reachable_bytes = min_u64(out[i].reachable_bytes,
+						 page_down(vm->avail_bytes > tb_pol_cmd_floor(c, vm) ?
+							   vm->avail_bytes - tb_pol_cmd_floor(c, vm) : 0));
 	}
 	/* slack first, largest first; then down towards the floors */
 	for (int pass = 0; pass < 2 && left; pass++) {

@@ -135,6 +135,11 @@ struct tb_pol_decision {
 /* the smallest size a guest is ever made, and its reserve */
 uint64_t tb_pol_floor(const struct tb_pol_conf *c, const struct tb_pol_vm *vm);
 uint64_t tb_pol_reserve(const struct tb_pol_conf *c, const struct tb_pol_vm *vm);
+/*
+ * the floor an inflate of ours carries: the guest stops it when its
+ * MemAvailable falls to this (half its reserve)
+ */
+uint64_t tb_pol_cmd_floor(const struct tb_pol_conf *c, const struct tb_pol_vm *vm);
 
 /*
  * One balancing decision for @n VMs: @out[i] for @vms[i]. Returns the
@@ -149,7 +154,7 @@ uint64_t tb_pol_decide(const struct tb_pol_conf *c, const struct tb_pol_host *h,
  * @bytes: what it is asked to give by the deadline (0: not asked)
  * @target_bytes: the balloon size that means (its command's target)
  * @reachable_bytes: what it could give by the deadline at its rate, down
- *	to its floor
+ *	to its floor and to its command floor of MemAvailable
  */
 struct tb_pol_share {
 	uint64_t bytes;
@@ -161,7 +166,9 @@ struct tb_pol_share {
  * Split @total bytes to be freed within @deadline_ms across @n VMs: first
  * from each guest's slack above its working set and reserve, largest first,
  * then, if that is not enough, from what lies between that and its floor;
- * no guest is asked for more than its measured rate gives by the deadline.
+ * no guest is asked for more than its measured rate gives by the deadline,
+ * nor for more than its MemAvailable above its command floor (the guest
+ * stops the inflate there).
  * A suffering or statistics-stale guest is not asked. Returns the bytes
  * planned; less than @total is the expected shortfall.
  */

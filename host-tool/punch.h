@@ -94,7 +94,7 @@ struct tb_punch_pool {
 	struct tb_punch_job *reaping;	/* taken, not handed over yet (event loop) */
 };
 
-/* the default number of threads for this host: a quarter of the CPUs, 1..4 */
+/* the default number of threads for this host: one per CPU, 1..4 */
 unsigned int tb_punch_default_threads(void);
 
 /*

@@ -232,32 +232,42 @@ static void test_reclaim_plan(void **state)
 	(void)state;
 	tb_pol_conf_default(&c);
 	v[3].swapin_pps = 1000;
-	/* 1 GiB in 2 s: slack first (768), then the largest floor room (256) */
-	assert_int_equal(tb_pol_reclaim_plan(&c, v, 4, GiB, 2000, s), GiB);
-	assert_int_equal(s[0].bytes, 512 * MiB);
-	assert_int_equal(s[1].bytes, 512 * MiB);
-	assert_int_equal(s[2].bytes, 0);
+	/*
+	 * 1 GiB in 2 s: slack first (768), then the floor room, largest
+	 * first; but no guest gives more than its MemAvailable above its
+	 * command floor (64 MiB), where it stops the inflate itself:
+	 * slack512 576, slack256 320, tight 64 (the plan once promised 1 GiB
+	 * here and the guests stopped at 279 MiB: bench/policy.py)
+	 */
+	assert_int_equal(tb_pol_cmd_floor(&c, &v[0]), 64 * MiB);
+	assert_int_equal(tb_pol_reclaim_plan(&c, v, 4, GiB, 2000, s), 960 * MiB);
+	assert_int_equal(s[0].bytes, 576 * MiB);
+	assert_int_equal(s[1].bytes, 320 * MiB);
+	assert_int_equal(s[2].bytes, 64 * MiB);
 	assert_int_equal(s[3].bytes, 0);		/* suffering: not asked */
 	assert_int_equal(s[3].reachable_bytes, 0);
-	assert_int_equal(s[0].target_bytes, 512 * MiB);
-	assert_int_equal(s[2].target_bytes, 640 * MiB);
+	assert_int_equal(s[0].target_bytes, 576 * MiB);
+	assert_int_equal(s[2].target_bytes, 704 * MiB);
 
-	/* unreachable: everything down to the floors, and the shortfall */
-	assert_int_equal(tb_pol_reclaim_plan(&c, v, 4, 4 * GiB, 60000, s),
-			 768 * MiB + 768 * MiB + 128 * MiB);
+	/* unreachable: the same caps, and the shortfall */
+	assert_int_equal(tb_pol_reclaim_plan(&c, v, 4, 4 * GiB, 60000, s), 960 * MiB);
+
+	/* with room in MemAvailable, the size floor is what stops it */
+	v[0].avail_bytes = 1000 * MiB;	/* size 1 GiB, floor 256: 768 to give */
+	assert_int_equal(tb_pol_reclaim_plan(&c, v, 1, 4 * GiB, 60000, s), 768 * MiB);
 	assert_int_equal(s[0].target_bytes, GiB - 256 * MiB);
-	assert_int_equal(s[2].target_bytes, 768 * MiB);
+	v[0].avail_bytes = 640 * MiB;
 
 	/* the deadline caps a slow guest: 16384 pages/s x 1 s = 64 MiB */
 	v[0].rate_pps = 16384;
 	assert_int_equal(tb_pol_reclaim_plan(&c, v, 4, GiB, 1000, s),
-			 64 * MiB + 512 * MiB + 128 * MiB);
+			 64 * MiB + 320 * MiB + 64 * MiB);
 	assert_int_equal(s[0].bytes, 64 * MiB);
 	assert_int_equal(s[0].reachable_bytes, 64 * MiB);
 
 	/* stale statistics: not asked */
 	v[1].stats_age_ms = 60000;
-	assert_int_equal(tb_pol_reclaim_plan(&c, v, 4, GiB, 1000, s), 64 * MiB + 128 * MiB);
+	assert_int_equal(tb_pol_reclaim_plan(&c, v, 4, GiB, 1000, s), 64 * MiB + 64 * MiB);
 }
 
 static void test_conf(void **state)

@@ -112,10 +112,9 @@ def setup_swap(g):
 
 
 class Sampler(threading.Thread):
-    def __init__(self, guests, budget):
+    def __init__(self, guests):
         super().__init__(daemon=True)
         self.guests = guests
-        self.budget = budget
         self.rows = []
         self.stop = threading.Event()
         self.t0 = None
@@ -169,7 +168,7 @@ def one_policy(name, trace, budget, outdir):
                                    stderr=subprocess.STDOUT)
             time.sleep(2)
         base = {g.name: vmstat(g) for g in guests}
-        sampler = Sampler(guests, budget)
+        sampler = Sampler(guests)
         sampler.t0 = time.monotonic()
         for g, gname in zip(guests, GUESTS):
             phases = ",".join("%d:%d" % (s, m) for s, m in trace["guests"][gname])

@@ -272,16 +272,9 @@ static int tb_read_small(const char *path, char *buf, size_t len)
 	return 0;
 }
 
-static json_object *tb_jget(json_object *o, const char *key)
-{
-	json_object *v = NULL;
-
-	return o && json_object_object_get_ex(o, key, &v) ? v : NULL;
-}
-
 static uint64_t tb_ju64(json_object *o, const char *key)
 {
-	json_object *v = tb_jget(o, key);
+	json_object *v = tb_jobj(o, key);
 
 	return v && json_object_is_type(v, json_type_int) && json_object_get_int64(v) >= 0 ?
 	       json_object_get_uint64(v) : 0;
@@ -289,21 +282,14 @@ static uint64_t tb_ju64(json_object *o, const char *key)
 
 static int64_t tb_ji64(json_object *o, const char *key, int64_t dflt)
 {
-	json_object *v = tb_jget(o, key);
+	json_object *v = tb_jobj(o, key);
 
 	return v && json_object_is_type(v, json_type_int) ? json_object_get_int64(v) : dflt;
 }
 
-static bool tb_jb(json_object *o, const char *key)
-{
-	json_object *v = tb_jget(o, key);
-
-	return v && json_object_get_boolean(v);
-}
-
 static const char *tb_js(json_object *o, const char *key)
 {
-	json_object *v = tb_jget(o, key);
+	json_object *v = tb_jobj(o, key);
 
 	return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
 }
@@ -317,8 +303,8 @@ static uint64_t tb_delta(uint64_t now, uint64_t then)
 int tb_bal_sample_vm(struct tb_pol_vm *vm, struct tb_bal_sample *prev, json_object *status,
 		     json_object *gstats, uint64_t now_ms, char *why, size_t whylen)
 {
-	json_object *g = tb_jget(gstats, "guest");
-	json_object *cmd = tb_jget(status, "command");
+	json_object *g = tb_jobj(gstats, "guest");
+	json_object *cmd = tb_jobj(status, "command");
 	int64_t age = tb_ji64(gstats, "age_ms", -1);
 	uint64_t updates = tb_ju64(gstats, "updates");
 	const char *state = tb_js(cmd, "state");
@@ -326,11 +312,11 @@ int tb_bal_sample_vm(struct tb_pol_vm *vm, struct tb_bal_sample *prev, json_obje
 	vm->ram_bytes = tb_ju64(status, "guest_ram_bytes");
 	vm->balloon_bytes = tb_ju64(status, "actual_bytes");
 	vm->busy = !strcmp(state, "running");
-	if (!tb_jb(status, "connected")) {
+	if (!tb_jbool(status, "connected")) {
 		snprintf(why, whylen, "no guest connected");
 		return -1;
 	}
-	if (!tb_jb(status, "driver_ok")) {
+	if (!tb_jbool(status, "driver_ok")) {
 		snprintf(why, whylen, "balloon driver not ready");
 		return -1;
 	}
@@ -340,8 +326,8 @@ int tb_bal_sample_vm(struct tb_pol_vm *vm, struct tb_bal_sample *prev, json_obje
 	}
 	if (vm->balloon_bytes > vm->ram_bytes)
 		vm->balloon_bytes = vm->ram_bytes;
-	vm->have_stats = tb_jb(gstats, "stats_vq") && updates && age >= 0 &&
-			 tb_jget(g, "available-memory");
+	vm->have_stats = tb_jbool(gstats, "stats_vq") && updates && age >= 0 &&
+			 tb_jobj(g, "available-memory");
 	vm->stats_age_ms = age >= 0 ? (uint64_t)age : 0;
 	vm->avail_bytes = tb_ju64(g, "available-memory");
 	vm->free_bytes = tb_ju64(g, "free-memory");
@@ -357,9 +343,8 @@ int tb_bal_sample_vm(struct tb_pol_vm *vm, struct tb_bal_sample *prev, json_obje
 			vm->swapin_pps = (double)tb_delta(swapin, prev->swapin_bytes) / PAGE / dt;
 			vm->majflt_ps = (double)tb_delta(majflt, prev->majflt) / dt;
 			vm->stalls = tb_delta(stalls, prev->stalls);
-		} else if (!prev->valid || updates == prev->updates) {
-			/* no new statistics: what was measured last still holds */
 		}
+		/* no new statistics: what was measured last still holds */
 		if (updates != prev->updates || !prev->valid) {
 			prev->updates = updates;
 			prev->t_ms = t;
@@ -569,7 +554,7 @@ static void tb_bal_scan(struct tb_bal *b)
 }
 
 /* the end of our last command on @vm: its outcome and its measured rate */
-static void tb_bal_cmd_ended(struct tb_bal *b, struct tb_bal_vm *vm)
+static void tb_bal_cmd_ended(struct tb_bal_vm *vm)
 {
 	uint64_t now_pages = vm->pv.balloon_bytes / PAGE;
 	uint64_t moved = now_pages > vm->cmd_start_pages ? now_pages - vm->cmd_start_pages :
@@ -586,16 +571,14 @@ static void tb_bal_cmd_ended(struct tb_bal *b, struct tb_bal_vm *vm)
 
 		vm->pv.rate_pps = vm->pv.rate_pps > 0 ? 0.5 * vm->pv.rate_pps + 0.5 * r : r;
 	}
-	(void)b;
 	vm->our_cmd = 0;
 }
 
-static json_object *tb_bal_request(struct tb_bal *b, struct tb_bal_vm *vm, struct tb_conn *c,
-				   const char *name, json_object *args)
+static json_object *tb_bal_request(struct tb_bal_vm *vm, struct tb_conn *c, const char *name,
+				   json_object *args)
 {
 	json_object *r = tb_conn_execute(c, name, args, name);
 
-	(void)b;
 	if (!r)
 		snprintf(vm->why_not, sizeof(vm->why_not), "%s refused or unanswered (%s)",
 			 name, c->err_class[0] ? c->err_class : "no answer");
@@ -616,15 +599,15 @@ static void tb_bal_poll(struct tb_bal *b, struct tb_bal_vm *vm, uint64_t now)
 		snprintf(vm->why_not, sizeof(vm->why_not), "control socket does not answer");
 		goto miss;
 	}
-	st = tb_bal_request(b, vm, &c, "query-balloon", NULL);
-	gs = st ? tb_bal_request(b, vm, &c, "query-stats", NULL) : NULL;
+	st = tb_bal_request(vm, &c, "query-balloon", NULL);
+	gs = st ? tb_bal_request(vm, &c, "query-stats", NULL) : NULL;
 	tb_conn_close(&c);
 	if (!st || !gs)
 		goto miss;
 	vm->backoff_ms = 0;
 	snprintf(vm->pv.name, sizeof(vm->pv.name), "%s", vm->name);
 	vm->pv.rate_pps = rate;
-	cmd = tb_jget(st, "command");
+	cmd = tb_jobj(st, "command");
 	vm->cmd_id = tb_ju64(cmd, "cmd_id");
 	snprintf(vm->cmd_state, sizeof(vm->cmd_state), "%s", tb_js(cmd, "state"));
 	snprintf(vm->cmd_reason, sizeof(vm->cmd_reason), "%s", tb_js(cmd, "reason"));
@@ -647,7 +630,7 @@ static void tb_bal_poll(struct tb_bal *b, struct tb_bal_vm *vm, uint64_t now)
 			snprintf(vm->cmd_state, sizeof(vm->cmd_state), "superseded");
 			snprintf(vm->cmd_reason, sizeof(vm->cmd_reason), "by another client");
 		}
-		tb_bal_cmd_ended(b, vm);
+		tb_bal_cmd_ended(vm);
 	}
 	json_object_put(st);
 	json_object_put(gs);
@@ -687,11 +670,11 @@ static int tb_bal_issue(struct tb_bal *b, struct tb_bal_vm *vm, bool inflate, ui
 	json_object_object_add(args, "deadline-ms", json_object_new_uint64(deadline_ms));
 	json_object_object_add(args, "floor-pages", json_object_new_uint64(floor / PAGE));
 	json_object_object_add(args, "paced", json_object_new_boolean(paced));
-	r = tb_bal_request(b, vm, &c, inflate ? "inflate" : "deflate", args);
+	r = tb_bal_request(vm, &c, inflate ? "inflate" : "deflate", args);
 	tb_conn_close(&c);
 	if (!r)
 		return -1;
-	vm->our_cmd = tb_ju64(tb_jget(r, "command"), "cmd_id");
+	vm->our_cmd = tb_ju64(tb_jobj(r, "command"), "cmd_id");
 	vm->our_inflate = inflate;
 	vm->our_paced = paced;
 	vm->cmd_start_pages = vm->pv.balloon_bytes / PAGE;
@@ -716,16 +699,16 @@ static json_object *tb_bal_inputs(const struct tb_bal *b, const struct tb_bal_vm
 	json_object *in = json_object_new_object();
 	const struct tb_pol_vm *p = &vm->pv;
 
-	json_object_object_add(in, "ram_bytes", json_object_new_uint64(p->ram_bytes));
-	json_object_object_add(in, "balloon_bytes", json_object_new_uint64(p->balloon_bytes));
+	tb_json_add_u64(in, "ram_bytes", p->ram_bytes);
+	tb_json_add_u64(in, "balloon_bytes", p->balloon_bytes);
 	json_object_object_add(in, "have_stats", json_object_new_boolean(p->have_stats));
-	json_object_object_add(in, "stats_age_ms", json_object_new_uint64(p->stats_age_ms));
-	json_object_object_add(in, "avail_bytes", json_object_new_uint64(p->avail_bytes));
+	tb_json_add_u64(in, "stats_age_ms", p->stats_age_ms);
+	tb_json_add_u64(in, "avail_bytes", p->avail_bytes);
 	json_object_object_add(in, "swapin_pps", json_object_new_double(p->swapin_pps));
 	json_object_object_add(in, "majflt_ps", json_object_new_double(p->majflt_ps));
-	json_object_object_add(in, "stalls", json_object_new_uint64(p->stalls));
+	tb_json_add_u64(in, "stalls", p->stalls);
 	json_object_object_add(in, "rate_pps", json_object_new_double(p->rate_pps));
-	json_object_object_add(in, "resident_bytes", json_object_new_uint64(vm->resident_bytes));
+	tb_json_add_u64(in, "resident_bytes", vm->resident_bytes);
 	json_object_object_add(in, "resident_bytes_per_s", json_object_new_double(vm->resident_bps));
 	json_object_object_add(in, "busy", json_object_new_boolean(p->busy));
 	json_object_object_add(in, "host_avail_bytes",
@@ -760,13 +743,13 @@ static void tb_bal_log_decision(struct tb_bal *b, struct tb_bal_vm *vm, bool act
 	tb_format_bytes(avail, sizeof(avail), (int64_t)vm->pv.avail_bytes);
 	json_object_object_add(o, "vm", json_object_new_string(vm->name));
 	json_object_object_add(o, "action", json_object_new_string(tb_action_name(d->action)));
-	json_object_object_add(o, "target_bytes", json_object_new_uint64(d->target_bytes));
+	tb_json_add_u64(o, "target_bytes", d->target_bytes);
 	json_object_object_add(o, "guest_target_bytes",
 			       json_object_new_uint64(ram - d->target_bytes));
-	json_object_object_add(o, "deadline_ms", json_object_new_uint64(d->deadline_ms));
-	json_object_object_add(o, "floor_bytes", json_object_new_uint64(d->floor_bytes));
+	tb_json_add_u64(o, "deadline_ms", d->deadline_ms);
+	tb_json_add_u64(o, "floor_bytes", d->floor_bytes);
 	json_object_object_add(o, "paced", json_object_new_boolean(d->paced));
-	json_object_object_add(o, "want_bytes", json_object_new_uint64(d->want_bytes));
+	tb_json_add_u64(o, "want_bytes", d->want_bytes);
 	json_object_object_add(o, "suffering", json_object_new_boolean(d->suffering));
 	json_object_object_add(o, "why", json_object_new_string(d->why));
 	json_object_object_add(o, "dry_run", json_object_new_boolean(b->o->dry_run));
@@ -804,16 +787,19 @@ static void tb_bal_log_event(struct tb_bal *b, json_object *o, const char *text)
  * ------------------------------------------------------------------------
  */
 
+/* what one VM gave to the running reclaim: its balloon's growth since the plan */
+static uint64_t tb_bal_vm_freed(const struct tb_bal_vm *vm)
+{
+	return vm->rc_in && vm->pv.balloon_bytes > vm->rc_base ?
+	       vm->pv.balloon_bytes - vm->rc_base : 0;
+}
+
 static uint64_t tb_bal_freed(const struct tb_bal *b)
 {
 	uint64_t freed = 0;
 
-	for (unsigned int i = 0; i < b->n; i++) {
-		const struct tb_bal_vm *vm = &b->vms[i];
-
-		if (vm->rc_in && vm->pv.balloon_bytes > vm->rc_base)
-			freed += vm->pv.balloon_bytes - vm->rc_base;
-	}
+	for (unsigned int i = 0; i < b->n; i++)
+		freed += tb_bal_vm_freed(&b->vms[i]);
 	return freed;
 }
 
@@ -829,10 +815,8 @@ static json_object *tb_bal_shares(const struct tb_bal *b, bool all)
 			continue;
 		v = json_object_new_object();
 		json_object_object_add(v, "vm", json_object_new_string(vm->name));
-		json_object_object_add(v, "asked_bytes", json_object_new_uint64(vm->rc_asked));
-		json_object_object_add(v, "freed_bytes", json_object_new_uint64(
-			vm->rc_in && vm->pv.balloon_bytes > vm->rc_base ?
-			vm->pv.balloon_bytes - vm->rc_base : 0));
+		tb_json_add_u64(v, "asked_bytes", vm->rc_asked);
+		tb_json_add_u64(v, "freed_bytes", tb_bal_vm_freed(vm));
 		json_object_object_add(v, "state", json_object_new_string(
 			vm->rc_in ? vm->cmd_state : "not asked"));
 		json_object_object_add(v, "reason", json_object_new_string(
@@ -906,19 +890,19 @@ static void tb_bal_reclaim_end(struct tb_bal *b, const char *state, const char *
 	json_object *o = json_object_new_object();
 	char line[512], fb[32], tb[32];
 
-	json_object_object_add(o, "reclaim", json_object_new_uint64(r->id));
+	tb_json_add_u64(o, "reclaim", r->id);
 	json_object_object_add(o, "state", json_object_new_string(state));
 	json_object_object_add(o, "why", json_object_new_string(why));
-	json_object_object_add(o, "total_bytes", json_object_new_uint64(r->total));
-	json_object_object_add(o, "freed_bytes", json_object_new_uint64(freed));
+	tb_json_add_u64(o, "total_bytes", r->total);
+	tb_json_add_u64(o, "freed_bytes", freed);
 	json_object_object_add(o, "shortfall_bytes",
 			       json_object_new_uint64(freed < r->total ? r->total - freed : 0));
 	json_object_object_add(o, "overshoot_bytes",
 			       json_object_new_uint64(freed > r->total ? freed - r->total : 0));
-	json_object_object_add(o, "planned_bytes", json_object_new_uint64(r->planned));
-	json_object_object_add(o, "deadline_ms", json_object_new_uint64(r->deadline_ms));
-	json_object_object_add(o, "elapsed_ms", json_object_new_uint64(now - r->started_at));
-	json_object_object_add(o, "replans", json_object_new_uint64(r->replans));
+	tb_json_add_u64(o, "planned_bytes", r->planned);
+	tb_json_add_u64(o, "deadline_ms", r->deadline_ms);
+	tb_json_add_u64(o, "elapsed_ms", now - r->started_at);
+	tb_json_add_u64(o, "replans", r->replans);
 	json_object_object_add(o, "vms", tb_bal_shares(b, false));
 	r->active = false;
 	r->hold_until = now + b->c->hold_ms;
@@ -1028,10 +1012,10 @@ static json_object *tb_bal_reclaim_start(struct tb_bal *b, int client, uint64_t 
 	b->reclaims++;
 	r->planned = tb_bal_reclaim_plan(b, total, deadline_ms);
 	o = json_object_new_object();
-	json_object_object_add(o, "reclaim", json_object_new_uint64(r->id));
-	json_object_object_add(o, "total_bytes", json_object_new_uint64(total));
-	json_object_object_add(o, "deadline_ms", json_object_new_uint64(deadline_ms));
-	json_object_object_add(o, "planned_bytes", json_object_new_uint64(r->planned));
+	tb_json_add_u64(o, "reclaim", r->id);
+	tb_json_add_u64(o, "total_bytes", total);
+	tb_json_add_u64(o, "deadline_ms", deadline_ms);
+	tb_json_add_u64(o, "planned_bytes", r->planned);
 	json_object_object_add(o, "expected_shortfall_bytes",
 			       json_object_new_uint64(total > r->planned ? total - r->planned : 0));
 	json_object_object_add(o, "dry_run", json_object_new_boolean(b->o->dry_run));
@@ -1221,23 +1205,22 @@ static json_object *tb_bal_status_obj(const struct tb_bal *b)
 	json_object *h = json_object_new_object();
 	uint64_t now = tb_now_ms();
 
-	json_object_object_add(h, "avail_bytes", json_object_new_uint64(b->host.avail_bytes));
+	tb_json_add_u64(h, "avail_bytes", b->host.avail_bytes);
 	json_object_object_add(h, "psi_some_avg10", b->have_psi ?
 			       json_object_new_double(b->host.psi_some_avg10) : NULL);
 	json_object_object_add(h, "reserve_bytes",
 			       json_object_new_uint64(b->c->pol.host_reserve_bytes));
-	json_object_object_add(h, "need_bytes", json_object_new_uint64(b->need_bytes));
-	json_object_object_add(h, "total_bytes", json_object_new_uint64(b->host_total));
+	tb_json_add_u64(h, "need_bytes", b->need_bytes);
+	tb_json_add_u64(h, "total_bytes", b->host_total);
 	json_object_object_add(h, "budget", json_object_new_boolean(b->c->host_budget != 0));
 	json_object_object_add(o, "host", h);
 	json_object_object_add(o, "dir", json_object_new_string(b->o->dir));
-	json_object_object_add(o, "period_ms", json_object_new_uint64(b->c->period_ms));
+	tb_json_add_u64(o, "period_ms", b->c->period_ms);
 	json_object_object_add(o, "dry_run", json_object_new_boolean(b->o->dry_run));
 	json_object_object_add(o, "policy", json_object_new_string(b->c->mom ? "mom" : "tballoon"));
-	json_object_object_add(o, "decisions", json_object_new_uint64(b->decisions));
-	json_object_object_add(o, "commands", json_object_new_uint64(b->commands));
-	json_object_object_add(o, "holding_ms", json_object_new_uint64(
-		b->rc.hold_until > now ? b->rc.hold_until - now : 0));
+	tb_json_add_u64(o, "decisions", b->decisions);
+	tb_json_add_u64(o, "commands", b->commands);
+	tb_json_add_u64(o, "holding_ms", b->rc.hold_until > now ? b->rc.hold_until - now : 0);
 	for (unsigned int i = 0; i < b->n; i++) {
 		const struct tb_bal_vm *vm = &b->vms[i];
 		json_object *v = json_object_new_object();
@@ -1245,28 +1228,28 @@ static json_object *tb_bal_status_obj(const struct tb_bal *b)
 
 		json_object_object_add(v, "vm", json_object_new_string(vm->name));
 		json_object_object_add(v, "managed", json_object_new_boolean(vm->ready));
-		json_object_object_add(v, "ram_bytes", json_object_new_uint64(ram));
+		tb_json_add_u64(v, "ram_bytes", ram);
 		json_object_object_add(v, "balloon_bytes",
 				       json_object_new_uint64(vm->pv.balloon_bytes));
-		json_object_object_add(v, "size_bytes", json_object_new_uint64(
-			ram > vm->pv.balloon_bytes ? ram - vm->pv.balloon_bytes : 0));
-		json_object_object_add(v, "want_bytes", json_object_new_uint64(vm->d.want_bytes));
+		tb_json_add_u64(v, "size_bytes",
+				ram > vm->pv.balloon_bytes ? ram - vm->pv.balloon_bytes : 0);
+		tb_json_add_u64(v, "want_bytes", vm->d.want_bytes);
 		json_object_object_add(v, "target_bytes",
 				       json_object_new_uint64(vm->d.target_bytes));
 		json_object_object_add(v, "action", json_object_new_string(
 			tb_action_name(vm->d.action)));
 		json_object_object_add(v, "why", json_object_new_string(vm->d.why));
-		json_object_object_add(v, "avail_bytes", json_object_new_uint64(vm->pv.avail_bytes));
+		tb_json_add_u64(v, "avail_bytes", vm->pv.avail_bytes);
 		json_object_object_add(v, "stats_age_ms",
 				       json_object_new_uint64(vm->pv.stats_age_ms));
 		json_object_object_add(v, "rate_pps", json_object_new_double(vm->pv.rate_pps));
-		json_object_object_add(v, "resident_bytes", json_object_new_uint64(vm->resident_bytes));
+		tb_json_add_u64(v, "resident_bytes", vm->resident_bytes);
 		json_object_object_add(v, "resident_bytes_per_s",
 				       json_object_new_double(vm->resident_bps));
 		json_object_object_add(v, "command_state", json_object_new_string(vm->cmd_state));
 		json_object_object_add(v, "last_outcome",
 				       json_object_new_string(vm->last_outcome));
-		json_object_object_add(v, "commands", json_object_new_uint64(vm->commands));
+		tb_json_add_u64(v, "commands", vm->commands);
 		json_object_array_add(a, v);
 	}
 	json_object_object_add(o, "vms", a);
@@ -1309,9 +1292,9 @@ static json_object *tb_bal_handle(struct tb_bal *b, int ci, const char *line, si
 		return tb_ctl_error(NULL, "a request is one JSON object per line");
 	}
 	json_tokener_free(tok);
-	id = tb_jget(req, "id");
+	id = tb_jobj(req, "id");
 	name = tb_js(req, "execute");
-	args = tb_jget(req, "arguments");
+	args = tb_jobj(req, "arguments");
 	if (!strcmp(name, "qmp_capabilities")) {
 		ret = c->negotiated ? tb_ctl_error_class(id, "CommandNotFound",
 							 "capabilities already negotiated") : NULL;
@@ -1327,7 +1310,7 @@ static json_object *tb_bal_handle(struct tb_bal *b, int ci, const char *line, si
 		ret = json_object_new_object();
 		json_object_object_add(ret, "return", tb_bal_status_obj(b));
 	} else if (!strcmp(name, "reclaim")) {
-		json_object *t = tb_jget(args, "total-bytes"), *d = tb_jget(args, "deadline-ms");
+		json_object *t = tb_jobj(args, "total-bytes"), *d = tb_jobj(args, "deadline-ms");
 		json_object *r = NULL;
 
 		if (!t || !d || !json_object_is_type(t, json_type_int) ||
@@ -1346,7 +1329,7 @@ static json_object *tb_bal_handle(struct tb_bal *b, int ci, const char *line, si
 	} else {
 		ret = tb_ctl_error_class(id, "CommandNotFound", "unknown command");
 	}
-	if (id && !tb_jget(ret, "id"))
+	if (id && !tb_jobj(ret, "id"))
 		json_object_object_add(ret, "id", json_object_get(id));
 	json_object_put(req);
 	return ret;
@@ -1511,14 +1494,14 @@ int tb_balance_status(const char *sock, bool json)
 		json_object_put(st);
 		return TB_EXIT_OK;
 	}
-	tb_format_bytes(a, sizeof(a), (int64_t)tb_ju64(tb_jget(st, "host"), "avail_bytes"));
+	tb_format_bytes(a, sizeof(a), (int64_t)tb_ju64(tb_jobj(st, "host"), "avail_bytes"));
 	printf("host: %s available, reserve %llu MiB, still needed %llu MiB%s\n", a,
-	       (unsigned long long)(tb_ju64(tb_jget(st, "host"), "reserve_bytes") / MIB),
-	       (unsigned long long)(tb_ju64(tb_jget(st, "host"), "need_bytes") / MIB),
-	       tb_jb(st, "dry_run") ? " (dry run)" : "");
+	       (unsigned long long)(tb_ju64(tb_jobj(st, "host"), "reserve_bytes") / MIB),
+	       (unsigned long long)(tb_ju64(tb_jobj(st, "host"), "need_bytes") / MIB),
+	       tb_jbool(st, "dry_run") ? " (dry run)" : "");
 	printf("%-16s %12s %12s %12s %-8s %s\n", "VM", "size", "available", "target", "action",
 	       "why / last outcome");
-	vms = tb_jget(st, "vms");
+	vms = tb_jobj(st, "vms");
 	for (size_t i = 0; vms && i < json_object_array_length(vms); i++) {
 		json_object *v = json_object_array_get_idx(vms, i);
 		uint64_t ram = tb_ju64(v, "ram_bytes");
@@ -1527,10 +1510,10 @@ int tb_balance_status(const char *sock, bool json)
 		tb_format_bytes(a, sizeof(a), (int64_t)tb_ju64(v, "avail_bytes"));
 		tb_format_bytes(t, sizeof(t), (int64_t)(ram - tb_ju64(v, "target_bytes")));
 		printf("%-16s %12s %12s %12s %-8s %s%s%s\n", tb_js(v, "vm"), s, a,
-		       tb_jb(v, "managed") ? t : "-", tb_js(v, "action"), tb_js(v, "why"),
+		       tb_jbool(v, "managed") ? t : "-", tb_js(v, "action"), tb_js(v, "why"),
 		       *tb_js(v, "last_outcome") ? "; last: " : "", tb_js(v, "last_outcome"));
 	}
-	last = tb_jget(st, "last_reclaim");
+	last = tb_jobj(st, "last_reclaim");
 	if (last) {
 		tb_format_bytes(a, sizeof(a), (int64_t)tb_ju64(last, "freed_bytes"));
 		tb_format_bytes(t, sizeof(t), (int64_t)tb_ju64(last, "total_bytes"));
@@ -1543,7 +1526,7 @@ int tb_balance_status(const char *sock, bool json)
 
 static void tb_print_shares(json_object *o)
 {
-	json_object *vms = tb_jget(o, "vms");
+	json_object *vms = tb_jobj(o, "vms");
 	char a[32], f[32];
 
 	for (size_t i = 0; vms && i < json_object_array_length(vms); i++) {
@@ -1585,11 +1568,11 @@ int tb_balance_reclaim(const char *sock, uint64_t total_bytes, uint64_t deadline
 		printf("reclaim %llu: %s within %llu ms, %s planned%s\n",
 		       (unsigned long long)tb_ju64(r, "reclaim"), t,
 		       (unsigned long long)deadline_ms, p,
-		       tb_jb(r, "dry_run") ? " (dry run: nothing issued)" : "");
+		       tb_jbool(r, "dry_run") ? " (dry run: nothing issued)" : "");
 		tb_print_shares(r);
 	}
 	fflush(stdout);
-	if (!wait || tb_jb(r, "dry_run")) {
+	if (!wait || tb_jbool(r, "dry_run")) {
 		json_object_put(r);
 		tb_conn_close(&c);
 		return TB_EXIT_OK;
@@ -1612,7 +1595,7 @@ int tb_balance_reclaim(const char *sock, uint64_t total_bytes, uint64_t deadline
 		json_object_put(ev);
 	}
 	tb_conn_close(&c);
-	r = tb_jget(ev, "data");
+	r = tb_jobj(ev, "data");
 	if (json) {
 		puts(json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN));
 	} else {

@@ -233,3 +233,17 @@ json_object *tb_conn_execute(struct tb_conn *c, const char *name,
 	json_object_put(resp);
 	return ret;
 }
+
+json_object *tb_jobj(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? v : NULL;
+}
+
+bool tb_jbool(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) && json_object_get_boolean(v);
+}

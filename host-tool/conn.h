@@ -65,4 +65,8 @@ int tb_conn_read(struct tb_conn *c, json_object **out, uint64_t deadline_ms);
 json_object *tb_conn_execute(struct tb_conn *c, const char *name, json_object *args,
 			     const char *what);
 
+/* @key of a response object, or NULL; and a boolean @key (false if absent) */
+json_object *tb_jobj(json_object *o, const char *key);
+bool tb_jbool(json_object *o, const char *key);
+
 #endif /* TB_CONN_H */

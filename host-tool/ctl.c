@@ -28,12 +28,12 @@ const char *tb_ctl_event_name(enum tb_event ev)
 	return (unsigned int)ev < TB_EVENT_COUNT ? tb_ctl_event_names[ev] : "UNKNOWN";
 }
 
-static void tb_json_add_u64(json_object *o, const char *key, uint64_t v)
+void tb_json_add_u64(json_object *o, const char *key, uint64_t v)
 {
 	json_object_object_add(o, key, json_object_new_uint64(v));
 }
 
-static void tb_json_add_i64(json_object *o, const char *key, int64_t v)
+void tb_json_add_i64(json_object *o, const char *key, int64_t v)
 {
 	json_object_object_add(o, key, json_object_new_int64(v));
 }

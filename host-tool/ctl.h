@@ -29,6 +29,10 @@
 /* longest request line accepted (bytes, without the newline) */
 #define TB_CTL_LINE_MAX 65536
 
+/* add @key: @v to object @o */
+void tb_json_add_u64(json_object *o, const char *key, uint64_t v);
+void tb_json_add_i64(json_object *o, const char *key, int64_t v);
+
 /* the greeting sent to every new client */
 json_object *tb_ctl_greeting(void);
 

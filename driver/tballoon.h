@@ -155,6 +155,8 @@ struct tballoon_buf {
  * @room_pages: room above the floor when the current batch was sized
  * @no_blocks: a block allocation failed: single pages for the rest of the run
  * @threads: CPUs that allocate blocks (the worker and threads - 1 helpers)
+ * @gentle: TBALLOON_FLAG_GENTLE inflate: only helpers allocate blocks, at
+ *	the lowest priority (tballoon_fill_blocks())
  * @state: TBALLOON_STATE_* outcome (RUNNING while it runs)
  * @reason: TBALLOON_REASON_* detail of @state
  * @wait_ms: paced: how long to wait before the next batch is due
@@ -169,6 +171,7 @@ struct tballoon_run {
 	u32 room_pages;
 	bool no_blocks;
 	unsigned int threads;
+	bool gentle;
 	u32 state;
 	u32 reason;
 	u32 wait_ms;

@@ -3,7 +3,8 @@
  * tballoon_blocks.c - 2 MiB blocks and balloon page migration
  *
  * Owns the block helpers (@tb->helpers: other CPUs that allocate blocks
- * for the worker within one fill), splitting a block into single balloon
+ * for the worker within one fill, or all of them, at the lowest priority,
+ * for a gentle inflate), splitting a block into single balloon
  * pages, and the compaction callback that migrates a single balloon page
  * through the device.
  *
@@ -17,6 +18,7 @@
 #include <linux/balloon_compaction.h>
 #include <linux/migrate.h>
 #include <linux/mm.h>
+#include <linux/sched.h>
 #include <linux/vmstat.h>
 #include <linux/workqueue.h>
 
@@ -71,16 +73,31 @@ static bool tballoon_helper_stop(struct tballoon *tb)
 /*
  * Allocate up to @want blocks on this CPU, stopping after any block when
  * tballoon_helper_stop() says so. Takes no lock: the worker waits for this
- * in tballoon_fill_blocks(), without tb->lock.
+ * in tballoon_fill_blocks(), without tb->lock. For a gentle inflate the
+ * kworker runs at the lowest nice level while it allocates: the guest's
+ * own tasks take the CPU whenever they want it, and the scheduler moves
+ * the helper to an idle CPU. Once half the deadline has passed it goes on
+ * at the kworker's own level, so that a guest with no idle CPU still gets
+ * the rest done in time. That level is put back before it returns to its
+ * pool.
  */
 void tballoon_helper_work(struct work_struct *work)
 {
 	struct tballoon_helper *h = container_of(work, struct tballoon_helper,
 						 work);
 	struct tballoon *tb = h->tb;
+	bool gentle = READ_ONCE(tb->run.gentle);
+	long nice = task_nice(current);
 	struct page *page;
 
+	if (gentle)
+		set_user_nice(current, MAX_NICE);
 	while (h->got < h->want && !tballoon_helper_stop(tb)) {
+		if (gentle && tb->run.cmd.deadline_ms != TBALLOON_NO_DEADLINE &&
+		    tballoon_elapsed_ms(&tb->run) >= tb->run.cmd.deadline_ms / 2) {
+			set_user_nice(current, nice);
+			gentle = false;
+		}
 		page = alloc_pages(TBALLOON_BLOCK_GFP, tb->block_order);
 		if (!page) {
 			h->failed = true;
@@ -90,6 +107,8 @@ void tballoon_helper_work(struct work_struct *work)
 		h->got++;
 		cond_resched();
 	}
+	if (gentle)
+		set_user_nice(current, nice);
 }
 
 /**
@@ -103,8 +122,12 @@ void tballoon_helper_work(struct work_struct *work)
  * share, checking the clock, the floor and the stop flags after each block
  * as tballoon_fill_inflate() does; any reason to stop stops the helpers
  * after their current block (they also watch the deadline and the stop
- * flags themselves). Every block ends up in @buf. Otherwise does nothing
- * and leaves the blocks to tballoon_fill_inflate().
+ * flags themselves). A gentle inflate (@tb->run.gentle) gives every block
+ * to up to @tb->run.threads helpers, which run at the lowest priority on
+ * unbound CPUs, and only waits: the worker is bound to the CPU that took
+ * the command, which may be the one the guest's work runs on. Every block
+ * ends up in @buf. Otherwise does nothing and leaves the blocks to
+ * tballoon_fill_inflate().
  *
  * Return: 0, -ETIME or -EINTR as tballoon_fill_inflate().
  */
@@ -117,18 +140,24 @@ int tballoon_fill_blocks(struct tballoon *tb, struct tballoon_buf *buf,
 	struct tballoon_helper *h;
 	struct page *page, *next;
 
-	if (run->threads < 2 || run->no_blocks)
+	if (run->no_blocks || (run->threads < 2 && !run->gentle))
 		return 0;
 	k = tballoon_policy_blocks(n, run->room_pages, tb->block_pfns);
-	if (k < 2)
+	if (k < (run->gentle ? 1 : 2))
 		return 0;
-	nr_helpers = min(run->threads - 1, k - 1);
+	if (run->gentle)
+		nr_helpers = min3(run->threads, k, (u32)TBALLOON_HELPERS_MAX);
+	else
+		nr_helpers = min(run->threads - 1, k - 1);
 
 	WRITE_ONCE(tb->helpers_stop, false);
 	mine = k;
 	for (i = 0; i < nr_helpers; i++) {
 		h = &tb->helpers[i];
-		h->want = k / (nr_helpers + 1);
+		h->want = k / (nr_helpers + !run->gentle);
+		/* gentle: the first helper takes what does not divide */
+		if (run->gentle && !i)
+			h->want += k % nr_helpers;
 		h->got = 0;
 		h->failed = false;
 		mine -= h->want;

@@ -402,6 +402,7 @@ void tballoon_run(struct tballoon *tb)
 	run->no_blocks = !tb->block_pfns || !READ_ONCE(tballoon_param_blocks);
 	run->threads = clamp_t(unsigned int, READ_ONCE(tballoon_param_threads), 1,
 			       min(num_online_cpus(), 1U + TBALLOON_HELPERS_MAX));
+	run->gentle = inflate && (run->cmd.flags & TBALLOON_FLAG_GENTLE);
 	mutex_lock(&tb->lock);
 	for (;;) {
 		tballoon_complete_returned(tb);

@@ -370,6 +370,8 @@ int tb_bal_sample_vm(struct tb_pol_vm *vm, struct tb_bal_sample *prev, json_obje
  * @last_action, @last_why: the last decision logged (its reason up to a number)
  * @our_cmd: the cmd_id of the last command we issued (0: none running)
  * @our_paced, @our_inflate: how it was issued (paced ones do not measure rate)
+ * @timed: the guest's driver keeps the timed protocol (query-balloon): paced
+ *	inflates are also gentle
  * @cmd_state, @cmd_reason: the device's command state and reason now
  * @last_outcome: the outcome of our last command, for --status
  * @commands: commands issued
@@ -392,6 +394,7 @@ struct tb_bal_vm {
 	uint64_t our_cmd;
 	bool our_paced;
 	bool our_inflate;
+	bool timed;
 	uint64_t cmd_id;
 	char cmd_state[32];
 	char cmd_reason[32];
@@ -609,6 +612,7 @@ static void tb_bal_poll(struct tb_bal *b, struct tb_bal_vm *vm, uint64_t now)
 	vm->pv.rate_pps = rate;
 	cmd = tb_jobj(st, "command");
 	vm->cmd_id = tb_ju64(cmd, "cmd_id");
+	vm->timed = tb_jbool(st, "timed");
 	snprintf(vm->cmd_state, sizeof(vm->cmd_state), "%s", tb_js(cmd, "state"));
 	snprintf(vm->cmd_reason, sizeof(vm->cmd_reason), "%s", tb_js(cmd, "reason"));
 	vm->cmd_start_pages = tb_ju64(cmd, "start_pages");
@@ -670,6 +674,9 @@ static int tb_bal_issue(struct tb_bal *b, struct tb_bal_vm *vm, bool inflate, ui
 	json_object_object_add(args, "deadline-ms", json_object_new_uint64(deadline_ms));
 	json_object_object_add(args, "floor-pages", json_object_new_uint64(floor / PAGE));
 	json_object_object_add(args, "paced", json_object_new_boolean(paced));
+	/* not urgent: a guest whose driver can yield to its own work does */
+	if (paced && inflate && vm->timed)
+		json_object_object_add(args, "gentle", json_object_new_boolean(true));
 	r = tb_bal_request(vm, &c, inflate ? "inflate" : "deflate", args);
 	tb_conn_close(&c);
 	if (!r)

@@ -149,7 +149,8 @@ void tb_print_status(json_object *st, bool json)
 		       (long long)tb_jint(c, "deadline_ms"));
 		if (tb_jint(c, "floor_pages"))
 			printf(", floor %s", tb_pages_str(b, sizeof(b), tb_jint(c, "floor_pages")));
-		printf("%s\n", tb_jbool(c, "paced") ? ", paced" : "");
+		printf("%s%s\n", tb_jbool(c, "paced") ? ", paced" : "",
+		       tb_jbool(c, "gentle") ? ", gentle" : "");
 	}
 	printf("state:      %s, started at %lld pages, guest %lld ms, host %lld ms, "
 	       "%lld reports\n", tb_state_str(a, sizeof(a), c),
@@ -677,6 +678,7 @@ int tb_client_move(const struct tb_client_opts *o, const struct tb_move_opts *m)
 	json_object_object_add(args, "deadline-ms", json_object_new_uint64(m->deadline_ms));
 	json_object_object_add(args, "floor-pages", json_object_new_uint64(m->floor_pages));
 	json_object_object_add(args, "paced", json_object_new_boolean(m->paced));
+	json_object_object_add(args, "gentle", json_object_new_boolean(m->gentle));
 
 	if (tb_conn_open(&c, o->control) < 0) {
 		json_object_put(args);

@@ -48,6 +48,7 @@ struct tb_move_opts {
 	uint64_t deadline_ms;
 	uint64_t floor_pages;
 	bool paced;
+	bool gentle;
 	bool wait;
 	uint64_t grace_ms;
 	int target_pct;		/* 0..10000: --to N% of guest RAM in hundredths

@@ -108,6 +108,7 @@ static json_object *tb_ctl_command(const struct tb_dev *dev, uint64_t now_ms)
 	tb_json_add_u64(o, "deadline_ms", c->deadline_ms);
 	tb_json_add_u64(o, "floor_pages", c->floor_pages);
 	json_object_object_add(o, "paced", json_object_new_boolean(c->flags & TBALLOON_FLAG_PACED));
+	json_object_object_add(o, "gentle", json_object_new_boolean(c->flags & TBALLOON_FLAG_GENTLE));
 	tb_json_add_u64(o, "elapsed_ms", c->elapsed_ms);
 	tb_json_add_u64(o, "host_elapsed_ms", c->cmd_id && end > c->issued_ms ? end - c->issued_ms : 0);
 	tb_json_add_u64(o, "report_seq", c->report_seq);
@@ -307,8 +308,12 @@ static json_object *tb_ctl_move(struct tb_dev *dev, uint32_t op, json_object *ar
 				json_object *id, uint64_t now_ms)
 {
 	static const char *const allowed[] = {
-		"target-pages", "deadline-ms", "floor-pages", "paced", NULL
+		"target-pages", "deadline-ms", "floor-pages", "paced", "gentle", NULL
 	};
+	static const struct { const char *name; uint32_t flag; } flag_args[] = {
+		{ "paced", TBALLOON_FLAG_PACED }, { "gentle", TBALLOON_FLAG_GENTLE },
+	};
+	size_t i;
 	uint32_t target = 0, deadline = 0, floor = 0, flags = 0;
 	json_object *v;
 	char err[256];
@@ -321,11 +326,16 @@ static json_object *tb_ctl_move(struct tb_dev *dev, uint32_t op, json_object *ar
 	    tb_ctl_arg_u32(args, "floor-pages", false, 0, UINT32_MAX, &floor,
 			   err, sizeof(err)))
 		return tb_ctl_error(id, err);
-	if (json_object_object_get_ex(args, "paced", &v)) {
-		if (!json_object_is_type(v, json_type_boolean))
-			return tb_ctl_error(id, "parameter 'paced' expects a boolean");
+	for (i = 0; i < sizeof(flag_args) / sizeof(flag_args[0]); i++) {
+		if (!json_object_object_get_ex(args, flag_args[i].name, &v))
+			continue;
+		if (!json_object_is_type(v, json_type_boolean)) {
+			snprintf(err, sizeof(err), "parameter '%s' expects a boolean",
+				 flag_args[i].name);
+			return tb_ctl_error(id, err);
+		}
 		if (json_object_get_boolean(v))
-			flags |= TBALLOON_FLAG_PACED;
+			flags |= flag_args[i].flag;
 	}
 	if (!tb_dev_issue(dev, op, target, deadline, floor, flags, now_ms, err, sizeof(err)))
 		return tb_ctl_refused(dev, id, err);

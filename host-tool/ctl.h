@@ -12,7 +12,7 @@
  * Commands: qmp_capabilities, query-balloon, query-stats, inflate, deflate,
  * abort.
  * inflate/deflate arguments: target-pages (required), deadline-ms (required),
- * floor-pages (default 0), paced (default false).
+ * floor-pages (default 0), paced and gentle (default false).
  * Every command that succeeds returns the status object (see
  * tb_ctl_status()), except qmp_capabilities which returns {}.
  *

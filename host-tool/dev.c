@@ -618,6 +618,9 @@ uint32_t tb_dev_issue(struct tb_dev *dev, uint32_t op, uint32_t target_pages,
 				  floor_pages, ram);
 		if (flags & ~TBALLOON_FLAGS_ALL)
 			tb_refuse("unknown flags 0x%x", flags);
+		if (!timed && (flags & TBALLOON_FLAG_GENTLE))
+			tb_refuse("gentle needs the timed protocol (the guest's driver "
+				  "yields to the guest's work); this driver has none");
 		if (!timed && floor_pages &&
 		    !(dev->features & TB_BIT(TB_BALLOON_F_STATS_VQ)))
 			tb_refuse("a floor needs the guest's statistics, and this driver "

@@ -46,13 +46,13 @@ static const struct tb_subcmd tb_subcmds[] = {
 	  "--socket-path PATH|--fd FD|--qmp PATH|--libvirt DOMAIN --control CTRL [...]",
 	  "manage one VM's balloon: our vhost-user device, or QEMU's through QMP or libvirt" },
 	{ "set", tb_cmd_set,
-	  "--balloon SIZE|--guest-size SIZE --deadline DUR [--floor SIZE] [--paced] [--wait] [-j]",
+	  "--balloon SIZE|--guest-size SIZE --deadline DUR [--floor SIZE] [--paced] [--gentle] [--wait] [-j]",
 	  "bring the balloon (or guest memory, as virsh setmem means it) to SIZE, either way" },
 	{ "inflate", tb_cmd_inflate,
-	  "--to SIZE --deadline DUR [--floor SIZE] [--paced] [--wait] [-j]",
+	  "--to SIZE --deadline DUR [--floor SIZE] [--paced] [--gentle] [--wait] [-j]",
 	  "grow the balloon to SIZE within DUR" },
 	{ "deflate", tb_cmd_deflate,
-	  "--to SIZE --deadline DUR [--paced] [--wait] [-j]",
+	  "--to SIZE --deadline DUR [--paced] [--gentle] [--wait] [-j]",
 	  "shrink the balloon to SIZE within DUR" },
 	{ "status", tb_cmd_status, "[-j]", "show the device and the last command" },
 	{ "abort", tb_cmd_abort, "[-j]", "stop the running command" },
@@ -434,6 +434,7 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 		{ "deadline", required_argument, NULL, 'd' },
 		{ "floor", required_argument, NULL, 'f' },
 		{ "paced", no_argument, NULL, 'p' },
+		{ "gentle", no_argument, NULL, 'n' },
 		{ "wait", no_argument, NULL, 'w' },
 		{ "grace", required_argument, NULL, 'g' },
 		{ "json", no_argument, NULL, 'j' },
@@ -449,7 +450,7 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 	uint32_t centi;
 	int c;
 
-	while ((c = getopt_long(argc, argv, "t:d:f:pwg:jc:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "t:d:f:pnwg:jc:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'B':
 		case 'G':
@@ -512,6 +513,9 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 		case 'p':
 			m.paced = true;
 			break;
+		case 'n':
+			m.gentle = true;
+			break;
 		case 'w':
 			m.wait = true;
 			break;
@@ -529,6 +533,12 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 				       "  -f, --floor SIZE     when it inflates: keep at least SIZE\n"
 				       "                       available in the guest\n"
 				       "  -p, --paced          spread the work over the deadline\n"
+			       "  -n, --gentle         inflate only on CPUs the guest leaves idle, at\n"
+			       "                       the lowest priority (our driver; slower when\n"
+			       "                       the guest is busy)\n"
+				       "  -n, --gentle         inflate only on CPUs the guest leaves idle, at\n"
+				       "                       the lowest priority (our driver; slower when\n"
+				       "                       the guest is busy)\n"
 				       "  -w, --wait           wait for the outcome, showing progress\n"
 				       "  -g, --grace DUR      with --wait, give up (exit 7) at deadline +\n"
 				       "                       DUR (default 10s)\n"
@@ -544,6 +554,9 @@ static int tb_cmd_move(int argc, char **argv, struct tb_client_opts *o, const ch
 			       "                       guest's acceptance\n"
 			       "  -f, --floor SIZE     keep at least SIZE available in the guest\n"
 			       "  -p, --paced          spread the work over the deadline\n"
+			       "  -n, --gentle         inflate only on CPUs the guest leaves idle, at\n"
+			       "                       the lowest priority (our driver; slower when\n"
+			       "                       the guest is busy)\n"
 			       "  -w, --wait           wait for the outcome, showing progress\n"
 			       "  -g, --grace DUR      with --wait, give up (exit 7) at deadline +\n"
 			       "                       DUR (default 10s)\n"

@@ -50,9 +50,11 @@ static const struct validate_case validate_cases[] = {
 	{ "op none", CMD(TBALLOON_OP_NONE, 0, 100, 10, 0), 0, S(REJECTED), R(BAD_OP) },
 	{ "op count", CMD(TBALLOON_OP_COUNT, 0, 100, 10, 0), 0, S(REJECTED), R(BAD_OP) },
 	{ "op max", CMD(U32_MAX, 0, 100, 10, 0), 0, S(REJECTED), R(BAD_OP) },
-	{ "unknown flag", CMD(INF, 1U << 1, 100, 10, 0), 0, S(REJECTED), R(BAD_FLAGS) },
+	{ "unknown flag", CMD(INF, 1U << 2, 100, 10, 0), 0, S(REJECTED), R(BAD_FLAGS) },
 	{ "all flags", CMD(INF, U32_MAX, 100, 10, 0), 0, S(REJECTED), R(BAD_FLAGS) },
 	{ "paced", CMD(INF, TBALLOON_FLAG_PACED, 100, 10, 0), 0, S(RUNNING), R(NONE) },
+	{ "gentle", CMD(INF, TBALLOON_FLAG_GENTLE, 100, 10, 0), 0, S(RUNNING), R(NONE) },
+	{ "paced gentle deflate", CMD(DEF, TBALLOON_FLAGS_ALL, 100, 0, 0), 5, S(RUNNING), R(NONE) },
 	{ "abort", CMD(ABT, 0, 0, U32_MAX, U32_MAX), 5, S(DONE), R(NONE) },
 	{ "abort bad flags", CMD(ABT, 1U << 31, 0, 0, 0), 5, S(REJECTED), R(BAD_FLAGS) },
 	{ "target ram", CMD(INF, 0, 100, RAM, 0), 0, S(RUNNING), R(NONE) },
@@ -97,7 +99,7 @@ struct superseded_case {
 
 static const struct superseded_case superseded_cases[] = {
 	{ "abort", CMD(ABT, 0, 0, 0, 0), R(HOST_ABORT) },
-	{ "abort bad flags", CMD(ABT, 2, 0, 0, 0), R(SUPERSEDED) },
+	{ "abort bad flags", CMD(ABT, 1U << 2, 0, 0, 0), R(SUPERSEDED) },
 	{ "inflate", CMD(INF, 0, 100, 10, 0), R(SUPERSEDED) },
 	{ "invalid op", CMD(U32_MAX, 0, 100, 10, 0), R(SUPERSEDED) },
 };

@@ -142,8 +142,15 @@ struct virtio_tballoon_config {
 
 /* spread the work evenly over the deadline instead of as fast as possible */
 #define TBALLOON_FLAG_PACED			0x00000001U
+/*
+ * yield to the guest's own work: for the first half of its deadline an
+ * inflate allocates only at the lowest CPU priority, on CPUs the guest's
+ * tasks leave idle (slower when the guest is busy, its tasks less slowed),
+ * then as usual; a deflate ignores it
+ */
+#define TBALLOON_FLAG_GENTLE			0x00000002U
 /* every flag bit defined by v1; a command with any other bit is rejected */
-#define TBALLOON_FLAGS_ALL			(TBALLOON_FLAG_PACED)
+#define TBALLOON_FLAGS_ALL			(TBALLOON_FLAG_PACED | TBALLOON_FLAG_GENTLE)
 
 /* ------------------------------------------------------------------------
  * Limits

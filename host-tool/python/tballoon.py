@@ -166,21 +166,27 @@ class Client:
     def commands(self):
         return [c["name"] for c in self.execute("query-commands")]
 
-    def inflate(self, target_pages, deadline_ms, floor_pages=0, paced=False):
-        """Issue an inflate; the status object with the new command."""
-        return self.execute("inflate", target_pages=int(target_pages),
-                            deadline_ms=int(deadline_ms), floor_pages=int(floor_pages),
-                            paced=bool(paced))
+    def inflate(self, target_pages, deadline_ms, floor_pages=0, paced=False, gentle=False):
+        """Issue an inflate; the status object with the new command.
+
+        gentle: yield to the guest's own work (timed driver only; refused
+        otherwise).
+        """
+        args = dict(target_pages=int(target_pages), deadline_ms=int(deadline_ms),
+                    floor_pages=int(floor_pages), paced=bool(paced))
+        if gentle:
+            args["gentle"] = True
+        return self.execute("inflate", **args)
 
     def deflate(self, target_pages, deadline_ms, paced=False):
         return self.execute("deflate", target_pages=int(target_pages),
                             deadline_ms=int(deadline_ms), paced=bool(paced))
 
-    def set(self, target_pages, deadline_ms, floor_pages=0, paced=False):
+    def set(self, target_pages, deadline_ms, floor_pages=0, paced=False, gentle=False):
         """Inflate or deflate to TARGET_PAGES, whichever the balloon needs."""
         if target_pages < self.status()["actual_pages"]:
             return self.deflate(target_pages, deadline_ms, paced)
-        return self.inflate(target_pages, deadline_ms, floor_pages, paced)
+        return self.inflate(target_pages, deadline_ms, floor_pages, paced, gentle)
 
     def abort(self):
         """Stop the running command; None if nothing ran."""

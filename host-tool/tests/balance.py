@@ -42,8 +42,9 @@ def tap(ok, name):
 class FakeVM:
     """A control socket with a 1 GiB guest that reaches every target at once."""
 
-    def __init__(self, path, avail=900 * MiB, hang=False, refuse=False):
+    def __init__(self, path, avail=900 * MiB, hang=False, refuse=False, timed=True):
         self.path = path
+        self.timed = timed
         self.ram = 1024 * MiB
         self.actual = 0
         self.avail = avail
@@ -72,7 +73,8 @@ class FakeVM:
                 threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def status(self):
-        return {"connected": True, "driver_ok": True, "guest_ram_bytes": self.ram,
+        return {"connected": True, "driver_ok": True, "timed": self.timed,
+                "guest_ram_bytes": self.ram,
                 "actual_bytes": self.actual, "actual_pages": self.actual // 4096,
                 "command": dict(self.cmd, cmd_id=self.cmd_id)}
 
@@ -222,7 +224,7 @@ def main():
     hung.close()
 
     # ---- the daemon ------------------------------------------------------
-    b = FakeVM(os.path.join(d, "b.ctl"), avail=600 * MiB)
+    b = FakeVM(os.path.join(d, "b.ctl"), avail=600 * MiB, timed=False)
     prom = os.path.join(tmp, "metrics.prom")
     sock = os.path.join(d, "balance.sock")
     logf = open(os.path.join(tmp, "balance.log"), "w")
@@ -237,6 +239,10 @@ def main():
         tap(name == "inflate" and args["paced"] is True and args["deadline-ms"] >= 1000 and
             args["floor-pages"] > 0, "an idle shrink: paced, with a deadline and a floor (%s)"
             % args)
+        tap(args.get("gentle") is True and b.commands[0][0] == "inflate" and
+            "gentle" not in b.commands[0][1],
+            "gentle for the timed VM's idle shrink, not asked of the one without (%s, %s)"
+            % (args.get("gentle"), b.commands[0][1]))
         tap(wait_for(lambda: os.path.exists(prom)), "the Prometheus text file is written")
         with open(prom) as f:
             text = f.read()

@@ -319,6 +319,50 @@ def paced(ctx):
     ctx.check_healthy()
 
 
+def _kworker_nices(g):
+    """{pid: nice} of the guest's kworker threads."""
+    res = g.sh("for f in /proc/[0-9]*/stat; do cat $f 2>/dev/null; echo; done")
+    out = {}
+    for line in res.out.splitlines():
+        if "(kworker" not in line:
+            continue
+        fields = line[line.rindex(")") + 2:].split()
+        out[int(line.split()[0])] = int(fields[16])
+    return out
+
+
+@scenario("driver-gentle", "driver")
+def gentle(ctx):
+    """--gentle inflate of 256 MiB finishes while a busy loop runs on every vCPU, its kworkers back at their nice level; a gentle deflate is accepted"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    start = st0["actual_pages"]
+    nice0 = _kworker_nices(g)
+    ctx.require(nice0, "the guest has kworker threads (%d)" % len(nice0))
+    for i in range(g.smp):
+        _guest_bg(g, "timeout 120 sh -c 'while :; do :; done'", "busy%d" % i)
+    try:
+        target = start + 256 * MIB // PAGE
+        rc, st, wall = ctx.balloon("inflate", target, "60s", extra=("--gentle",), timeout=120)
+        c = _cmd(st)
+        ctx.expect(rc == 0 and c.get("state") == "done" and st.get("actual_pages") == target,
+                   "gentle inflate done at the target with %d busy vCPUs (exit %d, %s, %.1f s)"
+                   % (g.smp, rc, c.get("state"), wall))
+        ctx.expect(c.get("gentle") is True and c.get("paced") is False,
+                   "the command says gentle (gentle %s, paced %s)"
+                   % (c.get("gentle"), c.get("paced")))
+        nice1 = _kworker_nices(g)
+        low = sorted(p for p, n in nice1.items() if n == 19 and nice0.get(p) != 19)
+        ctx.expect(not low, "no kworker left at nice 19 after the run (%s)" % low)
+    finally:
+        g.sh("pkill -f 'while :; d[o]'")
+    rc, st, _ = ctx.balloon("deflate", start, "30s", extra=("--gentle",))
+    ctx.expect(rc == 0 and _cmd(st).get("state") == "done",
+               "a gentle deflate is done (the flag only changes an inflate) (exit %d)" % rc)
+    _empty(ctx)
+    ctx.check_healthy()
+
+
 # ---- 2. supersede and abort -----------------------------------------------
 
 @scenario("driver-supersede", "driver")

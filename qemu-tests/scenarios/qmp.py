@@ -138,9 +138,15 @@ def qmp_floor(ctx):
 
 @scenario("qmp-abort", "qmp-upstream", needs=("tool",))
 def qmp_abort(ctx):
-    """serve --qmp, virtio_balloon: abort stops a paced inflate where it is"""
+    """serve --qmp, virtio_balloon: abort stops a paced inflate where it is; --gentle is refused"""
     g = ctx.guest
     _require_qmp(ctx, "virtio_balloon")
+    # only a timed driver can yield to the guest's work: said, not ignored
+    res = g.tool("inflate", "--to", "100M", "--deadline", "10s", "--gentle")
+    ctx.expect(res.returncode != 0 and "gentle needs the timed protocol" in res.stderr
+               and ctx.status().get("actual_pages") == 0,
+               "a gentle inflate is refused with its reason, nothing moved (%d: %s)"
+               % (res.returncode, res.stderr.strip()))
     res = g.tool("inflate", "--to", "600M", "--deadline", "20s", "--paced")
     ctx.require(res.returncode == 0, "paced inflate accepted (%s)" % res.stderr.strip())
     time.sleep(2.0)

@@ -7,17 +7,19 @@ import subprocess
 from pathlib import Path
 
 MIB = 1 << 20
-ORDER = ["tballoon", "virtio-balloon", "virtio-mem", "limit"]
-SHORT = {"tballoon": "a", "virtio-balloon": "b", "virtio-mem": "c", "limit": "d"}
+ORDER = ["tballoon", "tballoon-zero", "virtio-balloon", "virtio-mem", "limit"]
+SHORT = {"tballoon": "a", "tballoon-zero": "a0", "virtio-balloon": "b", "virtio-mem": "c",
+         "limit": "d"}
 PLOT_TITLES = {
     "tballoon": "(a) tballoon (progress events)",
+    "tballoon-zero": "(a0) tballoon, skip_zero=0",
     "virtio-balloon": "(b) virtio-balloon (query-balloon polled)",
     "virtio-mem": "(c) virtio-mem (qom-get size polled)",
     "limit": "(d) limit: user-space populate/munmap",
 }
 
 
-COLORS = {"tballoon": "#d62728", "virtio-balloon": "#1f77b4",
+COLORS = {"tballoon": "#d62728", "tballoon-zero": "#ff7f0e", "virtio-balloon": "#1f77b4",
           "virtio-mem": "#2ca02c", "limit": "#7f7f7f"}
 
 
@@ -37,11 +39,38 @@ def median_run(runs):
     return ordered[(len(ordered) - 1) // 2]
 
 
+GIB = 1 << 30
+
+
+def _per_gib(runs, key, moved):
+    return stats([r[key] * GIB / moved for r in runs if r.get(key) is not None])
+
+
+def _extras(s, res, moved):
+    """Holes, workload and CPU figures of one mechanism into S."""
+    inf = res.get("inflate") or []
+    s["inflate_qemu_cpu_s_per_gib"] = _per_gib(inf, "qemu_cpu_s", moved)
+    s["inflate_backend_cpu_s_per_gib"] = _per_gib(inf, "backend_cpu_s", moved)
+    holes = res.get("holes") or []
+    if holes:
+        s["holes_inflate_s"] = stats([r["seconds"] for r in holes])
+        s["holes_backend_cpu_s_per_gib"] = _per_gib(holes, "backend_cpu_s", moved)
+    for key in ("workload", "workload_gentle"):
+        runs = res.get(key) or []
+        if not runs:
+            continue
+        s[key + "_inflate_s"] = stats([r["seconds"] for r in runs])
+        s[key + "_lost_s_per_gib"] = stats([r["workload"]["lost_s_per_gib"] for r in runs])
+        s[key + "_lost_share"] = stats([r["workload"].get("lost_share") for r in runs])
+
+
 def summarize(data):
     """Add data["summary"] (per mechanism stats) and data["ratios"]."""
     summ = {}
+    moved = data.get("meta", {}).get("moved_bytes") or GIB
     for name, res in data["mechanisms"].items():
         s = {}
+        _extras(s, res, moved)
         for op in ("inflate", "deflate"):
             runs = res.get(op) or []
             if runs:
@@ -74,7 +103,7 @@ def summarize(data):
 
     ratios = {}
     a = summ.get("tballoon", {})
-    for other in ("virtio-balloon", "virtio-mem", "limit"):
+    for other in ("tballoon-zero", "virtio-balloon", "virtio-mem", "limit"):
         o = summ.get(other)
         if not o:
             continue
@@ -88,6 +117,32 @@ def summarize(data):
             x, y = a.get(op + "_s"), lim.get("%s_%s_s" % (mode, op))
             if x and y and y["median"] > 0:
                 ratios["a/d-%s %s" % (mode, op)] = x["median"] / y["median"]
+    for other in ("virtio-balloon", "virtio-mem"):
+        o = summ.get(other) or {}
+        for key, x in (("holes", a.get("holes_inflate_s")),
+                       ("work", a.get("workload_lost_s_per_gib")),
+                       ("work-gentle", a.get("workload_gentle_lost_s_per_gib"))):
+            y = o.get({"holes": "holes_inflate_s"}.get(key, "workload_lost_s_per_gib"))
+            if x and y and y["median"] > 0:
+                ratios["a/%s %s" % (SHORT[other], key)] = x["median"] / y["median"]
+    x, y = a.get("holes_inflate_s"), a.get("inflate_s")
+    if x and y and y["median"] > 0:
+        ratios["a holes/a inflate"] = x["median"] / y["median"]
+    sc = data.get("scale")
+    if sc:
+        ssum = {}
+        for name, res in sc["mechanisms"].items():
+            ssum[name] = {op + "_s": stats([r["seconds"] for r in res.get(op) or []])
+                          for op in ("inflate", "deflate")}
+            ssum[name]["inflate_backend_cpu_s_per_gib"] = _per_gib(
+                res.get("inflate") or [], "backend_cpu_s", sc["moved_bytes"])
+        sc["summary"] = ssum
+        for other in ("virtio-balloon", "virtio-mem"):
+            for op in ("inflate", "deflate"):
+                x = (ssum.get("tballoon") or {}).get(op + "_s")
+                y = (ssum.get(other) or {}).get(op + "_s")
+                if x and y and y["median"] > 0:
+                    ratios["scale a/%s %s" % (SHORT[other], op)] = x["median"] / y["median"]
     data["ratios"] = ratios
     return data
 
@@ -115,6 +170,11 @@ def table(data):
                     m.get("reps"), m.get("qemu")))
     lines.append("host: %s cpus, load average before %s after %s"
                  % (m.get("cpus"), m.get("load_before"), m.get("load_after")))
+    inits = sorted({str(r.get("mem_auto_init")) for r in data["mechanisms"].values()
+                    if r.get("mem_auto_init")})
+    lines.append("guest kernel mem auto-init: %s%s" % (
+        " | ".join(inits) or "?", " (command line: %s)" % m["guest_append"]
+        if m.get("guest_append") else ""))
     lines.append("")
     hdr = "%-46s %-22s %-22s %-9s %s" % ("mechanism", "inflate s min/med/max",
                                           "deflate s min/med/max", "released",
@@ -152,7 +212,9 @@ def table(data):
     a = summ.get("tballoon") or {}
     thr = (data["mechanisms"].get("tballoon") or {}).get("driver_threads")
     if thr:
-        lines.append("(a) virtio_tballoon threads=%d (CPUs allocating an inflate's blocks)" % thr)
+        lines.append("(a) virtio_tballoon threads=%d (CPUs allocating an inflate's blocks), "
+                     "skip_zero=%s (works only on a kernel with driver/patches/)"
+                     % (thr, (data["mechanisms"].get("tballoon") or {}).get("skip_zero")))
     if a.get("inflate_guest_ms"):
         lines.append("(a) guest clock elapsed_ms: inflate %s, deflate %s" % (
             _fmt_ms(a.get("inflate_guest_ms")), _fmt_ms(a.get("deflate_guest_ms"))))
@@ -168,9 +230,12 @@ def table(data):
                      % (ov["min"], ov["median"], ov["max"],
                         _fmt_ms(a.get("overshoot_host_ms"))))
     lines.append("")
+    lines.append(extras_table(data, summ))
+    lines.append("")
     lines.append("ratios of medians (tballoon time / other time; < 1: tballoon is faster):")
     ratios = data.get("ratios") or {}
-    for other, label in (("b", "(a)/(b) "), ("c", "(a)/(c) "), ("d", "(a)/(d) "),
+    for other, label in (("a0", "(a)/(a0)"), ("b", "(a)/(b) "), ("c", "(a)/(c) "),
+                         ("d", "(a)/(d) "),
                          ("d-kernel", "(a)/(d\")"), ("d-kernel-mt", "(a)/(d\"')")):
         i = ratios.get("a/%s inflate" % other)
         d = ratios.get("a/%s deflate" % other)
@@ -178,7 +243,79 @@ def table(data):
             continue
         lines.append("  %s  inflate %s   deflate %s" % (
             label, "%.3f" % i if i is not None else "-", "%.3f" % d if d is not None else "-"))
+    for other, label in (("b", "(a)/(b) "), ("c", "(a)/(c) ")):
+        parts = []
+        for key, what in (("holes", "inflate after a deflate"),
+                          ("work", "work lost per GiB"),
+                          ("work-gentle", "gentle work lost per GiB")):
+            v = ratios.get("a/%s %s" % (other, key))
+            if v is not None:
+                parts.append("%s %.3f" % (what, v))
+        if parts:
+            lines.append("  %s  %s" % (label, ", ".join(parts)))
+    if ratios.get("a holes/a inflate") is not None:
+        lines.append("  (a) inflate after a deflate / first inflate: %.3f"
+                     % ratios["a holes/a inflate"])
+    sc = data.get("scale")
+    if sc and sc.get("summary"):
+        lines.append("")
+        lines.append("scale point: %d MiB of a %d MiB guest, %d round(s):"
+                     % (sc["moved_bytes"] // MIB, sc["guest_ram_bytes"] // MIB, sc["reps"]))
+        for name in ORDER:
+            res = sc["mechanisms"].get(name)
+            if res is None:
+                continue
+            ss = sc["summary"].get(name, {})
+            if res.get("error"):
+                lines.append("  %-44s FAILED: %s" % (res["label"], res["error"]))
+                continue
+            lines.append("  %-44s inflate %s s, deflate %s s" % (
+                res["label"], _fmt_s(ss.get("inflate_s")), _fmt_s(ss.get("deflate_s"))))
+        for other, label in (("b", "(a)/(b)"), ("c", "(a)/(c)")):
+            i = ratios.get("scale a/%s inflate" % other)
+            d = ratios.get("scale a/%s deflate" % other)
+            if i is not None or d is not None:
+                lines.append("  %s  inflate %s   deflate %s" % (
+                    label, "%.3f" % i if i is not None else "-",
+                    "%.3f" % d if d is not None else "-"))
     return "\n".join(lines)
+
+
+def _fmt_med(st, fmt="%.2f"):
+    return (fmt % st["median"]) if st else "-"
+
+
+def extras_table(data, summ):
+    """Inflate after a deflate, the workload's loss, CPU per GiB (medians)."""
+    hdr = "%-46s %-10s %-12s %-12s %-12s %-12s" % (
+        "medians", "after defl", "work lost/GiB", "lost share",
+        "QEMU CPU/GiB", "backend CPU/GiB")
+    rows = [hdr, "-" * len(hdr)]
+    for name in ORDER[:4]:
+        res = data["mechanisms"].get(name)
+        s = summ.get(name) or {}
+        if res is None or not s.get("inflate_s"):
+            continue
+        rows.append("%-46s %-10s %-13s %-12s %-12s %-12s" % (
+            res["label"], _fmt_med(s.get("holes_inflate_s")) + " s",
+            _fmt_med(s.get("workload_lost_s_per_gib")) + " s",
+            _fmt_med(s.get("workload_lost_share")),
+            _fmt_med(s.get("inflate_qemu_cpu_s_per_gib")) + " s",
+            _fmt_med(s.get("inflate_backend_cpu_s_per_gib")) + " s"))
+        if s.get("workload_gentle_lost_s_per_gib"):
+            rows.append("%-46s %-10s %-13s %-12s   (inflate with the workload %s s, gentle %s s)"
+                        % ("(a') the same, tballoon inflate --gentle", "",
+                           _fmt_med(s.get("workload_gentle_lost_s_per_gib")) + " s",
+                           _fmt_med(s.get("workload_gentle_lost_share")),
+                           _fmt_med(s.get("workload_inflate_s")),
+                           _fmt_med(s.get("workload_gentle_inflate_s"))))
+    rows.append("after defl: inflate straight after a deflate (free pages are host holes). "
+                "work lost: seconds of tbwork's work (%s read-modify-write loop) lost "
+                "during an inflate, per GiB taken; lost share: that over the inflate's time."
+                % "64 MiB")
+    rows.append("CPU/GiB: CPU seconds per GiB inflated, QEMU's process (TCG: vCPUs too) and "
+                "tballoon serve's.")
+    return "\n".join(rows)
 
 
 def _fmt_ms(st):

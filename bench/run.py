@@ -50,15 +50,29 @@ PAGE = 4096
 GUEST_RAM = "1536M"         # every guest: 1.5 GiB of RAM ...
 MOVE = GIB                  # ... of which 1 GiB is taken and given back
 OVERSHOOT_DEADLINE = "100ms"
+# the scale point (--scale): a bigger guest, a bigger move, (a) (b) (c) only
+SCALE_RAM = "4096M"
+SCALE_MOVE = 3 * GIB
+# the workload-cost runs: tbwork (bench/guest) runs alone this long before
+# the inflate and after it (its baseline rate), the first WORK_WARM s and
+# WORK_SETTLE s after the move not counted in the baseline
+WORK_PRE = 2.0
+WORK_POST = 1.5
+WORK_WARM = 0.5
+WORK_SETTLE = 0.3
+WORK_SIZE = "64M"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 MECHANISMS = {
     "a": "tballoon",
+    "z": "tballoon-zero",
     "b": "virtio-balloon",
     "c": "virtio-mem",
     "d": "limit",
 }
 LABELS = {
     "tballoon": "(a) virtio_tballoon + tballoon serve",
+    "tballoon-zero": "(a0) the same, skip_zero=0",
     "virtio-balloon": "(b) virtio_balloon + QEMU virtio-balloon-pci",
     "virtio-mem": "(c) virtio_mem + QEMU virtio-mem-pci",
     "limit": "(d) limit: user space populate + munmap",
@@ -111,11 +125,100 @@ def refill(g, log):
     timed section (the guest zeroes each page it allocates, init_on_alloc=1).
     """
     secs = g.refill(MOVE)
-    log("refill (guest touched 1 GiB) %.1f s" % secs)
+    log("refill (guest touched %d MiB) %.1f s" % (MOVE // MIB, secs))
 
 
 def meminfo_total(g):
     return g.meminfo().get("MemTotal", 0) * 1024
+
+
+def proc_cpu(pid):
+    """CPU seconds (user + system, every thread) process PID has used."""
+    with open("/proc/%d/stat" % pid) as f:
+        data = f.read()
+    fields = data[data.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def mem_auto_init(g):
+    """The guest kernel's "mem auto-init:" boot line (init_on_alloc/free)."""
+    res = g.sh("dmesg | grep -m1 'mem auto-init'")
+    line = res.out.strip()
+    return line.split("mem auto-init:", 1)[-1].strip() if line else None
+
+
+def parse_tbwork(out):
+    """([(seconds, units)], {mark: (seconds, units)}) from tbwork's output."""
+    samples, marks = [], {}
+    for line in out.splitlines():
+        w = line.split()
+        if len(w) == 3 and w[0] in ("sample", "total"):
+            samples.append((int(w[1]) / 1e6, int(w[2])))
+        elif len(w) == 4 and w[0] == "mark":
+            marks[int(w[1])] = (int(w[2]) / 1e6, int(w[3]))
+    if len(samples) < 10 or len(marks) != 2:
+        raise BenchError("tbwork printed too little: %r" % out[-300:])
+    return samples, marks
+
+
+def _rate(samples, t0, t1):
+    """Units per second over the samples from T0 to T1."""
+    inside = [(t, u) for t, u in samples if t0 <= t <= t1]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return None
+    return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+
+def work_lost(samples, marks, moved):
+    """What the guest's workload lost during one move.
+
+    Marks 1 and 2 are the samples at which the workload saw the move begin
+    and end. Its baseline is its rate alone: before the move (from WORK_WARM)
+    and after it (from WORK_SETTLE after the end); the loss is what that rate
+    would have done between the marks less what was done, in seconds of the
+    workload's work.
+    """
+    (m1, u1), (m2, u2) = marks[1], marks[2]
+    t_end = samples[-1][0]
+    pre = _rate(samples, WORK_WARM, m1)
+    post = _rate(samples, m2 + WORK_SETTLE, t_end)
+    rates = [r for r in (pre, post) if r]
+    if not rates:
+        raise BenchError("tbwork: no baseline around the move")
+    base = sum(rates) / len(rates)
+    lost_s = (base * (m2 - m1) - (u2 - u1)) / base
+    return {"rate_before": pre, "rate_after": post, "window_s": m2 - m1,
+            "lost_s": lost_s, "lost_share": lost_s / (m2 - m1) if m2 > m1 else None,
+            "lost_s_per_gib": lost_s * GIB / moved if moved else None}
+
+
+def run_workload(g, move, log):
+    """tbwork in the guest alone, then during MOVE(), then alone again."""
+    g.sh("rm -f /tmp/tbwork.stop* /tmp/tbwork.out /tmp/tbwork.rc; "
+         "( tbwork -s %s /tmp/tbwork.stop > /tmp/tbwork.out 2>&1; echo $? > /tmp/tbwork.rc ) "
+         "</dev/null >/dev/null 2>&1 &" % WORK_SIZE)
+    time.sleep(WORK_PRE)
+    g.sh("touch /tmp/tbwork.stop.1")
+    x = move()
+    g.sh("touch /tmp/tbwork.stop.2")
+    time.sleep(WORK_POST)
+    g.sh("touch /tmp/tbwork.stop")
+    for _ in range(100):
+        if g.sh("test -e /tmp/tbwork.rc").rc == 0:
+            break
+        time.sleep(0.1)
+    res = g.sh("cat /tmp/tbwork.rc /tmp/tbwork.out", timeout=60)
+    if res.rc != 0 or not res.out.startswith("0"):
+        raise BenchError("tbwork failed: %s %s" % (res.out[-300:], res.err[-300:]))
+    x.pop("trace", None)
+    moved = x.get("pages_moved", 0) * PAGE if "pages_moved" in x else MOVE
+    samples, marks = parse_tbwork(res.out)
+    w = x["workload"] = work_lost(samples, marks, moved)
+    log("  workload: %.2f s of its work lost in %.2f s (inflate %.2f s), "
+        "rates alone %s / %s pages/s" % (w["lost_s"], w["window_s"], x["seconds"],
+                                         "%.0f" % w["rate_before"] if w["rate_before"] else "-",
+                                         "%.0f" % w["rate_after"] if w["rate_after"] else "-"))
+    return x
 
 
 def load_average():
@@ -180,15 +283,18 @@ def event_time(ev, fallback):
 # (a) tballoon
 # ---------------------------------------------------------------------------
 
-def tballoon_cmd(g, listener, op, to, deadline):
+def tballoon_cmd(g, listener, op, to, deadline, extra=()):
     """Run `tballoon OP --to TO --deadline D --wait --json`; a measured run."""
     listener.take()
     hm0 = g.host_memory()
     st0 = g.status()
+    cpu0 = (proc_cpu(g.backend.pid), proc_cpu(g.qemu.pid))
     t_real = time.time()
     t0 = time.monotonic()
-    res = g.tool(op, "--to", to, "--deadline", deadline, "--wait", "--json", timeout=600)
+    res = g.tool(op, "--to", to, "--deadline", deadline, "--wait", "--json", *extra,
+                 timeout=600)
     wall = time.monotonic() - t0
+    cpu1 = (proc_cpu(g.backend.pid), proc_cpu(g.qemu.pid))
     time.sleep(0.05)            # let the last events arrive
     events = listener.take()
     st = None
@@ -217,6 +323,8 @@ def tballoon_cmd(g, listener, op, to, deadline):
         "state": cmd.get("state"), "reason": cmd.get("reason"),
         "seconds": wall,
         "wall_s": wall,
+        "backend_cpu_s": cpu1[0] - cpu0[0],
+        "qemu_cpu_s": cpu1[1] - cpu0[1],
         "guest_elapsed_ms": cmd.get("elapsed_ms"),
         "host_elapsed_ms": cmd.get("host_elapsed_ms"),
         "deadline_ms": cmd.get("deadline_ms"),
@@ -276,14 +384,47 @@ class Mechanism:
         self.res["inflate"].append(inf)
         self.res["deflate"].append(dfl)
 
+    def inflate(self, extra=()):
+        raise NotImplementedError
+
+    def deflate(self):
+        raise NotImplementedError
+
+    def holes(self, r):
+        """Inflate straight after a deflate: the free pages are host holes."""
+        inf = self.inflate()
+        dfl = self.deflate()
+        inf.pop("trace", None)
+        self.res.setdefault("holes", []).append(inf)
+        say("(%s) round %d: inflate after a deflate %.2f s (released %d MiB), deflate %.2f s"
+            % (report.SHORT[self.name], r + 1, inf["seconds"], inf["released"] // MIB,
+               dfl["seconds"]))
+
+    def workload(self, r, key="workload", extra=()):
+        """The guest's workload around an inflate (refilled first)."""
+        refill(self.g, say)
+        say("(%s) round %d: %s" % (report.SHORT[self.name], r + 1, key))
+        x = run_workload(self.g, lambda: self.inflate(extra), say)
+        self.deflate()
+        self.res.setdefault(key, []).append(x)
+
+    def extras(self, r):
+        """Holes and workload, after a round of the main comparison."""
+        if self.args.scale_phase:
+            return
+        self.holes(r)
+        self.workload(r)
+
 
 class Tballoon(Mechanism):
     name = "tballoon"
+    skip_zero = None        # the module's default
+    tag = "a"
 
     def guest(self):
         return bguest.BenchGuest(driver="tballoon", device="tballoon", mem=GUEST_RAM,
-                                 smp=self.args.smp, keep=self.args.keep, name="bench-a",
-                                 log=say)
+                                 smp=self.args.smp, keep=self.args.keep,
+                                 name="bench-" + self.tag, log=say)
 
     def setup(self):
         g = self.g
@@ -300,15 +441,35 @@ class Tballoon(Mechanism):
                 raise BenchError("cannot set %s: %s" % (param, out.err[-200:]))
         out = g.sh("cat %s" % param)
         self.res["driver_threads"] = int(out.out.strip()) if out.rc == 0 else None
+        param = "/sys/module/virtio_tballoon/parameters/skip_zero"
+        if self.skip_zero is not None:
+            out = g.sh("echo %d > %s" % (self.skip_zero, param))
+            if out.rc != 0:
+                raise BenchError("cannot set %s: %s" % (param, out.err[-200:]))
+        out = g.sh("cat %s" % param)
+        self.res["skip_zero"] = out.out.strip() if out.rc == 0 else None
+        self.res["mem_auto_init"] = mem_auto_init(g)
         self.listener = ControlListener(g.control)
+
+    def inflate(self, extra=()):
+        return tballoon_cmd(self.g, self.listener, "inflate", "%dp" % (MOVE // PAGE), "60s",
+                            extra)
+
+    def deflate(self):
+        return tballoon_cmd(self.g, self.listener, "deflate", "0", "60s")
+
+    def extras(self, r):
+        super().extras(r)
+        if not self.args.scale_phase:
+            self.workload(r, "workload_gentle", ("--gentle",))
 
     def round(self, r):
         g = self.g
         refill(g, say)
         mt0 = meminfo_total(g)
-        inf = tballoon_cmd(g, self.listener, "inflate", "%dp" % (MOVE // PAGE), "60s")
+        inf = self.inflate()
         inf["memtotal_drop"] = mt0 - meminfo_total(g)
-        dfl = tballoon_cmd(g, self.listener, "deflate", "0", "60s")
+        dfl = self.deflate()
         say("(a) round %d: inflate %.2f s (guest %s ms, %s reports, released %d MiB), "
             "deflate %.2f s (guest %s ms)" % (
                 r + 1, inf["seconds"], inf["guest_elapsed_ms"], inf["reports"],
@@ -318,6 +479,8 @@ class Tballoon(Mechanism):
                 raise BenchError("tballoon %s: exit %d state %s" % (
                     x["op"], x["exit"], x["state"]))
         self.keep(inf, dfl)
+        if self.args.scale_phase:
+            return
         # A deadline that cannot be met: how late is the final report?
         ov = tballoon_cmd(g, self.listener, "inflate", "%dp" % (MOVE // PAGE),
                           OVERSHOOT_DEADLINE)
@@ -333,6 +496,7 @@ class Tballoon(Mechanism):
         back = tballoon_cmd(g, self.listener, "deflate", "0", "60s")
         if back["exit"] != 0:
             raise BenchError("deflate after the overshoot run: exit %d" % back["exit"])
+        self.extras(r)
 
     def finish(self):
         self.res["backend_stats"] = self.g.status().get("stats")
@@ -340,6 +504,19 @@ class Tballoon(Mechanism):
     def close(self):
         if getattr(self, "listener", None) is not None:
             self.listener.close()
+
+
+class TballoonZero(Tballoon):
+    """(a) with the driver's skip_zero parameter off: its blocks are zeroed
+    as init_on_alloc says. Differs from (a) only on a kernel with
+    driver/patches/ (make bench-skipzero)."""
+
+    name = "tballoon-zero"
+    skip_zero = 0
+    tag = "z"
+
+    def extras(self, r):
+        Mechanism.extras(self, r)
 
 
 class QmpMechanism(Mechanism):
@@ -364,15 +541,17 @@ class QmpMechanism(Mechanism):
 
     def move(self, op, value):
         hm0 = self.g.host_memory()
+        cpu0 = proc_cpu(self.g.qemu.pid)
         self.command(value)
         secs, trace = poll_until(self.read, value, self.args.sample_ms / 1000.0,
                                  self.args.timeout)
+        cpu1 = proc_cpu(self.g.qemu.pid)
         hm1 = self.g.host_memory()
         if secs is None:
             raise BenchError("%s %s: stuck at %d MiB (want %d MiB)" % (
                 self.name, op, trace[-1][1] // MIB, value // MIB))
         return dict(host_fields(hm0, hm1), op=op, seconds=secs, samples=len(trace),
-                    target_bytes=value,
+                    target_bytes=value, qemu_cpu_s=cpu1 - cpu0,
                     trace=[(t, self.taken(v)) for t, v in trace])
 
 
@@ -390,6 +569,13 @@ class VirtioBalloon(QmpMechanism):
         super().setup()
         self.ram = self.read()
         self.res["guest_ram_bytes"] = self.ram
+        self.res["mem_auto_init"] = mem_auto_init(self.g)
+
+    def inflate(self, extra=()):
+        return self.move("inflate", self.ram - MOVE)
+
+    def deflate(self):
+        return self.move("deflate", self.ram)
 
     def read(self):
         return self.qmp.command("query-balloon")["actual"]
@@ -403,12 +589,13 @@ class VirtioBalloon(QmpMechanism):
     def round(self, r):
         refill(self.g, say)
         mt0 = meminfo_total(self.g)
-        inf = self.move("inflate", self.ram - MOVE)
+        inf = self.inflate()
         inf["memtotal_drop"] = mt0 - meminfo_total(self.g)
-        dfl = self.move("deflate", self.ram)
+        dfl = self.deflate()
         say("(b) round %d: inflate %.2f s (released %d MiB), deflate %.2f s" % (
             r + 1, inf["seconds"], inf["released"] // MIB, dfl["seconds"]))
         self.keep(inf, dfl)
+        self.extras(r)
 
 
 class VirtioMem(QmpMechanism):
@@ -431,6 +618,12 @@ class VirtioMem(QmpMechanism):
     def taken(self, value):
         return MOVE - value
 
+    def inflate(self, extra=()):
+        return self.move("inflate", 0)
+
+    def deflate(self):
+        return self.move("deflate", MOVE)
+
     def setup(self):
         super().setup()
         g = self.g
@@ -448,18 +641,20 @@ class VirtioMem(QmpMechanism):
                 break
             time.sleep(0.1)
         self.res["initial_plug_s"] = secs
+        self.res["mem_auto_init"] = mem_auto_init(g)
         self.res["guest_ram_bytes"] = bguest.parse_size(GUEST_RAM)
         self.res["guest_memtotal_after_plug"] = total
 
     def round(self, r):
         refill(self.g, say)
         mt0 = meminfo_total(self.g)
-        inf = self.move("inflate", 0)
+        inf = self.inflate()
         inf["memtotal_drop"] = mt0 - meminfo_total(self.g)
-        dfl = self.move("deflate", MOVE)
+        dfl = self.deflate()
         say("(c) round %d: unplug %.2f s (released %d MiB), plug %.2f s" % (
             r + 1, inf["seconds"], inf["released"] // MIB, dfl["seconds"]))
         self.keep(inf, dfl)
+        self.extras(r)
 
 
 def parse_tbmem(out):
@@ -542,7 +737,8 @@ class Limit(Mechanism):
                 var["deflate"].append(dfl)
 
 
-CLASSES = {"tballoon": Tballoon, "virtio-balloon": VirtioBalloon,
+CLASSES = {"tballoon": Tballoon, "tballoon-zero": TballoonZero,
+           "virtio-balloon": VirtioBalloon,
            "virtio-mem": VirtioMem, "limit": Limit}
 
 
@@ -589,6 +785,24 @@ def run_all(args, data, wanted):
             if m.g is not None:
                 m.g.__exit__(None, None, None)
     return all(m.res["error"] is None for m in mechs) and len(mechs) == len(wanted)
+
+
+def run_scale(args, data, wanted):
+    """The scale point: SCALE_MOVE of a SCALE_RAM guest, main moves only."""
+    global GUEST_RAM, MOVE
+    saved = GUEST_RAM, MOVE
+    GUEST_RAM, MOVE = SCALE_RAM, SCALE_MOVE
+    sargs = argparse.Namespace(**vars(args))
+    sargs.reps = args.scale_reps
+    sargs.scale_phase = True
+    scale = {"guest_ram_bytes": bguest.parse_size(SCALE_RAM), "moved_bytes": SCALE_MOVE,
+             "reps": args.scale_reps, "mechanisms": {}}
+    data["scale"] = scale
+    say("scale point: %d MiB of a %s guest" % (SCALE_MOVE // MIB, SCALE_RAM))
+    try:
+        return run_all(sargs, scale, wanted)
+    finally:
+        GUEST_RAM, MOVE = saved
 
 
 def fail(m, err):
@@ -671,7 +885,8 @@ def meta(args, e):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3, help="repetitions per mechanism (3)")
-    ap.add_argument("--only", default="a,b,c,d", help="mechanisms to run (a,b,c,d)")
+    ap.add_argument("--only", default="a,b,c,d",
+                    help="mechanisms to run (a,b,c,d; z: (a) with skip_zero=0)")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="output directory (out/bench)")
     ap.add_argument("--sample-ms", type=int, default=25,
                     help="polling / sampling interval for the traces (25 ms)")
@@ -684,6 +899,9 @@ def main():
     ap.add_argument("--guest-append", default="", metavar="ARGS",
                     help="kernel command line for every guest of the run, e.g. "
                          "init_on_alloc=0 (Debian's kernel zeroes every allocated page)")
+    ap.add_argument("--scale-reps", type=int, default=1, metavar="N",
+                    help="rounds of the scale point: %s of a %s guest, (a) (b) (c) "
+                         "(1; 0: skip it)" % ("3 GiB", SCALE_RAM))
     ap.add_argument("--keep", action="store_true", help="keep guest run directories")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
     ap.add_argument("--no-profile", action="store_true",
@@ -695,6 +913,7 @@ def main():
     ap.add_argument("--replot", metavar="JSON",
                     help="only redo table and plot from an existing results.json")
     args = ap.parse_args()
+    args.scale_phase = False
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -716,6 +935,11 @@ def main():
         print("bench/run.py: cannot run: " + "; ".join(gone), file=sys.stderr)
         return 1
     wanted = [MECHANISMS[k.strip()] for k in args.only.split(",") if k.strip()]
+    if e.modout is not None:
+        # another guest kernel (TB_KERNEL): the module built against it
+        say("building virtio_tballoon.ko for %s" % e.kver)
+        subprocess.run(["make", "-s", "-C", str(REPO), "module", "KDIR=%s" % e.kdir,
+                        "MODOUT=%s" % e.modout], check=True, stdout=subprocess.DEVNULL)
 
     pinned = pin_parts(e)
     bguest.COMMON_APPEND = args.guest_append
@@ -725,6 +949,9 @@ def main():
     data["meta"]["load_before"] = load_average()
     t_start = time.monotonic()
     ok = run_all(args, data, wanted)
+    scale_wanted = [w for w in wanted if w != "limit"]
+    if args.scale_reps > 0 and scale_wanted:
+        ok = run_scale(args, data, scale_wanted) and ok
     if not args.no_profile and "tballoon" in wanted:
         say("profile of tballoon (bench/tbprofile.py)")
         pargs = argparse.Namespace(out=str(out), smp=args.smp, keep=args.keep,

@@ -38,7 +38,7 @@ MODULE_SRCS := Kbuild Kconfig $(wildcard driver/*.[ch]) $(wildcard proto/*.h)
 DKMS_VERSION := $(shell sed -nE 's/^PACKAGE_VERSION="?([^"]*)"?/\1/p' dkms.conf)
 DKMS_SRC := /usr/src/tballoon-$(DKMS_VERSION)
 
-.PHONY: all module host-tool check demo bench bench-enforce bench-migrate bench-reporting bench-punch bench-policy sparse clean dkms-install dkms-remove \
+.PHONY: all module host-tool check demo bench bench-enforce bench-migrate bench-reporting bench-punch bench-policy bench-skipzero sparse clean dkms-install dkms-remove \
 	install uninstall
 
 PREFIX ?= /usr/local
@@ -122,6 +122,12 @@ bench-punch: module host-tool
 
 bench-policy: module host-tool
 	/usr/bin/python3 bench/policy.py
+
+# (a) with and without zeroing on a kernel carrying driver/patches/ (built on
+# first use by scripts/setup --bench-kernel, 10-20 min), against (b)
+bench-skipzero: host-tool
+	TB_KERNEL=skipzero /usr/bin/python3 bench/run.py --only a,z,b --scale-reps 0 \
+		--no-profile --out out/bench-skipzero
 
 clean:
 	-$(MAKE) -C $(KDIR) M=$(CURDIR) clean

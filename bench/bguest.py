@@ -60,13 +60,14 @@ def _build_kmods(kdir, dest, tmp):
 def _overlay(env, cachedir, log):
     """cpio.gz: bench/guest/*.c built into /bin, bench/guest/kmod into /lib/modules."""
     sources = sorted(GUEST_SRC.glob("*.c"))
+    headers = sorted(GUEST_SRC.glob("*.h"))
     kmod = sorted((GUEST_SRC / "kmod").glob("*"))
     h = hashlib.sha256()
     gcc = subprocess.run(["gcc", "--version"], stdout=subprocess.PIPE,
                          universal_newlines=True, check=True).stdout.splitlines()[0]
     h.update(gcc.encode() + b"\0" + str(env.kdir).encode() + b"\0" + env.kver.encode())
     h.update(" ".join(SWAP_MODULES).encode())
-    for src in sources + kmod:
+    for src in sources + headers + kmod:
         h.update(src.name.encode() + b"\0" + src.read_bytes())
     path = cachedir / ("bench-overlay-%s.cpio.gz" % h.hexdigest()[:16])
     if path.exists():

@@ -119,6 +119,7 @@
 /* module parameters (virtio_tballoon.c), read at the start of each run */
 extern bool tballoon_param_blocks;
 extern unsigned int tballoon_param_threads;
+extern bool tballoon_param_skip_zero;
 
 /**
  * struct tballoon_buf - one buffer of PFNs for the inflate or deflate queue
@@ -157,6 +158,7 @@ struct tballoon_buf {
  * @threads: CPUs that allocate blocks (the worker and threads - 1 helpers)
  * @gentle: TBALLOON_FLAG_GENTLE inflate: only helpers allocate blocks, at
  *	the lowest priority (tballoon_fill_blocks())
+ * @block_gfp: TBALLOON_BLOCK_GFP, plus TBALLOON_GFP_NO_INIT with skip_zero
  * @state: TBALLOON_STATE_* outcome (RUNNING while it runs)
  * @reason: TBALLOON_REASON_* detail of @state
  * @wait_ms: paced: how long to wait before the next batch is due
@@ -172,6 +174,7 @@ struct tballoon_run {
 	bool no_blocks;
 	unsigned int threads;
 	bool gentle;
+	gfp_t block_gfp;
 	u32 state;
 	u32 reason;
 	u32 wait_ms;

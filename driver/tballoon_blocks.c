@@ -98,7 +98,7 @@ void tballoon_helper_work(struct work_struct *work)
 			set_user_nice(current, nice);
 			gentle = false;
 		}
-		page = alloc_pages(TBALLOON_BLOCK_GFP, tb->block_order);
+		page = alloc_pages(tb->run.block_gfp, tb->block_order);
 		if (!page) {
 			h->failed = true;
 			break;
@@ -165,7 +165,7 @@ int tballoon_fill_blocks(struct tballoon *tb, struct tballoon_buf *buf,
 	}
 
 	while (mine--) {
-		page = alloc_pages(TBALLOON_BLOCK_GFP, tb->block_order);
+		page = alloc_pages(tb->run.block_gfp, tb->block_order);
 		if (!page) {
 			run->no_blocks = true;
 			break;

@@ -17,6 +17,11 @@
  *  - TBALLOON_HAVE_SHRINKER_ALLOC: shrinkers are allocated by the kernel
  *    (shrinker_alloc(), shrinker_register(), shrinker_free(), since 6.7)
  *    instead of embedded and registered with register_shrinker().
+ *  - TBALLOON_HAVE_GFP_SKIP_ZERO: the kernel carries
+ *    driver/patches/0001-mm-let-any-caller-skip-init_on_alloc.patch, so
+ *    __GFP_SKIP_ZERO skips init_on_alloc's zeroing for any caller (no
+ *    distribution kernel does: upstream honours it only for hardware
+ *    tag-based KASAN). TBALLOON_GFP_NO_INIT is then __GFP_SKIP_ZERO, else 0.
  *
  * Not differences (checked, same API on 6.1 and 6.12): the balloon page
  * API (balloon_page_alloc/list_enqueue/list_dequeue/insert/finalize,
@@ -28,10 +33,20 @@
 #define _TBALLOON_COMPAT_H
 
 #include <linux/bug.h>
+#include <linux/gfp.h>
 #include <linux/kernel.h>
 #include <linux/shrinker.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
+
+/* gfp bit that skips init_on_alloc for the balloon's blocks, or 0 */
+#ifdef TBALLOON_HAVE_GFP_SKIP_ZERO
+#define TBALLOON_GFP_NO_INIT		__GFP_SKIP_ZERO
+#define TBALLOON_CAN_SKIP_ZERO		true
+#else
+#define TBALLOON_GFP_NO_INIT		((__force gfp_t)0)
+#define TBALLOON_CAN_SKIP_ZERO		false
+#endif
 
 /* most virtqueues tballoon_find_vqs() sets up */
 #define TBALLOON_COMPAT_MAX_VQS		5

@@ -245,7 +245,7 @@ int tballoon_fill_inflate(struct tballoon *tb, struct tballoon_buf *buf,
 					      run->room_pages - min(run->room_pages,
 								    buf->num_pfns),
 					      tb->block_pfns)) {
-			page = alloc_pages(TBALLOON_BLOCK_GFP, tb->block_order);
+			page = alloc_pages(tb->run.block_gfp, tb->block_order);
 			if (page) {
 				tballoon_buf_add_range(buf, page,
 						       1UL << tb->block_order);
@@ -403,6 +403,9 @@ void tballoon_run(struct tballoon *tb)
 	run->threads = clamp_t(unsigned int, READ_ONCE(tballoon_param_threads), 1,
 			       min(num_online_cpus(), 1U + TBALLOON_HELPERS_MAX));
 	run->gentle = inflate && (run->cmd.flags & TBALLOON_FLAG_GENTLE);
+	run->block_gfp = TBALLOON_BLOCK_GFP;
+	if (READ_ONCE(tballoon_param_skip_zero))
+		run->block_gfp |= TBALLOON_GFP_NO_INIT;
 	mutex_lock(&tb->lock);
 	for (;;) {
 		tballoon_complete_returned(tb);

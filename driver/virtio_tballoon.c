@@ -63,6 +63,17 @@ module_param_named(blocks, tballoon_param_blocks, bool, 0644);
 MODULE_PARM_DESC(blocks, "inflate in 2 MiB blocks while free memory has them (default: on)");
 
 /*
+ * Allocate an inflate's blocks without init_on_alloc's zeroing, on a kernel
+ * that lets any caller ask for that (driver/patches/, TBALLOON_GFP_NO_INIT
+ * in tballoon_compat.h); no effect on any other kernel. The pages go to the
+ * host unread, and come back through the page allocator, which initialises
+ * them for their next user.
+ */
+bool tballoon_param_skip_zero = true;
+module_param_named(skip_zero, tballoon_param_skip_zero, bool, 0644);
+MODULE_PARM_DESC(skip_zero, "inflate's blocks not zeroed on allocation, on a kernel with the __GFP_SKIP_ZERO patch (default: on; no effect elsewhere)");
+
+/*
  * CPUs that allocate the blocks of one inflate batch: the worker and up to
  * threads - 1 helpers on system_unbound_wq. Zeroing the pages
  * (init_on_alloc), and on the host faulting in the pages that a deflate left
@@ -526,6 +537,9 @@ static int tballoon_probe(struct virtio_device *vdev)
 	dev_info(&vdev->dev, "%s balloon, %llu MiB of guest RAM\n",
 		 tb->timed ? "timed" : "standard",
 		 tb->ram_pages >> (20 - VIRTIO_TBALLOON_PFN_SHIFT));
+	if (TBALLOON_CAN_SKIP_ZERO)
+		dev_info(&vdev->dev, "blocks may skip init_on_alloc (skip_zero=%d)\n",
+			 READ_ONCE(tballoon_param_skip_zero));
 	return 0;
 
 err_reboot:

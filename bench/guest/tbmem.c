@@ -28,6 +28,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tbsize.h"
+
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
@@ -56,26 +58,6 @@ static void record(char phase, long t_us, unsigned long bytes)
 {
 	if (nsamples < MAX_SAMPLES)
 		samples[nsamples++] = (struct sample){ phase, t_us, bytes };
-}
-
-static unsigned long parse_size(const char *s)
-{
-	char *end;
-	unsigned long v = strtoul(s, &end, 0);
-
-	switch (*end) {
-	case 'G': case 'g':
-		v <<= 10;
-		/* fall through */
-	case 'M': case 'm':
-		v <<= 10;
-		/* fall through */
-	case 'K': case 'k':
-		v <<= 10;
-		end++;
-		break;
-	}
-	return *end ? 0 : v;
 }
 
 static void usage(void)

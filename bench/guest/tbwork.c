@@ -31,6 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tbsize.h"
+
 #define PAGE 4096UL
 #define MAX_SAMPLES 65536
 
@@ -52,30 +54,6 @@ static long now_us(void)
 	return ts.tv_sec * 1000000L + ts.tv_nsec / 1000L;
 }
 
-static unsigned long parse_size(const char *s)
-{
-	char *end;
-	unsigned long v = strtoul(s, &end, 0);
-
-	switch (*end) {
-	case 'G': case 'g':
-		v <<= 10;
-		/* fall through */
-	case 'M': case 'm':
-		v <<= 10;
-		/* fall through */
-	case 'K': case 'k':
-		v <<= 10;
-		end++;
-		break;
-	}
-	if (*end || !v) {
-		fprintf(stderr, "tbwork: bad size '%s'\n", s);
-		exit(1);
-	}
-	return v;
-}
-
 int main(int argc, char **argv)
 {
 	unsigned long bytes = 64UL << 20, units = 0, off = 0, i;
@@ -89,6 +67,10 @@ int main(int argc, char **argv)
 		switch (c) {
 		case 's':
 			bytes = parse_size(optarg);
+			if (!bytes) {
+				fprintf(stderr, "tbwork: bad size '%s'\n", optarg);
+				return 1;
+			}
 			break;
 		case 'i':
 			sample_us = atol(optarg) * 1000L;

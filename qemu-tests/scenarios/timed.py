@@ -184,6 +184,55 @@ def inflate_threads(ctx):
     ctx.check_healthy()
 
 
+def _qemu_faults(g):
+    """Page faults QEMU's process took so far (minor + major)."""
+    with open("/proc/%d/stat" % g.qemu.pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[7]) + int(fields[9])
+
+
+@scenario("inflate-skip-zero", "main", kernels=("skipzero",))
+def inflate_skip_zero(ctx):
+    """kernel with driver/patches/: an inflate over host holes faults almost none of them in with skip_zero=1, most of them with skip_zero=0"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    ctx.require("blocks may skip init_on_alloc" in g.dmesg(),
+                "the driver found the kernel's __GFP_SKIP_ZERO (probe message)")
+    param = "/sys/module/virtio_tballoon/parameters/skip_zero"
+    had = g.sh("cat %s" % param).out.strip()
+    base = st0["actual_pages"]
+    npages = 384 * MIB // PAGE
+    faults = {}
+    try:
+        for skip in ("Y", "N"):
+            ctx.expect(g.sh("echo %s > %s" % (skip, param)).rc == 0, "skip_zero=%s set" % skip)
+            # inflate and deflate once: the guest's free pages are host holes
+            rc1, _, _ = ctx.balloon("inflate", base + npages, "120s", timeout=300)
+            rc2, _, _ = ctx.balloon("deflate", base, "120s", timeout=300)
+            ctx.require(rc1 == 0 and rc2 == 0, "skip_zero=%s: first inflate and deflate "
+                        "done (exit %d, %d)" % (skip, rc1, rc2))
+            f0 = _qemu_faults(g)
+            rc, st, wall = ctx.balloon("inflate", base + npages, "120s", timeout=300)
+            faults[skip] = _qemu_faults(g) - f0
+            ctx.expect(rc == 0 and st.get("actual_pages") == base + npages,
+                       "skip_zero=%s: inflate over host holes done (exit %d)" % (skip, rc))
+            ctx.diag("skip_zero=%s: %s over host holes in %.2f s, %d host page faults in "
+                     "QEMU (%d pages)", skip, mib(npages * PAGE), wall, faults[skip], npages)
+            rc, _, _ = ctx.balloon("deflate", base, "120s", timeout=300)
+            ctx.expect(rc == 0, "skip_zero=%s: deflate back (exit %d)" % (skip, rc))
+    finally:
+        g.sh("echo %s > %s" % (had or "Y", param))
+    ctx.expect(faults.get("Y", npages) < npages // 10,
+               "skip_zero=Y: fewer than a tenth of the pages faulted in (%s)" % faults.get("Y"))
+    ctx.expect(faults.get("N", 0) > npages // 2,
+               "skip_zero=N: the zeroing faulted in more than half (%s)" % faults.get("N"))
+    # the memory the deflates gave back is the guest's again
+    res = g.sh("memhog 256", timeout=120)
+    ctx.expect(res.rc == 0 and "touched 256 MiB" in res.out,
+               "the guest uses 256 MiB of the returned memory (%s)" % res.out.strip())
+    ctx.check_healthy()
+
+
 @scenario("deadline-too-short", "deadline")
 def deadline_short(ctx):
     """900 MiB target, 20 ms deadline: state deadline, actual < target, on time"""

@@ -12,6 +12,10 @@ out of the source tree, in out/module-<kver>/ (make module MODOUT=...).
 A third, TB_KERNEL=debug: the debug kernel scripts/setup --debug-kernel builds
 from linux-source-6.1 (lockdep, KASAN, DEBUG_VM, hung-task detector; TB_KVER3,
 TB_KDIR3 = its build tree, TB_GUEST3), module in out/module-<kver>/ as well.
+
+A fourth, TB_KERNEL=skipzero: the kernel scripts/setup --bench-kernel builds
+from linux-source-6.1 with driver/patches/ applied (init_on_alloc on, no
+checkers; TB_KVER4, TB_KDIR4, TB_GUEST4), for make bench-skipzero.
 """
 
 import os
@@ -28,9 +32,12 @@ KEYS = ("TB_CACHE", "TB_KVER", "TB_KDIR", "TB_GUEST", "TB_KSRC", "TB_QROOT")
 KEYS2 = ("TB_KVER2", "TB_KDIR2", "TB_GUEST2")
 # The debug kernel; needed only with TB_KERNEL=debug (built on first use).
 KEYS3 = ("TB_KVER3", "TB_KDIR3", "TB_GUEST3")
-KERNELS = ("6.1", "6.12", "debug")
-SUFFIX = {"6.1": "", "6.12": "2", "debug": "3"}
-EXTRA_KEYS = {"6.1": (), "6.12": KEYS2, "debug": KEYS3}
+# The skip-zero kernel; needed only with TB_KERNEL=skipzero (built on first use).
+KEYS4 = ("TB_KVER4", "TB_KDIR4", "TB_GUEST4")
+KERNELS = ("6.1", "6.12", "debug", "skipzero")
+SUFFIX = {"6.1": "", "6.12": "2", "debug": "3", "skipzero": "4"}
+EXTRA_KEYS = {"6.1": (), "6.12": KEYS2, "debug": KEYS3, "skipzero": KEYS4}
+SETUP_FLAG = {"debug": "--debug-kernel", "skipzero": "--bench-kernel"}
 
 
 def kernel_choice():
@@ -46,7 +53,7 @@ class Env:
 
     def __init__(self, values, which="6.1"):
         self.values = values
-        self.which = which          # "6.1", "6.12" or "debug"
+        self.which = which          # "6.1", "6.12", "debug" or "skipzero"
         sfx = SUFFIX[which]
         self.cache = Path(values["TB_CACHE"])
         self.kver = values["TB_KVER" + sfx]
@@ -90,8 +97,8 @@ def load():
         values = {k: os.environ[k] for k in need}
     else:
         argv = [str(REPO / "scripts" / "setup"), "--env"]
-        if which == "debug":
-            argv.append("--debug-kernel")
+        if which in SETUP_FLAG:
+            argv.append(SETUP_FLAG[which])
         res = subprocess.run(argv,
                              stdout=subprocess.PIPE, stderr=sys.stderr,
                              universal_newlines=True)

@@ -3,7 +3,7 @@
 
 Contents: busybox-static, the Debian virtio transport modules (those that
 are not built into the kernel: all of them on 6.1, none on 6.12), the reference
-balloon drivers (virtio_balloon, virtio_mem; the debug kernel has no
+balloon drivers (virtio_balloon, virtio_mem; the debug and skip-zero kernels have no
 virtio_mem), our virtio_tballoon.ko when it
 exists, the static programs built from qemu-tests/guest/*.c, /init and
 /bin/tb-agent. The archive is cached under $TB_CACHE/qemu-tests/ by a hash of
@@ -141,7 +141,7 @@ def build(e=None, log=None):
     log = log or (lambda msg: None)
     builtin = sorted(n for n in TRANSPORT if n in _builtin(e.moddir))
     modules = {n: _find_module(e.moddir, n) for n in TRANSPORT + REFERENCE
-               if n not in builtin and not (e.which == "debug" and n == "virtio_mem")}
+               if n not in builtin and not (e.which in ("debug", "skipzero") and n == "virtio_mem")}
     sources = sorted(tbenv.GUEST_SRC.glob("*.c"))
     scripts = [tbenv.GUEST_SRC / "init", tbenv.GUEST_SRC / "tb-agent"]
 

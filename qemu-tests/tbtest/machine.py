@@ -311,8 +311,9 @@ class Guest:
             raise GuestError("cannot boot: missing " + "; ".join(missing))
         self.initramfs = tbinitramfs.build(self.env, self.log)
         # The debug kernel (tinyconfig-based, KASAN) prints nothing when
-        # entered through PVH under QEMU 11.1: it boots as a bzImage.
-        if not self.bzimage and self.env.which != "debug":
+        # entered through PVH under QEMU 11.1: it boots as a bzImage, as
+        # the skip-zero kernel built the same way does.
+        if not self.bzimage and self.env.which not in ("debug", "skipzero"):
             self.kernel = tbinitramfs.pvh_kernel(self.env, self.log)
         if self.kernel is None:
             # The bzImage is outside the cache: put a copy there (again when

@@ -32,23 +32,16 @@ import threading
 import time
 from pathlib import Path
 
-from benchenv import DEFAULT_OUT
+from benchenv import DEFAULT_OUT, proc_cpu
 from tbtest import machine
 
 MIB = 1 << 20
-CLK = os.sysconf("SC_CLK_TCK")
 PROBE_S = 0.002     # one control request every 2 ms: a light load of its own
 
 
 def say(msg):
     print("[punch] " + msg, file=sys.stderr, flush=True)
 
-
-def proc_cpu(pid):
-    """utime + stime of a host process (all threads), seconds."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
 
 
 class Prober:

@@ -102,32 +102,28 @@ def summarize(data):
     data["summary"] = summ
 
     ratios = {}
+
+    def put(key, x, y):
+        """ratios[KEY]: the median of X over that of Y (stats), when both exist"""
+        if x and y and y["median"] > 0:
+            ratios[key] = x["median"] / y["median"]
+
     a = summ.get("tballoon", {})
     for other in ("tballoon-zero", "virtio-balloon", "virtio-mem", "limit"):
-        o = summ.get(other)
-        if not o:
-            continue
+        o = summ.get(other) or {}
         for op in ("inflate", "deflate"):
-            x, y = a.get(op + "_s"), o.get(op + "_s")
-            if x and y and y["median"] > 0:
-                ratios["a/%s %s" % (SHORT[other], op)] = x["median"] / y["median"]
+            put("a/%s %s" % (SHORT[other], op), a.get(op + "_s"), o.get(op + "_s"))
     lim = summ.get("limit") or {}
     for mode in ("kernel", "kernel-mt"):
         for op in ("inflate", "deflate"):
-            x, y = a.get(op + "_s"), lim.get("%s_%s_s" % (mode, op))
-            if x and y and y["median"] > 0:
-                ratios["a/d-%s %s" % (mode, op)] = x["median"] / y["median"]
+            put("a/d-%s %s" % (mode, op), a.get(op + "_s"), lim.get("%s_%s_s" % (mode, op)))
     for other in ("virtio-balloon", "virtio-mem"):
         o = summ.get(other) or {}
-        for key, x in (("holes", a.get("holes_inflate_s")),
-                       ("work", a.get("workload_lost_s_per_gib")),
-                       ("work-gentle", a.get("workload_gentle_lost_s_per_gib"))):
-            y = o.get({"holes": "holes_inflate_s"}.get(key, "workload_lost_s_per_gib"))
-            if x and y and y["median"] > 0:
-                ratios["a/%s %s" % (SHORT[other], key)] = x["median"] / y["median"]
-    x, y = a.get("holes_inflate_s"), a.get("inflate_s")
-    if x and y and y["median"] > 0:
-        ratios["a holes/a inflate"] = x["median"] / y["median"]
+        put("a/%s holes" % SHORT[other], a.get("holes_inflate_s"), o.get("holes_inflate_s"))
+        for key, mine in (("work", "workload_lost_s_per_gib"),
+                          ("work-gentle", "workload_gentle_lost_s_per_gib")):
+            put("a/%s %s" % (SHORT[other], key), a.get(mine), o.get("workload_lost_s_per_gib"))
+    put("a holes/a inflate", a.get("holes_inflate_s"), a.get("inflate_s"))
     sc = data.get("scale")
     if sc:
         ssum = {}
@@ -137,12 +133,11 @@ def summarize(data):
             ssum[name]["inflate_backend_cpu_s_per_gib"] = _per_gib(
                 res.get("inflate") or [], "backend_cpu_s", sc["moved_bytes"])
         sc["summary"] = ssum
+        sa = ssum.get("tballoon") or {}
         for other in ("virtio-balloon", "virtio-mem"):
             for op in ("inflate", "deflate"):
-                x = (ssum.get("tballoon") or {}).get(op + "_s")
-                y = (ssum.get(other) or {}).get(op + "_s")
-                if x and y and y["median"] > 0:
-                    ratios["scale a/%s %s" % (SHORT[other], op)] = x["median"] / y["median"]
+                put("scale a/%s %s" % (SHORT[other], op), sa.get(op + "_s"),
+                    (ssum.get(other) or {}).get(op + "_s"))
     data["ratios"] = ratios
     return data
 

@@ -27,17 +27,15 @@ it reports, for either driver: that is the floor of the latency.
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from benchenv import DEFAULT_OUT
+from benchenv import DEFAULT_OUT, proc_cpu
 from tbtest import machine
 
 MIB = 1 << 20
-CLK = os.sysconf("SC_CLK_TCK")
 VARIANTS = {
     "ours-serve": dict(driver="tballoon", device="tballoon",
                        backend_args=("--free-page-reporting",)),
@@ -52,14 +50,6 @@ VARIANTS = {
 def say(msg):
     print("[reporting] " + msg, file=sys.stderr, flush=True)
 
-
-def proc_cpu(pid):
-    """utime + stime of a host process, seconds."""
-    if pid is None:
-        return 0.0
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
 
 
 def guest_kernel_cpu(g):

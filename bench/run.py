@@ -40,6 +40,7 @@ sys.path.insert(0, str(BENCH))
 
 import bguest  # noqa: E402
 import tbprofile  # noqa: E402
+from benchenv import proc_cpu  # noqa: E402
 import report  # noqa: E402
 from tbtest import env as tbenv  # noqa: E402
 from tbtest import machine  # noqa: E402
@@ -61,7 +62,6 @@ WORK_POST = 1.5
 WORK_WARM = 0.5
 WORK_SETTLE = 0.3
 WORK_SIZE = "64M"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 MECHANISMS = {
     "a": "tballoon",
@@ -130,14 +130,6 @@ def refill(g, log):
 
 def meminfo_total(g):
     return g.meminfo().get("MemTotal", 0) * 1024
-
-
-def proc_cpu(pid):
-    """CPU seconds (user + system, every thread) process PID has used."""
-    with open("/proc/%d/stat" % pid) as f:
-        data = f.read()
-    fields = data[data.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def mem_auto_init(g):
@@ -408,18 +400,24 @@ class Mechanism:
         self.deflate()
         self.res.setdefault(key, []).append(x)
 
+    # also measure the workload with `tballoon inflate --gentle`
+    gentle_too = False
+
     def extras(self, r):
         """Holes and workload, after a round of the main comparison."""
         if self.args.scale_phase:
             return
         self.holes(r)
         self.workload(r)
+        if self.gentle_too:
+            self.workload(r, "workload_gentle", ("--gentle",))
 
 
 class Tballoon(Mechanism):
     name = "tballoon"
     skip_zero = None        # the module's default
     tag = "a"
+    gentle_too = True
 
     def guest(self):
         return bguest.BenchGuest(driver="tballoon", device="tballoon", mem=GUEST_RAM,
@@ -434,22 +432,21 @@ class Tballoon(Mechanism):
         if not (st.get("connected") and st.get("driver_ok") and st.get("timed")):
             raise BenchError("backend not ready: %s" % st)
         self.res["guest_ram_bytes"] = st.get("guest_ram_bytes")
-        param = "/sys/module/virtio_tballoon/parameters/threads"
-        if self.args.tb_threads:
-            out = g.sh("echo %d > %s" % (self.args.tb_threads, param))
-            if out.rc != 0:
-                raise BenchError("cannot set %s: %s" % (param, out.err[-200:]))
-        out = g.sh("cat %s" % param)
-        self.res["driver_threads"] = int(out.out.strip()) if out.rc == 0 else None
-        param = "/sys/module/virtio_tballoon/parameters/skip_zero"
-        if self.skip_zero is not None:
-            out = g.sh("echo %d > %s" % (self.skip_zero, param))
-            if out.rc != 0:
-                raise BenchError("cannot set %s: %s" % (param, out.err[-200:]))
-        out = g.sh("cat %s" % param)
-        self.res["skip_zero"] = out.out.strip() if out.rc == 0 else None
+        threads = self.module_param("threads", self.args.tb_threads or None)
+        self.res["driver_threads"] = int(threads) if threads else None
+        self.res["skip_zero"] = self.module_param("skip_zero", self.skip_zero)
         self.res["mem_auto_init"] = mem_auto_init(g)
         self.listener = ControlListener(g.control)
+
+    def module_param(self, name, value=None):
+        """virtio_tballoon's parameter NAME, set to VALUE first unless None."""
+        path = "/sys/module/virtio_tballoon/parameters/" + name
+        if value is not None:
+            out = self.g.sh("echo %d > %s" % (value, path))
+            if out.rc != 0:
+                raise BenchError("cannot set %s: %s" % (path, out.err[-200:]))
+        out = self.g.sh("cat %s" % path)
+        return out.out.strip() if out.rc == 0 else None
 
     def inflate(self, extra=()):
         return tballoon_cmd(self.g, self.listener, "inflate", "%dp" % (MOVE // PAGE), "60s",
@@ -457,11 +454,6 @@ class Tballoon(Mechanism):
 
     def deflate(self):
         return tballoon_cmd(self.g, self.listener, "deflate", "0", "60s")
-
-    def extras(self, r):
-        super().extras(r)
-        if not self.args.scale_phase:
-            self.workload(r, "workload_gentle", ("--gentle",))
 
     def round(self, r):
         g = self.g
@@ -514,9 +506,7 @@ class TballoonZero(Tballoon):
     name = "tballoon-zero"
     skip_zero = 0
     tag = "z"
-
-    def extras(self, r):
-        Mechanism.extras(self, r)
+    gentle_too = False
 
 
 class QmpMechanism(Mechanism):

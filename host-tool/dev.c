@@ -1020,9 +1020,9 @@ static bool tb_dev_report_chain(struct tb_dev *dev, const struct tb_vring_chain 
 
 		if (job) {
 			/* counted in reported_bytes when punched */
-			if (tb_punch_job_add(job, dev->mem->r[r].fd, off, sg->len) < 0)
+			if (tb_punch_job_add(job, dev->mem->r[r].punch_fd, off, sg->len) < 0)
 				dev->stats.punch_errors++;
-		} else if (dev->punch && dev->punch(dev->punch_opaque, dev->mem->r[r].fd,
+		} else if (dev->punch && dev->punch(dev->punch_opaque, dev->mem->r[r].punch_fd,
 						    off, sg->len) == 0) {
 			dev->stats.reported_bytes += sg->len;
 		} else {

@@ -16,8 +16,10 @@
 void tb_mem_init(struct tb_mem *m)
 {
 	m->nregions = 0;
-	for (unsigned int i = 0; i < TB_MEM_MAX_REGIONS; i++)
+	for (unsigned int i = 0; i < TB_MEM_MAX_REGIONS; i++) {
 		m->r[i].fd = -1;
+		m->r[i].punch_fd = -1;
+	}
 }
 
 /* the fd is a memfd (its /proc/self/fd link reads "/memfd:NAME ...") */
@@ -91,7 +93,17 @@ int tb_mem_add(struct tb_mem *m, uint64_t gpa, uint64_t size, uint64_t uva,
 	if (p == MAP_FAILED)
 		return -errno;
 
-	r = &m->r[m->nregions++];
+	r = &m->r[m->nregions];
+	r->punch_fd = fd;
+	for (unsigned int i = 0; i < m->nregions; i++) {
+		struct stat o;
+
+		if (!fstat(m->r[i].fd, &o) && o.st_dev == st.st_dev && o.st_ino == st.st_ino) {
+			r->punch_fd = m->r[i].fd;
+			break;
+		}
+	}
+	m->nregions++;
 	r->gpa = gpa;
 	r->size = size;
 	r->uva = uva;
@@ -110,6 +122,7 @@ void tb_mem_clear(struct tb_mem *m)
 
 		munmap(r->map, r->map_len);
 		tb_close_fd(&r->fd);
+		r->punch_fd = -1;
 		r->map = NULL;
 		r->host = NULL;
 	}
@@ -216,7 +229,7 @@ void tb_pfn_batch_flush(struct tb_pfn_batch *b)
 		return;
 	b->ranges++;
 	if (b->punch) {
-		rc = b->punch(b->opaque, b->mem->r[b->region].fd, b->fd_off, b->len);
+		rc = b->punch(b->opaque, b->mem->r[b->region].punch_fd, b->fd_off, b->len);
 		if (rc < 0) {
 			b->errors++;
 			tb_warn("punching %llu bytes at fd offset 0x%llx failed: %s",

@@ -34,6 +34,12 @@ struct tb_mem_region {
 	uint64_t uva;
 	uint64_t fd_offset;
 	int fd;
+	/*
+	 * the fd its releases go through: the fd of the first region of the
+	 * same file (QEMU sends one fd per region, often for one memfd), so
+	 * that the punch pool sees one file as one fd; not closed by itself
+	 */
+	int punch_fd;
 	void *map;
 	uint64_t map_len;
 	uint8_t *host;

@@ -4,11 +4,14 @@
  * hand-over of finished buffers.
  *
  * Workers take single ranges, not whole jobs, so the ranges of one large
- * buffer spread over every thread. Note that the kernel serialises
- * punches of one shmem or hugetlbfs file (the inode lock), so threads
- * overlap on one memory file only with the rest of the work (the loop
- * parsing the next buffers, answering the front-end); several memory
- * files (one per NUMA node) punch in parallel.
+ * buffer spread over every thread. One memory file is punched by one
+ * worker at a time: the kernel serialises punches of one shmem or hugetlbfs
+ * file on its inode lock, and a second thread punching it would only spin
+ * on that lock (make bench-punch: 0.36 CPU s/GiB with two threads on one
+ * memfd, 0.27 s with one). A worker therefore takes the first range, in
+ * submission order, whose file no other worker is punching; several memory
+ * files (one per NUMA node) punch in parallel, and a worker that finds
+ * only busy files sleeps until one is released.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -48,6 +51,57 @@ static void tb_punch_finish_locked(struct tb_punch_pool *p, struct tb_punch_job 
 	(void)rc;
 }
 
+/* is a worker punching @fd now? (lock) */
+static bool tb_punch_fd_busy_locked(const struct tb_punch_pool *p, int fd)
+{
+	for (unsigned int i = 0; i < p->nbusy; i++)
+		if (p->busy_fd[i] == fd)
+			return true;
+	return false;
+}
+
+/*
+ * Take the first range, in submission order, of a file no worker is
+ * punching, mark its file busy and return its job; a job whose ranges are
+ * all handed out leaves the work list. NULL: no such range (lock).
+ */
+static struct tb_punch_job *tb_punch_pick_locked(struct tb_punch_pool *p,
+						 struct tb_punch_range *r)
+{
+	struct tb_punch_job *job, *prev = NULL;
+
+	for (job = p->work_head; job; prev = job, job = job->work_next) {
+		if (tb_punch_fd_busy_locked(p, job->r[job->next].fd))
+			continue;
+		*r = job->r[job->next++];
+		if (job->next == job->nr) {
+			if (prev)
+				prev->work_next = job->work_next;
+			else
+				p->work_head = job->work_next;
+			if (p->work_tail == job)
+				p->work_tail = prev;
+		}
+		/* at most one busy file per worker: nbusy < nthreads here */
+		p->busy_fd[p->nbusy++] = r->fd;
+		return job;
+	}
+	return NULL;
+}
+
+/* @fd is free again; wake a worker that may be waiting for it (lock) */
+static void tb_punch_release_fd_locked(struct tb_punch_pool *p, int fd)
+{
+	for (unsigned int i = 0; i < p->nbusy; i++) {
+		if (p->busy_fd[i] == fd) {
+			p->busy_fd[i] = p->busy_fd[--p->nbusy];
+			break;
+		}
+	}
+	if (p->work_head)
+		pthread_cond_signal(&p->work_cond);
+}
+
 static void *tb_punch_worker(void *arg)
 {
 	struct tb_punch_pool *p = arg;
@@ -58,20 +112,15 @@ static void *tb_punch_worker(void *arg)
 		struct tb_punch_range r;
 		int rc;
 
-		while (!p->work_head && !p->stop)
+		/* at stop the work left is finished first */
+		while (!(job = tb_punch_pick_locked(p, &r)) && !(p->stop && !p->work_head))
 			pthread_cond_wait(&p->work_cond, &p->lock);
-		if (!p->work_head)
+		if (!job)
 			break;	/* stop, and nothing left */
-		job = p->work_head;
-		r = job->r[job->next++];
-		if (job->next == job->nr) {
-			p->work_head = job->work_next;
-			if (!p->work_head)
-				p->work_tail = NULL;
-		}
 		pthread_mutex_unlock(&p->lock);
 		rc = p->punch(p->opaque, r.fd, r.off, r.len);
 		pthread_mutex_lock(&p->lock);
+		tb_punch_release_fd_locked(p, r.fd);
 		if (rc < 0) {
 			job->errors++;
 			tb_warn("punching %llu bytes at fd offset 0x%llx failed: %s",

@@ -15,7 +15,8 @@
  * once the host has discarded them.
  *
  * Locking: pool->lock guards the work list, every job's progress fields
- * (@next, @left, @bytes, @errors) and the stop flag; workers sleep on
+ * (@next, @left, @bytes, @errors), the busy files and the stop flag; workers
+ * sleep on
  * pool->work_cond, tb_punch_drain() on pool->idle_cond. The per-queue FIFOs
  * and everything else belong to the event loop thread, the only caller of
  * every function here. Workers touch file descriptors only, never mapped
@@ -75,6 +76,8 @@ struct tb_punch_job {
  *	replace it), called by the workers without the lock
  * @event_fd: readable when jobs finished (nonblocking eventfd)
  * @inflight: submitted jobs not finished yet (lock)
+ * @busy_fd, @nbusy: the files workers are punching now, one per worker at
+ *	most (lock); a file is punched by one worker at a time (punch.c)
  */
 struct tb_punch_pool {
 	pthread_mutex_t lock;
@@ -88,6 +91,8 @@ struct tb_punch_pool {
 	int event_fd;
 	struct tb_punch_job *work_head, *work_tail;
 	unsigned int inflight;
+	int busy_fd[TB_PUNCH_MAX_THREADS];
+	unsigned int nbusy;
 	struct {
 		struct tb_punch_job *head, *tail;
 	} fifo[TB_PUNCH_MAX_QUEUES];

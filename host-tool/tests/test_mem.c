@@ -166,6 +166,42 @@ static void test_coalesce_region_boundary(void **state)
 	tb_mem_clear(&m);
 }
 
+/*
+ * QEMU sends one fd per region, two for the low and high RAM of one memfd:
+ * both regions release through the first one's fd, so the punch pool sees
+ * one file (and punches it from one thread); another file keeps its own.
+ */
+static void test_one_punch_fd_per_file(void **state)
+{
+	struct punch_log log = { 0 };
+	struct tb_pfn_batch b;
+	struct tb_mem m;
+	int fd = tb_test_memfd(4 * MiB);
+	int other = tb_test_memfd(MiB);
+
+	(void)state;
+	tb_mem_init(&m);
+	assert_int_equal(tb_mem_add(&m, 0, 2 * MiB, 0, 0, fd), 0);
+	assert_int_equal(tb_mem_add(&m, 4 * MiB, 2 * MiB, 4 * MiB, 2 * MiB, dup(fd)), 0);
+	assert_int_equal(tb_mem_add(&m, 8 * MiB, MiB, 8 * MiB, 0, other), 0);
+	assert_int_equal(m.r[0].punch_fd, fd);
+	assert_int_equal(m.r[1].punch_fd, fd);
+	assert_int_not_equal(m.r[1].fd, fd);
+	assert_int_equal(m.r[2].punch_fd, other);
+	tb_pfn_batch_init(&b, &m, punch_record, &log);
+	tb_pfn_batch_add(&b, 1);
+	tb_pfn_batch_add(&b, 1024 + 1);		/* 4 MiB + 4 KiB: region 1 */
+	tb_pfn_batch_add(&b, 2048);		/* 8 MiB: the other file */
+	tb_pfn_batch_flush(&b);
+	assert_int_equal(log.n, 3);
+	assert_int_equal(log.fd[0], fd);
+	assert_int_equal(log.fd[1], fd);
+	assert_int_equal(log.off[1], 2 * MiB + 4096);
+	assert_int_equal(log.fd[2], other);
+	tb_mem_clear(&m);
+	assert_int_equal(m.r[1].punch_fd, -1);
+}
+
 static void test_refuse_outside(void **state)
 {
 	struct punch_log log = { 0 };
@@ -265,6 +301,7 @@ int main(void)
 		TB_TEST("mem", test_add_translate),
 		TB_TEST("mem", test_add_rejects),
 		TB_TEST("mem", test_table_full),
+		TB_TEST("mem", test_one_punch_fd_per_file),
 		TB_TEST("mem", test_coalesce),
 		TB_TEST("mem", test_coalesce_region_boundary),
 		TB_TEST("mem", test_refuse_outside),

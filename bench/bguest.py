@@ -128,6 +128,9 @@ def bench_initramfs(env, base, log):
 # Kernel command line added to every guest of the run (bench/run.py
 # --guest-append), so that all four mechanisms see the same guest kernel.
 COMMON_APPEND = ""
+# How the host backs every guest's RAM (bench/run.py --ram): "memfd" or
+# "thp" (2 MiB transparent huge pages, machine.Guest's ram="thp").
+RAM = "memfd"
 
 
 class BenchGuest(machine.Guest):
@@ -139,6 +142,7 @@ class BenchGuest(machine.Guest):
 
     def __init__(self, kind="plain", vmem_size="1G", vmem_block="2M", **kw):
         kw["extra_append"] = ("%s %s" % (kw.get("extra_append", ""), COMMON_APPEND)).strip()
+        kw.setdefault("ram", RAM)
         super().__init__(**kw)
         self.kind = kind
         self.vmem_size = vmem_size
@@ -154,11 +158,15 @@ class BenchGuest(machine.Guest):
             i = argv.index("-m")
             total = parse_size(self.mem) + parse_size(self.vmem_size)
             argv[i + 1] = "%s,maxmem=%dM" % (self.mem, total // MIB)
-            argv += ["-object", "memory-backend-memfd,id=vmem0,size=%s,share=on"
-                     % self.vmem_size,
+            argv += ["-object", self.ram_backend("vmem0", self.vmem_size),
                      "-device", "virtio-mem-pci,id=vm0,memdev=vmem0,requested-size=%s,"
                      "block-size=%s,prealloc=on" % (self.vmem_size, self.vmem_block)]
         return argv
+
+    def extra_ram_kib(self):
+        if self.kind == "virtio-mem":
+            return parse_size(self.vmem_size) // 1024
+        return 0
 
     def refill(self, nbytes):
         """Touch NBYTES in the guest (tbmem) and free them; returns seconds.

@@ -163,8 +163,10 @@ def table(data):
                     "%d MiB" % (m.get("moved_bytes", 0) // MIB),
                     (m.get("accel") or "?").upper(), m.get("guest_kernel"),
                     m.get("reps"), m.get("qemu")))
-    lines.append("host: %s cpus, load average before %s after %s"
-                 % (m.get("cpus"), m.get("load_before"), m.get("load_after")))
+    lines.append("host: %s cpus, load average before %s after %s, guest RAM in %s"
+                 % (m.get("cpus"), m.get("load_before"), m.get("load_after"),
+                    {"thp": "2 MiB transparent huge pages (--ram thp)"}.get(
+                        m.get("host_ram"), "a memfd of 4 KiB pages")))
     inits = sorted({str(r.get("mem_auto_init")) for r in data["mechanisms"].values()
                     if r.get("mem_auto_init")})
     lines.append("guest kernel mem auto-init: %s%s" % (

@@ -889,6 +889,9 @@ def main():
     ap.add_argument("--guest-append", default="", metavar="ARGS",
                     help="kernel command line for every guest of the run, e.g. "
                          "init_on_alloc=0 (Debian's kernel zeroes every allocated page)")
+    ap.add_argument("--ram", choices=machine.RAM_BACKINGS, default="memfd",
+                    help="how the host backs guest RAM: memfd (4 KiB pages, the default) "
+                         "or thp (2 MiB transparent huge pages on a huge=always tmpfs)")
     ap.add_argument("--scale-reps", type=int, default=1, metavar="N",
                     help="rounds of the scale point: %s of a %s guest, (a) (b) (c) "
                          "(1; 0: skip it)" % ("3 GiB", SCALE_RAM))
@@ -933,8 +936,10 @@ def main():
 
     pinned = pin_parts(e)
     bguest.COMMON_APPEND = args.guest_append
+    bguest.RAM = args.ram
     data = {"meta": meta(args, e), "mechanisms": {}}
     data["meta"]["guest_append"] = args.guest_append
+    data["meta"]["host_ram"] = args.ram
     data["meta"]["parts"] = pinned
     data["meta"]["load_before"] = load_average()
     t_start = time.monotonic()

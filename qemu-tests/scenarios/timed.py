@@ -10,6 +10,9 @@ group("main", driver="tballoon", device="tballoon", mem="1G")
 group("deadline", driver="tballoon", device="tballoon", mem="1G",
       extra_append="virtio_tballoon.threads=1")
 
+# Guest RAM in 2 MiB transparent huge pages on the host (a huge=always tmpfs).
+group("thp", driver="tballoon", device="tballoon", mem="1G", ram="thp")
+
 INFLATE_BYTES = 512 * MIB
 KB = 1024
 
@@ -227,6 +230,68 @@ def inflate_skip_zero(ctx):
     ctx.expect(faults.get("N", 0) > npages // 2,
                "skip_zero=N: the zeroing faulted in more than half (%s)" % faults.get("N"))
     # the memory the deflates gave back is the guest's again
+    res = g.sh("memhog 256", timeout=120)
+    ctx.expect(res.rc == 0 and "touched 256 MiB" in res.out,
+               "the guest uses 256 MiB of the returned memory (%s)" % res.out.strip())
+    ctx.check_healthy()
+
+
+def _ram_pmd_mapped(g):
+    """Bytes of the guest-RAM file QEMU maps with huge (PMD) mappings."""
+    total, inside = 0, False
+    with open("/proc/%d/smaps" % g.qemu.pid) as f:
+        for line in f:
+            first = line.split(None, 1)[0]
+            if "-" in first and not first.endswith(":"):
+                inside = "/tb-ram/mem" in line
+            elif inside and first in ("ShmemPmdMapped:", "FilePmdMapped:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+@scenario("inflate-thp", "thp")
+def inflate_thp(ctx):
+    """guest RAM in host huge pages: a 384 MiB inflate releases whole huge pages and splits none, an inflate over host holes faults them back in by the huge page"""
+    g = ctx.guest
+    st0 = ctx.require_timed_device()
+    base = st0["actual_pages"]
+    npages = 384 * MIB // PAGE
+    pmd0 = _ram_pmd_mapped(g)
+    ram = g.host_memory()["memfd_size"]
+    ctx.diag("guest RAM %s, %s of it in host huge pages", mib(ram), mib(pmd0))
+    ctx.require(pmd0 >= ram // 2, "the host backs most guest RAM with huge pages "
+                "(%s of %s; does the host kernel have shmem THP?)" % (mib(pmd0), mib(ram)))
+    host0 = g.host_memory()["memfd_allocated"]
+    rel0 = ctx.status().get("released_bytes", 0)
+    rc, st, wall = ctx.balloon("inflate", base + npages, "120s", timeout=300)
+    ctx.require(rc == 0 and st.get("actual_pages") == base + npages,
+                "inflate 384 MiB done (exit %d, actual %s)" % (rc, st.get("actual_pages")))
+    rel = ctx.status().get("released_bytes", 0) - rel0
+    freed = host0 - g.host_memory()["memfd_allocated"]
+    pmd1 = _ram_pmd_mapped(g)
+    ctx.diag("384 MiB in %.2f s: backend released %s, the RAM file lost %s, huge "
+             "mappings %s -> %s", wall, mib(rel), mib(freed), mib(pmd0), mib(pmd1))
+    ctx.expect(freed >= 384 * MIB, "the host freed the 384 MiB (%s)" % mib(freed))
+    # a punch that is not whole huge pages splits them: the rest of RAM
+    # would lose its huge mappings too
+    ctx.expect(pmd0 - pmd1 <= 384 * MIB + 8 * MIB,
+               "no huge page split beyond the balloon (huge mappings lost %s)"
+               % mib(pmd0 - pmd1))
+    rc, _, _ = ctx.balloon("deflate", base, "120s", timeout=300)
+    ctx.require(rc == 0, "deflate back (exit %d)" % rc)
+    # the guest's free pages are now host holes: its zeroing faults them in
+    f0 = _qemu_faults(g)
+    rc, st, wall = ctx.balloon("inflate", base + npages, "120s", timeout=300)
+    faults = _qemu_faults(g) - f0
+    ctx.expect(rc == 0 and st.get("actual_pages") == base + npages,
+               "inflate over host holes done (exit %d)" % rc)
+    ctx.diag("384 MiB over host holes in %.2f s, %d host page faults in QEMU (%d pages)",
+             wall, faults, npages)
+    ctx.expect(faults < npages // 64,
+               "the holes came back by the huge page: fewer than 1/64 of the pages "
+               "faulted (%d)" % faults)
+    rc, _, _ = ctx.balloon("deflate", base, "120s", timeout=300)
+    ctx.expect(rc == 0, "deflate back (exit %d)" % rc)
     res = g.sh("memhog 256", timeout=120)
     ctx.expect(res.rc == 0 and "touched 256 MiB" in res.out,
                "the guest uses 256 MiB of the returned memory (%s)" % res.out.strip())

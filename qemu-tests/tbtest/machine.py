@@ -36,6 +36,10 @@ import tballoon  # noqa: E402  (the supported client of the control socket)
 # cache (kernel, initramfs archives) read-only here.
 CHROOT_RUN = "/tb-run"
 CHROOT_CACHE = "/tb-cache"
+# Guest RAM backed by transparent huge pages (Guest(ram="thp")): a tmpfs
+# mounted with huge=always in QEMU's private namespace, here in the root.
+CHROOT_RAM = "/tb-ram"
+RAM_BACKINGS = ("memfd", "thp")
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -68,6 +72,15 @@ def _kill_group(proc, grace=5.0):
     except (ProcessLookupError, PermissionError):
         pass
     return proc.returncode
+
+
+def parse_size_kib(text):
+    """KiB in a QEMU size such as 1G, 1200M or 524288k."""
+    units = {"k": 1, "m": 1024, "g": 1024 * 1024}
+    text = text.strip().lower()
+    if text[-1:] in units:
+        return int(text[:-1]) * units[text[-1]]
+    return int(text) // 1024
 
 
 def tail(path, lines=40):
@@ -199,8 +212,14 @@ class Guest:
                  kvm=False, keep=False, name="guest", log=None, boot_timeout=180.0,
                  extra_append="", bzimage=False, reconnect_ms=None, backend_args=(),
                  qemu_listens=False, stock_props="", fd_holder=False, allow_reboot=False,
-                 device_props="", root_port=False, serve_qmp=False):
+                 device_props="", root_port=False, serve_qmp=False, ram="memfd"):
         self.env = tbenv.load()
+        if ram not in RAM_BACKINGS:
+            raise ValueError("ram=%r: not one of %s" % (ram, ", ".join(RAM_BACKINGS)))
+        # how the host backs guest RAM: "memfd" (4 KiB shmem pages) or
+        # "thp" (a file on a huge=always tmpfs of the QEMU process's own:
+        # 2 MiB transparent huge pages, so a punched 2 MiB block is one page)
+        self.ram = ram
         self.driver = driver
         self.device = device
         self.mem = mem
@@ -466,6 +485,17 @@ class Guest:
         else:
             self._start_backend(mode="ab")
 
+    def ram_backend(self, oid, size, extra=""):
+        """A -object memory backend ID of SIZE in this guest's RAM backing."""
+        if self.ram == "thp":
+            # align=2M: QEMU maps a file at 4 KiB alignment by default,
+            # and a huge page needs address and file offset 2 MiB aligned
+            obj = ("memory-backend-file,id=%s,size=%s,share=on,mem-path=%s/%s,align=2M"
+                   % (oid, size, CHROOT_RAM, oid))
+        else:
+            obj = "memory-backend-memfd,id=%s,size=%s,share=on" % (oid, size)
+        return obj + ("," + extra if extra else "")
+
     def qemu_argv(self):
         run = CHROOT_RUN
         append = "console=ttyS0 panic=-1 tb.driver=%s %s" % (self.driver, self.extra_append)
@@ -474,8 +504,7 @@ class Guest:
                 "-machine", "q35,memory-backend=mem",
                 "-accel", "kvm" if self.kvm else "tcg",
                 "-smp", str(self.smp), "-m", self.mem,
-                "-object", "memory-backend-memfd,id=mem,size=%s,share=on,prealloc=on"
-                % self.mem,
+                "-object", self.ram_backend("mem", self.mem, "prealloc=on"),
                 "-kernel", "%s/%s" % (CHROOT_CACHE, self.kernel.name),
                 "-initrd", "%s/%s" % (CHROOT_CACHE, self.initramfs.path.name),
                 "-append", append.strip(),
@@ -595,15 +624,20 @@ class Guest:
 
     def _start_qemu(self, argv=None, log_name="qemu.log"):
         qroot = self.env.qroot
-        for d in (CHROOT_RUN, CHROOT_CACHE):
+        for d in (CHROOT_RUN, CHROOT_CACHE, CHROOT_RAM):
             (qroot / d.lstrip("/")).mkdir(exist_ok=True)
         # sh -c SCRIPT sh RUNDIR CACHEDIR QROOT QEMU-ARGV...: the mounts live
-        # only in this private namespace, so they vanish with QEMU.
+        # only in this private namespace, so they vanish with QEMU (a THP
+        # tmpfs's files with the last fd: QEMU's and the backend's).
+        ram = ""
+        if self.ram == "thp":
+            ram = ('mount -t tmpfs -o huge=always,mode=0700,size=%dk tbram "$3%s" && '
+                   % (self.ram_limit_kib(), CHROOT_RAM))
         script = ('mount --bind "$1" "$3%s" && '
                   'mount --bind "$2" "$3%s" && mount -o remount,bind,ro "$3%s" && '
-                  'mount -t proc proc "$3/proc" && '
+                  'mount -t proc proc "$3/proc" && %s'
                   'r=$3 && shift 3 && exec chroot "$r" "$@"'
-                  % (CHROOT_RUN, CHROOT_CACHE, CHROOT_CACHE))
+                  % (CHROOT_RUN, CHROOT_CACHE, CHROOT_CACHE, ram))
         qargv = argv if argv is not None else self.qemu_argv()
         argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh",
                 str(self.rundir), str(self.initramfs.path.parent), str(qroot)]
@@ -666,15 +700,27 @@ class Guest:
     def qemu_pid(self):
         return self.qemu.pid if self.qemu is not None else None
 
+    def ram_limit_kib(self):
+        """Size of the THP tmpfs: every memory backend of the guest, plus 4 MiB."""
+        return (parse_size_kib(self.mem) + self.extra_ram_kib()) + 4096
+
+    def extra_ram_kib(self):
+        """Guest RAM beyond -m in memory backends of a subclass (virtio-mem)."""
+        return 0
+
     def memfds(self):
-        """{name: {size, allocated}} of the memfds QEMU holds (distinct inodes)."""
+        """{name: {size, allocated}} of the guest-RAM files QEMU holds: its
+        memfds, or the files of a THP tmpfs (distinct inodes)."""
         pid = self.qemu_pid
         seen = {}
         fddir = "/proc/%d/fd" % pid
         for fd in os.listdir(fddir):
             try:
                 target = os.readlink("%s/%s" % (fddir, fd))
-                if not target.startswith("/memfd:"):
+                # a THP file reads as the path in QEMU's namespace:
+                # QROOT/tb-ram/ID, seen from here
+                if not (target.startswith("/memfd:") or
+                        (CHROOT_RAM + "/") in target):
                     continue
                 st = os.stat("%s/%s" % (fddir, fd))
             except OSError:

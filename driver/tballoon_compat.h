@@ -18,7 +18,7 @@
  *    (shrinker_alloc(), shrinker_register(), shrinker_free(), since 6.7)
  *    instead of embedded and registered with register_shrinker().
  *  - TBALLOON_HAVE_GFP_SKIP_ZERO: the kernel carries
- *    driver/patches/0001-mm-let-any-caller-skip-init_on_alloc.patch, so
+ *    driver/patches/{6.1,6.12}/0001-mm-let-any-caller-skip-init_on_alloc.patch, so
  *    __GFP_SKIP_ZERO skips init_on_alloc's zeroing for any caller (no
  *    distribution kernel does: upstream honours it only for hardware
  *    tag-based KASAN). TBALLOON_GFP_NO_INIT is then __GFP_SKIP_ZERO, else 0.

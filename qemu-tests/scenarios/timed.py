@@ -194,7 +194,7 @@ def _qemu_faults(g):
     return int(fields[7]) + int(fields[9])
 
 
-@scenario("inflate-skip-zero", "main", kernels=("skipzero",))
+@scenario("inflate-skip-zero", "main", kernels=("skipzero", "skipzero-6.12"))
 def inflate_skip_zero(ctx):
     """kernel with driver/patches/: an inflate over host holes faults almost none of them in with skip_zero=1, most of them with skip_zero=0"""
     g = ctx.guest

@@ -14,8 +14,11 @@ from linux-source-6.1 (lockdep, KASAN, DEBUG_VM, hung-task detector; TB_KVER3,
 TB_KDIR3 = its build tree, TB_GUEST3), module in out/module-<kver>/ as well.
 
 A fourth, TB_KERNEL=skipzero: the kernel scripts/setup --bench-kernel builds
-from linux-source-6.1 with driver/patches/ applied (init_on_alloc on, no
-checkers; TB_KVER4, TB_KDIR4, TB_GUEST4), for make bench-skipzero.
+from linux-source-6.1 with driver/patches/6.1/ applied (init_on_alloc on, no
+checkers; TB_KVER4, TB_KDIR4, TB_GUEST4), for make bench-skipzero; and a
+fifth, TB_KERNEL=skipzero-6.12: the same from linux-source-6.12 with
+driver/patches/6.12/ (scripts/setup --bench-kernel-6.12; TB_KVER5, TB_KDIR5,
+TB_GUEST5).
 """
 
 import os
@@ -34,10 +37,17 @@ KEYS2 = ("TB_KVER2", "TB_KDIR2", "TB_GUEST2")
 KEYS3 = ("TB_KVER3", "TB_KDIR3", "TB_GUEST3")
 # The skip-zero kernel; needed only with TB_KERNEL=skipzero (built on first use).
 KEYS4 = ("TB_KVER4", "TB_KDIR4", "TB_GUEST4")
-KERNELS = ("6.1", "6.12", "debug", "skipzero")
-SUFFIX = {"6.1": "", "6.12": "2", "debug": "3", "skipzero": "4"}
-EXTRA_KEYS = {"6.1": (), "6.12": KEYS2, "debug": KEYS3, "skipzero": KEYS4}
-SETUP_FLAG = {"debug": "--debug-kernel", "skipzero": "--bench-kernel"}
+# The 6.12 skip-zero kernel; needed only with TB_KERNEL=skipzero-6.12.
+KEYS5 = ("TB_KVER5", "TB_KDIR5", "TB_GUEST5")
+KERNELS = ("6.1", "6.12", "debug", "skipzero", "skipzero-6.12")
+SUFFIX = {"6.1": "", "6.12": "2", "debug": "3", "skipzero": "4", "skipzero-6.12": "5"}
+EXTRA_KEYS = {"6.1": (), "6.12": KEYS2, "debug": KEYS3, "skipzero": KEYS4,
+              "skipzero-6.12": KEYS5}
+# the kernels scripts/setup builds from tinyconfig (no virtio_mem module; they
+# boot as a bzImage)
+BUILT = ("debug", "skipzero", "skipzero-6.12")
+SETUP_FLAG = {"debug": "--debug-kernel", "skipzero": "--bench-kernel",
+              "skipzero-6.12": "--bench-kernel-6.12"}
 
 
 def kernel_choice():
@@ -53,7 +63,7 @@ class Env:
 
     def __init__(self, values, which="6.1"):
         self.values = values
-        self.which = which          # "6.1", "6.12", "debug" or "skipzero"
+        self.which = which          # one of KERNELS
         sfx = SUFFIX[which]
         self.cache = Path(values["TB_CACHE"])
         self.kver = values["TB_KVER" + sfx]

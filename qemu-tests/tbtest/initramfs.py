@@ -141,7 +141,7 @@ def build(e=None, log=None):
     log = log or (lambda msg: None)
     builtin = sorted(n for n in TRANSPORT if n in _builtin(e.moddir))
     modules = {n: _find_module(e.moddir, n) for n in TRANSPORT + REFERENCE
-               if n not in builtin and not (e.which in ("debug", "skipzero") and n == "virtio_mem")}
+               if n not in builtin and not (e.which in tbenv.BUILT and n == "virtio_mem")}
     sources = sorted(tbenv.GUEST_SRC.glob("*.c"))
     scripts = [tbenv.GUEST_SRC / "init", tbenv.GUEST_SRC / "tb-agent"]
 

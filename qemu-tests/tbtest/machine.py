@@ -332,7 +332,7 @@ class Guest:
         # The debug kernel (tinyconfig-based, KASAN) prints nothing when
         # entered through PVH under QEMU 11.1: it boots as a bzImage, as
         # the skip-zero kernel built the same way does.
-        if not self.bzimage and self.env.which not in ("debug", "skipzero"):
+        if not self.bzimage and self.env.which not in tbenv.BUILT:
             self.kernel = tbinitramfs.pvh_kernel(self.env, self.log)
         if self.kernel is None:
             # The bzImage is outside the cache: put a copy there (again when

@@ -105,8 +105,10 @@ install: host-tool
 uninstall:
 	rm -f $(INSTALLED)
 
+# BENCH_RAM=thp: every guest's RAM in host 2 MiB transparent huge pages
+BENCH_RAM ?= memfd
 bench: module host-tool
-	/usr/bin/python3 bench/run.py
+	/usr/bin/python3 bench/run.py --ram $(BENCH_RAM)
 
 bench-enforce: module host-tool
 	/usr/bin/python3 bench/enforce.py
@@ -123,11 +125,13 @@ bench-punch: module host-tool
 bench-policy: module host-tool
 	/usr/bin/python3 bench/policy.py
 
-# (a) with and without zeroing on a kernel carrying driver/patches/ (built on
+# (a) with and without zeroing, and (d), on a kernel carrying driver/patches/ (built on
 # first use by scripts/setup --bench-kernel, 10-20 min), against (b)
+# (SKIPZERO_KERNEL=skipzero-6.12: the 6.12 one, scripts/setup --bench-kernel-6.12)
+SKIPZERO_KERNEL ?= skipzero
 bench-skipzero: host-tool
-	TB_KERNEL=skipzero /usr/bin/python3 bench/run.py --only a,z,b --scale-reps 0 \
-		--no-profile --out out/bench-skipzero
+	TB_KERNEL=$(SKIPZERO_KERNEL) /usr/bin/python3 bench/run.py --only a,z,b,d --scale-reps 0 \
+		--no-profile --ram $(BENCH_RAM) --out out/bench-$(SKIPZERO_KERNEL)-$(BENCH_RAM)
 
 clean:
 	-$(MAKE) -C $(KDIR) M=$(CURDIR) clean

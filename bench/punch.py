@@ -4,10 +4,11 @@
 inflate time, the daemon's CPU per GiB, and how long the daemon keeps a
 control request waiting while it releases memory.
 
-    bench/punch.py [--reps N] [--threads 0,1,2] [--out DIR]
+    bench/punch.py [--reps N] [--threads 0,1,2] [--ram memfd,thp] [--out DIR]
 
 Each variant boots a fresh guest (1.5 GiB, 2 vCPUs, TCG, virtio_tballoon on
-`tballoon serve --punch-threads N`) and runs, per repetition:
+`tballoon serve --punch-threads N`, guest RAM in a memfd of 4 KiB pages or
+in 2 MiB transparent huge pages) and runs, per repetition:
   backed  the guest touches 1 GiB and frees it (its free pages are backed on
           the host), then `tballoon inflate --to 1G --deadline 60s --wait`,
           then a deflate to 0;
@@ -96,10 +97,10 @@ def deflate(g):
         raise RuntimeError("deflate: exit %d %s" % (rc, err[-200:]))
 
 
-def run_variant(threads, reps):
+def run_variant(threads, reps, ram="memfd"):
     res = {"backed": [], "holes": []}
     with machine.Guest(driver="tballoon", device="tballoon", mem="1536M",
-                       name="punch-%d" % threads,
+                       name="punch-%s-%d" % (ram, threads), ram=ram,
                        backend_args=("--punch-threads", str(threads))) as g:
         if g.driver_status != "loaded":
             raise RuntimeError("driver %s" % g.driver_status)
@@ -118,9 +119,9 @@ def run_variant(threads, reps):
             deflate(g)
             for kind, x in (("backed", backed), ("holes", holes)):
                 res[kind].append(x)
-                say("threads %d round %d %s: inflate %.2f s (guest %s ms), daemon CPU "
+                say("%s threads %d round %d %s: inflate %.2f s (guest %s ms), daemon CPU "
                     "%.2f s, control round trip median %.1f ms, max %.1f ms (%d probes)" % (
-                        threads, r + 1, kind, x["seconds"], x["guest_ms"], x["backend_cpu_s"],
+                        ram, threads, r + 1, kind, x["seconds"], x["guest_ms"], x["backend_cpu_s"],
                         x["rtt_ms_p50"] or 0, x["rtt_ms_max"] or 0, x["probes"]))
     return res
 
@@ -135,30 +136,38 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", default="0,1,2",
                     help="the --punch-threads values to compare (0,1,2)")
+    ap.add_argument("--ram", default="memfd",
+                    help="guest RAM backings to compare: memfd (4 KiB pages), thp "
+                         "(2 MiB transparent huge pages), or both: memfd,thp (memfd)")
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     args = ap.parse_args()
-    variants = [int(t) for t in args.threads.split(",")]
+    rams = [r for r in args.ram.split(",") if r]
+    for r in rams:
+        if r not in machine.RAM_BACKINGS:
+            ap.error("--ram %s: not one of %s" % (r, ", ".join(machine.RAM_BACKINGS)))
+    variants = [(r, int(t)) for r in rams for t in args.threads.split(",")]
     res = {}
-    for t in variants:
-        res[t] = run_variant(t, args.reps)
+    for v in variants:
+        res[v] = run_variant(v[1], args.reps, v[0])
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     with open(str(outdir / "punch.json"), "w") as f:
-        json.dump({"reps": args.reps, "results": res, "host_cpus": os.cpu_count()}, f,
-                  indent=1)
+        json.dump({"reps": args.reps, "host_cpus": os.cpu_count(),
+                   "results": {"%s/%d" % v: res[v] for v in variants}}, f, indent=1)
     cmdline = res[variants[0]]["cmdline"]
     ioa = [w for w in cmdline.split() if w.startswith("init_on_alloc=")]
     print("guest boot line: %s (init_on_alloc: %s)" % (
         cmdline, ioa[0].split("=")[1] if ioa else "the kernel's default, on for Debian"))
-    print("| 1 GiB inflate, %d host CPUs | free pages | inflate (s) | guest (ms) "
+    print("| 1 GiB inflate, %d host CPUs | guest RAM | free pages | inflate (s) | guest (ms) "
           "| daemon CPU (s/GiB) | control round trip median / p99 / max (ms) |"
           % os.cpu_count())
-    print("|---|---|---|---|---|---|")
-    for t in variants:
+    print("|---|---|---|---|---|---|---|")
+    for v in variants:
         for kind in ("backed", "holes"):
-            rs = res[t][kind]
-            print("| --punch-threads %d | %s | %.2f | %.0f | %.2f | %.1f / %.1f / %.1f |" % (
-                t, "backed" if kind == "backed" else "host holes", med(rs, "seconds"),
+            rs = res[v][kind]
+            print("| --punch-threads %d | %s | %s | %.2f | %.0f | %.3f | %.1f / %.1f / %.1f |" % (
+                v[1], {"thp": "2 MiB THP"}.get(v[0], "memfd, 4 KiB"),
+                "backed" if kind == "backed" else "host holes", med(rs, "seconds"),
                 med(rs, "guest_ms") or 0, med(rs, "backend_cpu_s"), med(rs, "rtt_ms_p50"),
                 med(rs, "rtt_ms_p99"), med(rs, "rtt_ms_max")))
     return 0

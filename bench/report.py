@@ -114,7 +114,7 @@ def summarize(data):
         for op in ("inflate", "deflate"):
             put("a/%s %s" % (SHORT[other], op), a.get(op + "_s"), o.get(op + "_s"))
     lim = summ.get("limit") or {}
-    for mode in ("kernel", "kernel-mt"):
+    for mode in ("kernel", "kernel-mt", "kernel-blocks"):
         for op in ("inflate", "deflate"):
             put("a/d-%s %s" % (mode, op), a.get(op + "_s"), lim.get("%s_%s_s" % (mode, op)))
     for other in ("virtio-balloon", "virtio-mem"):
@@ -192,7 +192,11 @@ def table(data):
             _fmt_mib(s.get("inflate_host_after_bytes"))))
         for mode, label in (("touch", "(d') user space, one write per page"),
                             ("kernel", "(d\") kernel: balloon_page_alloc + free"),
-                            ("kernel-mt", "(d\"') the same on %d vCPUs" % m.get("guest_smp", 0))):
+                            ("kernel-mt", "(d\"') the same on %d vCPUs" % m.get("guest_smp", 0)),
+                            ("kernel-blocks", "(d\"\") 2 MiB blocks, %d vCPUs, %s" % (
+                                m.get("guest_smp", 0),
+                                "not zeroed" if (data["mechanisms"].get("limit") or {}).get(
+                                    "blocks_skip_zero") else "zeroed"))):
             if name == "limit" and s.get("%s_inflate_s" % mode):
                 lines.append("%-46s %-22s %-22s %-9s %s" % (
                     label, _fmt_s(s.get("%s_inflate_s" % mode)),
@@ -210,7 +214,7 @@ def table(data):
     thr = (data["mechanisms"].get("tballoon") or {}).get("driver_threads")
     if thr:
         lines.append("(a) virtio_tballoon threads=%d (CPUs allocating an inflate's blocks), "
-                     "skip_zero=%s (works only on a kernel with driver/patches/)"
+                     "skip_zero=%s (works only on a kernel with driver/patches/VERSION/)"
                      % (thr, (data["mechanisms"].get("tballoon") or {}).get("skip_zero")))
     if a.get("inflate_guest_ms"):
         lines.append("(a) guest clock elapsed_ms: inflate %s, deflate %s" % (
@@ -233,7 +237,8 @@ def table(data):
     ratios = data.get("ratios") or {}
     for other, label in (("a0", "(a)/(a0)"), ("b", "(a)/(b) "), ("c", "(a)/(c) "),
                          ("d", "(a)/(d) "),
-                         ("d-kernel", "(a)/(d\")"), ("d-kernel-mt", "(a)/(d\"')")):
+                         ("d-kernel", "(a)/(d\")"), ("d-kernel-mt", "(a)/(d\"')"),
+                         ("d-kernel-blocks", "(a)/(d\"\")")):
         i = ratios.get("a/%s inflate" % other)
         d = ratios.get("a/%s deflate" % other)
         if i is None and d is None:

@@ -2,10 +2,14 @@
 /*
  * tbkalloc - in-kernel limit for the balloon benchmark.
  *
- *   insmod tbkalloc.ko pages=N [sample_ms=MS] [threads=T]
+ *   insmod tbkalloc.ko pages=N [sample_ms=MS] [threads=T] [order=9 [skip_zero=1]]
  *
  * Allocates N pages the way a balloon driver does (balloon_page_alloc(): no
- * retry, no warning, no emergency reserves), keeps them on a list, then
+ * retry, no warning, no emergency reserves; with order=O, blocks of 2^O pages
+ * the way virtio_tballoon allocates its inflate's blocks, no reclaim, then
+ * single pages once no block is free; skip_zero=1 adds __GFP_SKIP_ZERO on
+ * a kernel carrying the driver's patch, where init_on_alloc then leaves the
+ * blocks alone as it does the driver's), keeps them on a list, then
  * frees them all, and times both loops with ktime_get(). With threads=T the
  * allocation is split over T kernel threads, at most one per CPU (each keeps its own
  * list; the time is until the last one finishes): what a driver allocating
@@ -42,13 +46,33 @@ static unsigned int threads = 1;
 module_param(threads, uint, 0444);
 MODULE_PARM_DESC(threads, "allocating threads, one per CPU (default 1)");
 
+static unsigned int order;
+module_param(order, uint, 0444);
+MODULE_PARM_DESC(order, "allocate blocks of 2^order pages first (default 0: single pages)");
+
+static bool skip_zero;
+module_param(skip_zero, bool, 0444);
+MODULE_PARM_DESC(skip_zero, "blocks skip init_on_alloc, on a kernel with the driver's patch");
+
+/* virtio_tballoon's block allocation (driver/tballoon.h TBALLOON_BLOCK_GFP) */
+#define TBK_BLOCK_GFP	((GFP_USER | __GFP_MOVABLE | __GFP_NOWARN | __GFP_NOMEMALLOC) & \
+			 ~__GFP_RECLAIM)
+#ifdef TBK_HAVE_GFP_SKIP_ZERO
+#define TBK_GFP_NO_INIT	__GFP_SKIP_ZERO
+#else
+#define TBK_GFP_NO_INIT	((__force gfp_t)0)
+#endif
+
+/* the largest order on x86 with 6.1's and 6.12's defaults (4 MiB) */
+#define TBK_MAX_BLOCK_ORDER 10
 #define TBK_MAX_SAMPLES 2048
 #define TBK_MAX_THREADS 64
 
 struct tbk_thread {
 	unsigned long want;
 	unsigned long got;
-	struct list_head list;
+	struct list_head list;		/* single pages */
+	struct list_head blocks;	/* blocks of 2^order pages */
 	struct completion done;
 };
 
@@ -77,16 +101,33 @@ static void tbk_record(char phase, s64 t_us, unsigned long n)
 static void tbk_alloc_share(struct tbk_thread *th, const ktime_t *t0)
 {
 	s64 interval_us = (s64)sample_ms * 1000, last = 0, t;
+	unsigned long step, reported = 0;
+	bool blocks = order && order <= TBK_MAX_BLOCK_ORDER;
+	gfp_t gfp = TBK_BLOCK_GFP | (skip_zero ? TBK_GFP_NO_INIT : 0);
 	struct page *page;
 
-	for (th->got = 0; th->got < th->want; th->got++) {
-		page = balloon_page_alloc();
-		if (!page)
-			break;
-		list_add(&page->lru, &th->list);
-		if (th->got % 512 != 511)
+	for (th->got = 0; th->got < th->want; th->got += step) {
+		page = NULL;
+		step = 1;
+		if (blocks && th->want - th->got >= (1UL << order)) {
+			page = alloc_pages(gfp, order);
+			if (page) {
+				list_add(&page->lru, &th->blocks);
+				step = 1UL << order;
+			} else {
+				blocks = false;	/* none left: single pages from here */
+			}
+		}
+		if (!page) {
+			page = balloon_page_alloc();
+			if (!page)
+				break;
+			list_add(&page->lru, &th->list);
+		}
+		if (th->got + step - reported < 512)
 			continue;
-		atomic_long_add(512, &tbk_allocated);
+		atomic_long_add(th->got + step - reported, &tbk_allocated);
+		reported = th->got + step;
 		cond_resched();
 		if (!t0)
 			continue;
@@ -118,6 +159,7 @@ static int __init tbkalloc_init(void)
 	unsigned long n, left;
 	ktime_t t0;
 	LIST_HEAD(list);
+	LIST_HEAD(blocks);
 
 	samples = kcalloc(TBK_MAX_SAMPLES, sizeof(*samples), GFP_KERNEL);
 	if (!samples)
@@ -130,6 +172,7 @@ static int __init tbkalloc_init(void)
 		th->want = pages / nthreads + (i < pages % nthreads);
 		th->got = 0;
 		INIT_LIST_HEAD(&th->list);
+		INIT_LIST_HEAD(&th->blocks);
 		init_completion(&th->done);
 	}
 	atomic_long_set(&tbk_allocated, 0);
@@ -152,6 +195,7 @@ static int __init tbkalloc_init(void)
 	for (n = 0, i = 0; i < nthreads; i++) {
 		n += tbk_threads[i].got;
 		list_splice_init(&tbk_threads[i].list, &list);
+		list_splice_init(&tbk_threads[i].blocks, &blocks);
 	}
 	alloc_us = ktime_us_delta(ktime_get(), t0);
 	tbk_record('a', alloc_us, n);
@@ -160,6 +204,12 @@ static int __init tbkalloc_init(void)
 	last = 0;
 	left = n;
 	tbk_record('f', 0, left);
+	list_for_each_entry_safe(page, next, &blocks, lru) {
+		list_del(&page->lru);
+		__free_pages(page, order);
+		left -= 1UL << order;
+		cond_resched();
+	}
 	list_for_each_entry_safe(page, next, &list, lru) {
 		list_del(&page->lru);
 		__free_page(page);
@@ -179,7 +229,8 @@ static int __init tbkalloc_init(void)
 		pr_info("tbkalloc: sample %s %lld %lu\n",
 			samples[i].phase == 'a' ? "alloc" : "free",
 			samples[i].t_us, samples[i].pages);
-	pr_info("tbkalloc: threads %u\n", nthreads);
+	pr_info("tbkalloc: threads %u order %u skip_zero %d\n", nthreads, order,
+		skip_zero && TBK_GFP_NO_INIT);
 	pr_info("tbkalloc: pages %lu alloc_us %lld free_us %lld\n", n, alloc_us,
 		free_us);
 	kfree(samples);

@@ -145,6 +145,9 @@ def summarize(data):
 def _fmt_s(st):
     if not st:
         return "-"
+    # below 10 ms (the limit's blocks without the zeroing) in milliseconds
+    if st["max"] < 0.01:
+        return "%.1f / %.1f / %.1f ms" % (st["min"] * 1e3, st["median"] * 1e3, st["max"] * 1e3)
     return "%.2f / %.2f / %.2f" % (st["min"], st["median"], st["max"])
 
 

@@ -7,11 +7,12 @@
  * buffer spread over every thread. One memory file is punched by one
  * worker at a time: the kernel serialises punches of one shmem or hugetlbfs
  * file on its inode lock, and a second thread punching it would only spin
- * on that lock (make bench-punch: 0.36 CPU s/GiB with two threads on one
- * memfd, 0.27 s with one). A worker therefore takes the first range, in
- * submission order, whose file no other worker is punching; several memory
- * files (one per NUMA node) punch in parallel, and a worker that finds
- * only busy files sleeps until one is released.
+ * on that lock (make bench-punch of 2026-12-03: the daemon took 0.36 CPU
+ * s/GiB with two threads on one memfd, 0.29 s with one; bench/README.md).
+ * A worker therefore takes the first range, in submission order, whose
+ * file no other worker is punching; several memory files (one per NUMA
+ * node) punch in parallel, and a worker that finds only busy files sleeps
+ * until one is released.
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -248,7 +248,7 @@ static int punch_overlap(void *opaque, int fd, uint64_t off, uint64_t len)
 /*
  * The kernel serialises punches of one file on its inode lock, and a second
  * thread punching the same file only spins on that lock (bench/README.md:
- * 0.36 CPU s/GiB with two threads against 0.27 s with one). So one file is
+ * 0.36 CPU s/GiB with two threads against 0.29 s with one). So one file is
  * punched by one thread at a time, and different files (NUMA nodes, several
  * RAM regions) in parallel.
  */

@@ -126,7 +126,8 @@ static const char *const tb_qmp_stat_names[TB_GSTAT_COUNT] = {
  * @last_update: guest-stats' last-update of the last sample passed on
  * @stats_req_pages: the balloon when the guest-stats read in flight was sent
  * @stats_prev_pages: the balloon when the previous read was sent: a new
- *	sample in the answer to this one was taken after that
+ *	sample in the answer to this one was taken after that (and paired
+ *	with the smallest of it, @stats_req_pages and the balloon now)
  * @setup_err: why the setup failed (reported by tb_qmp_peer_new)
  * @said_down: the lost connection was logged (not again every retry)
  * @fail: why the connection must be dropped at the next tick ("" if not)
@@ -324,8 +325,18 @@ static void tb_qmp_stats_reply(struct tb_qmp *q, json_object *ret, uint64_t now)
 		val[i] = json_object_get_uint64(v);
 		have |= 1U << i;
 	}
-	/* taken after our previous read, which did not see it */
-	tb_dev_peer_stats(q->peer.dev, have, val, prev, now);
+	/*
+	 * Taken after our previous read, which did not see it, and before
+	 * this answer: pair it with the smallest balloon of that window, so
+	 * that the floor estimate never credits the guest with pages a
+	 * deflate gave back before the sample (it counted them already).
+	 * The balloon at the previous read alone is the smallest only while
+	 * it grows: after a deflate it was the largest (qmp-ours-floor
+	 * stopped 140 MiB below its floor, the sample 222 MiB optimistic).
+	 */
+	tb_dev_peer_stats(q->peer.dev, have, val,
+			  tb_min_u32(tb_min_u32(prev, q->stats_req_pages),
+				     TB_CFG(q->peer.dev, actual)), now);
 }
 
 /* the balloon device in a qom-list answer: a child<virtio-balloon...> */

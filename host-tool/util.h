@@ -81,6 +81,11 @@ static inline void tb_put_le32(void *p, uint32_t v)
 	memcpy(p, &v, sizeof(v));
 }
 
+static inline uint32_t tb_min_u32(uint32_t a, uint32_t b)
+{
+	return a < b ? a : b;
+}
+
 /* a + b would not overflow and the sum is <= limit */
 static inline bool tb_range_ok(uint64_t a, uint64_t b, uint64_t limit)
 {

@@ -79,7 +79,8 @@ struct tb_virt_msg {
  * @rss: QEMU's resident memory from the last statistics (bytes)
  * @last_update: LAST_UPDATE of the last sample passed on
  * @prev_pages: the balloon at the previous statistics read (a new sample
- *	was taken after it)
+ *	was taken after it, and is paired with the smaller of it and the
+ *	balloon now)
  */
 struct tb_virt {
 	struct tb_peer peer;
@@ -284,8 +285,13 @@ static bool tb_virt_read(struct tb_virt *v, bool stats, uint64_t now)
 		tb_dev_peer_actual(v->peer.dev, tb_virt_pages_of_kib(v, actual), now);
 	if (stats && last && last != v->last_update) {
 		v->last_update = last;
-		/* taken after our previous read, which did not see it */
-		tb_dev_peer_stats(v->peer.dev, have, val, v->prev_pages, now);
+		/*
+		 * taken after our previous read, which did not see it: paired
+		 * with the smallest balloon since then (qmp.c says why)
+		 */
+		tb_dev_peer_stats(v->peer.dev, have, val,
+				  tb_min_u32(v->prev_pages, TB_CFG(v->peer.dev, actual)),
+				  now);
 	}
 	if (stats)
 		v->prev_pages = TB_CFG(v->peer.dev, actual);

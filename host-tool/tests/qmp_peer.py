@@ -22,6 +22,7 @@ import time
 
 TB = sys.argv[1] if len(sys.argv) > 1 else "host-tool/tballoon"
 RAM = 1 << 30
+AVAIL0 = 900 << 20      # "follow": the guest's available memory with no balloon
 n = 0
 failed = 0
 
@@ -40,7 +41,9 @@ class FakeQemu(threading.Thread):
     """A QMP server on PATH. mode: "good", "notqemu", "silent", "noballoon",
     "mute-after-up" (stops answering once a balloon command came), "longline",
     "stall" (each balloon command holds QEMU's loop for 2 s, as a busy TCG
-    main loop does)."""
+    main loop does), "follow" (the guest's available memory follows the
+    balloon, AVAIL0 less it, in samples taken only when the test asks
+    through resample(); a deflate is instant, an inflate 16 MiB per 20 ms)."""
 
     def __init__(self, path, mode="good"):
         super().__init__(daemon=True)
@@ -53,7 +56,18 @@ class FakeQemu(threading.Thread):
         self.seen = []
         self.conns = 0
         self.stop = False
+        # "follow": the sample the guest-stats reads return, its number
+        self.sample_actual = RAM
+        self.sample_lu = 1
+        self.want_sample = False
+        self.moved_t = 0.0
         self.start()
+
+    def resample(self, timeout=10):
+        """follow: the next guest-stats read returns a new sample, taken
+        then; wait until the daemon has read it"""
+        self.want_sample = True
+        return wait_for(lambda: not self.want_sample, timeout)
 
     def send(self, c, obj):
         c.sendall(json.dumps(obj).encode() + b"\r\n")
@@ -88,8 +102,15 @@ class FakeQemu(threading.Thread):
         last_update = 0
         while not self.stop:
             # the guest moves 1/8 of the way each 20 ms, BALLOON_CHANGE follows
-            if self.actual != self.target:
+            if self.actual != self.target and not (
+                    self.mode == "follow" and self.target < self.actual and
+                    time.monotonic() - self.moved_t < 0.02):
                 step = max(abs(self.target - self.actual) // 8, 4096)
+                if self.mode == "follow":
+                    # an inflate 16 MiB every 20 ms, the first 20 ms after
+                    # the command; a deflate at once
+                    step = 16 << 20 if self.target < self.actual else RAM
+                    self.moved_t = time.monotonic()
                 step = min(step, abs(self.target - self.actual))
                 self.actual += step if self.target > self.actual else -step
                 if not mute:
@@ -127,6 +148,18 @@ class FakeQemu(threading.Thread):
                     ret = {"actual": self.actual}
                 elif name == "qom-set":
                     ret = {}
+                elif name == "qom-get" and self.mode == "follow":
+                    if self.want_sample:
+                        self.sample_actual = self.actual
+                        self.sample_lu += 1
+                    ret = {"stats": {"stat-available-memory":
+                                     AVAIL0 - (RAM - self.sample_actual),
+                                     "stat-swap-in": 0, "stat-major-faults": 0,
+                                     "stat-total-memory": self.sample_actual},
+                           "last-update": self.sample_lu}
+                    self.send(c, {"return": ret, "id": rid})
+                    self.want_sample = False
+                    continue
                 elif name == "qom-get":
                     last_update += 1
                     ret = {"stats": {"stat-available-memory": 600 << 20,
@@ -136,6 +169,7 @@ class FakeQemu(threading.Thread):
                            "last-update": last_update}
                 elif name == "balloon":
                     self.target = args["value"]
+                    self.moved_t = time.monotonic()
                     ret = {}
                     if self.mode == "stall":
                         time.sleep(2.0)
@@ -324,6 +358,39 @@ def main():
             "a QEMU stalling 2 s per balloon command during a paced inflate: still "
             "connected, %d balloon commands sent, exit %d, %s"
             % (fq.seen.count("balloon"), r.returncode, last[-80:]))
+    finally:
+        srv.terminate()
+        srv.wait(10)
+        fq.close()
+
+    # The floor estimate after a deflate. The guest's statistics come in
+    # samples (every polling period in QEMU); one taken after a deflate
+    # must not be paired with the balloon before it, or the daemon credits
+    # the guest with the deflated pages twice and lets an inflate run past
+    # the floor (qemu-tests qmp-ours-floor on a fast host: 140 MiB below a
+    # 300 MiB floor).
+    path = os.path.join(tmp, "follow.qmp")
+    fq = FakeQemu(path, "follow")
+    srv, cp, log = serve(tmp, "follow", path)
+    try:
+        wait_for(lambda: os.path.exists(cp), 10)
+        wait_for(lambda: status(cp).get("connected"), 10)
+        r1 = ctl(cp, "inflate", "--to", "512M", "--deadline", "10s", "--wait")
+        ok = r1.returncode == 0 and fq.resample()
+        # one more read with the balloon at 512M: the daemon's previous read
+        k = fq.seen.count("qom-get")
+        ok = ok and wait_for(lambda: fq.seen.count("qom-get") > k, 10)
+        r2 = ctl(cp, "deflate", "--to", "0", "--deadline", "10s", "--wait")
+        # the guest's next sample sees the balloon empty: 900 MiB available
+        ok = ok and r2.returncode == 0 and fq.resample()
+        r = ctl(cp, "inflate", "--to", "900M", "--deadline", "20s", "--floor", "500M",
+                "--wait")
+        balloon = RAM - fq.actual
+        tap(ok and r.returncode == 4 and "pressure (floor)" in r.stdout and
+            AVAIL0 - balloon >= (500 << 20) - (16 << 20),
+            "a sample taken after a deflate: the floor holds (balloon %d MiB, guest "
+            "available %d MiB, floor 500 MiB; exit %d)"
+            % (balloon >> 20, (AVAIL0 - balloon) >> 20, r.returncode))
     finally:
         srv.terminate()
         srv.wait(10)

@@ -90,7 +90,11 @@ static struct tb_punch_job *tb_punch_pick_locked(struct tb_punch_pool *p,
 	return NULL;
 }
 
-/* @fd is free again; wake a worker that may be waiting for it (lock) */
+/*
+ * @fd is free again: wake a worker that may be waiting for it, or, once
+ * stopping and nothing is left to hand out, every worker still asleep
+ * (they waited for a busy file and must now leave) (lock)
+ */
 static void tb_punch_release_fd_locked(struct tb_punch_pool *p, int fd)
 {
 	for (unsigned int i = 0; i < p->nbusy; i++) {
@@ -101,6 +105,8 @@ static void tb_punch_release_fd_locked(struct tb_punch_pool *p, int fd)
 	}
 	if (p->work_head)
 		pthread_cond_signal(&p->work_cond);
+	else if (p->stop)
+		pthread_cond_broadcast(&p->work_cond);
 }
 
 static void *tb_punch_worker(void *arg)

@@ -274,6 +274,51 @@ static void test_one_thread_per_file(void **state)
 	tb_punch_stop(&p);
 }
 
+struct stopper {
+	struct tb_punch_pool *p;
+	volatile bool done;
+};
+
+static void *stop_thread(void *arg)
+{
+	struct stopper *s = arg;
+
+	tb_punch_stop(s->p);
+	s->done = true;
+	return NULL;
+}
+
+/*
+ * Stop while two workers wait for the file a third is punching: when the
+ * last range is done nobody is left to hand work to, and the waiting
+ * workers must still wake up and leave (they slept for good, and
+ * tb_punch_stop() with them).
+ */
+static void test_stop_with_workers_waiting_for_a_file(void **state)
+{
+	struct tb_punch_pool p;
+	struct stopper s = { .p = &p };
+	pthread_t t;
+	struct gate g;
+
+	(void)state;
+	gate_init(&g);
+	assert_int_equal(tb_punch_start(&p, 3, punch_gated, &g), 0);
+	tb_punch_submit(&p, job(0, 1, GATED_FD, 2));
+	for (int i = 0; i < 500 && !g.calls; i++)
+		usleep(1000);
+	assert_int_equal(g.calls, 1);
+	usleep(50000);	/* the other two find the file busy and sleep */
+	assert_int_equal(pthread_create(&t, NULL, stop_thread, &s), 0);
+	usleep(50000);
+	gate_open(&g);
+	for (int i = 0; i < 5000 && !s.done; i++)
+		usleep(1000);
+	assert_true(s.done);
+	pthread_join(t, NULL);
+	assert_int_equal(g.calls, 2);
+}
+
 /* real fallocate from several threads: the memfd's pages are gone */
 static void test_real_punch(void **state)
 {
@@ -321,6 +366,7 @@ int main(void)
 		TB_TEST("punch", test_stop_with_work),
 		TB_TEST("punch", test_forget),
 		TB_TEST("punch", test_one_thread_per_file),
+		TB_TEST("punch", test_stop_with_workers_waiting_for_a_file),
 		TB_TEST("punch", test_real_punch),
 	};
 
